@@ -1,0 +1,438 @@
+r"""Elementwise activations, each with its hand-derived derivative.
+
+Every backward is ``gx = gy * f'(x)``.  Where the formula allows it the
+derivative is written in terms of the output y (sigmoid, tanh, ELU): cheaper,
+and it needs no second exp.  Conventions at kinks are those of PyTorch 2.13
+(the tests check the values there against it).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+from .registry import WIDE, as_float, register
+
+# Python floats, not np.float64: a NumPy float64 scalar would promote float32 work.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+GELU_TANH_C = 0.044715
+
+
+def stable_sigmoid(x):
+    """1 / (1 + e^{-x}) that never exponentiates a positive number."""
+    z = np.exp(-np.abs(x))                       # in (0, 1]: cannot overflow
+    return np.where(x >= 0, 1, z) / (1 + z)
+
+
+# -- the logistic family -------------------------------------------------------
+
+@register(
+    "sigmoid", kind="activation",
+    formula=r"\sigma(x) = \frac{1}{1 + e^{-x}}",
+    derivative=r"\sigma'(x) = \sigma(x)\,\bigl(1 - \sigma(x)\bigr)",
+    domains=WIDE,
+    symbolic=lambda x, sp: 1 / (1 + sp.exp(-x)),
+    reference=lambda torch, x: torch.sigmoid(x),
+)
+def sigmoid(x):
+    r"""Logistic sigmoid :math:`\sigma(x) = 1/(1+e^{-x})`.
+
+    Derivative from the output: :math:`\sigma' = \sigma(1-\sigma)`.
+    Computed as ``e^{-|x|}`` over ``1 + e^{-|x|}`` so it never overflows.
+    """
+    y = stable_sigmoid(as_float(x))
+    return y, y
+
+
+@sigmoid.set_backward
+def _sigmoid_backward(y, gy):
+    return gy * y * (1 - y)
+
+
+@register(
+    "tanh", kind="activation",
+    formula=r"\tanh(x) = \frac{e^{x} - e^{-x}}{e^{x} + e^{-x}}",
+    derivative=r"\tanh'(x) = 1 - \tanh^2(x)",
+    domains=WIDE, complex_step=True,
+    symbolic=lambda x, sp: sp.tanh(x),
+    reference=lambda torch, x: torch.tanh(x),
+)
+def tanh(x):
+    r"""Hyperbolic tangent.  Derivative from the output: :math:`1 - y^2`
+    (never ``1/cosh(x)^2``, which overflows for |x| > 710)."""
+    y = np.tanh(as_float(x))
+    return y, y
+
+
+@tanh.set_backward
+def _tanh_backward(y, gy):
+    return gy * (1 - y * y)
+
+
+# -- the ReLU family -------------------------------------------------------------
+
+@register(
+    "relu", kind="activation",
+    formula=r"\mathrm{ReLU}(x) = \max(0, x)",
+    derivative=r"\mathrm{ReLU}'(x) = \begin{cases} 1 & x > 0 \\ 0 & x \le 0 \end{cases}",
+    convention="ReLU'(0) = 0, as PyTorch",
+    kinks=(0.0,), domains=WIDE,
+    symbolic=lambda x, sp: sp.Max(0, x),
+    reference=lambda torch, x: torch.relu(x),
+)
+def relu(x):
+    r""":math:`\max(0, x)`; derivative 1 for x > 0, else 0 (ReLU'(0) = 0).
+
+    Backward needs only the mask x > 0, kept as booleans (1 byte per element).
+    """
+    x = as_float(x)
+    return np.maximum(x, 0), x > 0
+
+
+@relu.set_backward
+def _relu_backward(mask, gy):
+    return gy * mask
+
+
+@register(
+    "leaky_relu", kind="activation",
+    formula=r"\mathrm{LeakyReLU}(x) = \begin{cases} x & x > 0 \\ a x & x \le 0 \end{cases}",
+    derivative=r"\mathrm{LeakyReLU}'(x) = \begin{cases} 1 & x > 0 \\ a & x \le 0 \end{cases}",
+    convention="LeakyReLU'(0) = negative_slope, as PyTorch",
+    params={"negative_slope": 0.01}, test_params=({"negative_slope": 0.2},),
+    kinks=(0.0,), domains=WIDE,
+    symbolic=lambda x, sp, negative_slope: sp.Piecewise((x, x > 0), (negative_slope * x, True)),
+    reference=lambda torch, x, negative_slope: torch.nn.functional.leaky_relu(x, negative_slope),
+)
+def leaky_relu(x, negative_slope):
+    """x for x > 0, negative_slope * x otherwise; slope a at 0."""
+    x = as_float(x)
+    positive = x > 0
+    return np.where(positive, x, x * negative_slope), (positive, negative_slope)
+
+
+@leaky_relu.set_backward
+def _leaky_relu_backward(saved, gy):
+    positive, slope = saved
+    return np.where(positive, gy, gy * slope)
+
+
+def _prelu_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(4, 3, 2)).astype(dtype)
+    weight = rng.uniform(0.05, 0.5, size=3).astype(dtype)
+    return x, weight
+
+
+def _channel_shape(x, weight):
+    """Shape that broadcasts a per-channel weight along dim 1 of x."""
+    if weight.size == 1:
+        return (1,) * x.ndim
+    if x.ndim < 2 or x.shape[1] != weight.size:
+        raise ValueError(f"prelu: weight has {weight.size} channels but input of shape "
+                         f"{x.shape} has {x.shape[1] if x.ndim >= 2 else 1} on dim 1")
+    return (1, weight.size) + (1,) * (x.ndim - 2)
+
+
+@register(
+    "prelu", kind="activation",
+    formula=r"\mathrm{PReLU}(x) = \begin{cases} x & x > 0 \\ a_c x & x \le 0 \end{cases}",
+    derivative=(r"\frac{\partial y}{\partial x} = \begin{cases} 1 & x > 0 \\ a_c & x \le 0 \end{cases},"
+                r"\quad \frac{\partial L}{\partial a_c} = \sum_{x \le 0,\ \text{channel } c} g_y\, x"),
+    convention="dy/dx at 0 = a (the learned slope), as PyTorch",
+    inputs=("x", "weight"), kinks=(0.0,), domains=WIDE, sample=_prelu_sample,
+    reference=lambda torch, x, weight: torch.nn.functional.prelu(x, weight),
+)
+def prelu(x, weight):
+    """Leaky ReLU with a learned slope ``weight``: one per channel (dim 1) or one in all."""
+    x, weight = as_float(x), as_float(weight)
+    a = weight.reshape(_channel_shape(x, weight))
+    positive = x > 0
+    return np.where(positive, x, a * x), (x, a, positive, weight.shape)
+
+
+@prelu.set_backward
+def _prelu_backward(saved, gy):
+    x, a, positive, weight_shape = saved
+    gx = np.where(positive, gy, a * gy)
+    g_slope = np.where(positive, 0, x * gy)
+    # dL/da_c sums over every axis the slope was broadcast along
+    axes = tuple(i for i, n in enumerate(a.shape) if n == 1)
+    return gx, g_slope.sum(axis=axes).reshape(weight_shape)
+
+
+@register(
+    "elu", kind="activation",
+    formula=r"\mathrm{ELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases}",
+    derivative=r"\mathrm{ELU}'(x) = \begin{cases} 1 & x > 0 \\ \alpha e^{x} = y + \alpha & x \le 0 \end{cases}",
+    convention="ELU'(0) = alpha (the left limit), as PyTorch",
+    params={"alpha": 1.0}, test_params=({"alpha": 2.0},),
+    kinks=(0.0,), domains=WIDE,
+    symbolic=lambda x, sp, alpha: sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)),
+    reference=lambda torch, x, alpha: torch.nn.functional.elu(x, alpha),
+)
+def elu(x, alpha):
+    """x for x > 0, alpha (e^x - 1) otherwise.
+
+    expm1 is evaluated on min(x, 0) only, so the branch that is not selected
+    cannot overflow.  Backward from the output: y + alpha on the left.
+    """
+    x = as_float(x)
+    negative = x <= 0        # NaN is not <= 0: its gradient takes the slope-1 branch, as PyTorch
+    y = np.where(negative, alpha * np.expm1(np.minimum(x, 0)), x)
+    return y, (negative, y, alpha)
+
+
+@elu.set_backward
+def _elu_backward(saved, gy):
+    negative, y, alpha = saved
+    return np.where(negative, gy * (y + alpha), gy)
+
+
+@register(
+    "celu", kind="activation",
+    formula=r"\mathrm{CELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x/\alpha} - 1) & x \le 0 \end{cases}",
+    derivative=r"\mathrm{CELU}'(x) = \begin{cases} 1 & x > 0 \\ e^{x/\alpha} = y/\alpha + 1 & x \le 0 \end{cases}",
+    convention="continuously differentiable: CELU'(0) = 1",
+    params={"alpha": 1.0}, test_params=({"alpha": 2.0},),
+    domains=WIDE,
+    symbolic=lambda x, sp, alpha: sp.Piecewise((x, x > 0), (alpha * (sp.exp(x / alpha) - 1), True)),
+    reference=lambda torch, x, alpha: torch.nn.functional.celu(x, alpha),
+)
+def celu(x, alpha):
+    """ELU with the exponent scaled by 1/alpha, so its derivative is continuous."""
+    if alpha == 0:
+        raise ValueError("celu: alpha=0 is not valid; expected a non-zero alpha")
+    x = as_float(x)
+    negative = x <= 0
+    y = np.where(negative, alpha * np.expm1(np.minimum(x, 0) / alpha), x)
+    return y, (negative, y, alpha)
+
+
+@celu.set_backward
+def _celu_backward(saved, gy):
+    negative, y, alpha = saved
+    return np.where(negative, gy * (y / alpha + 1), gy)
+
+
+@register(
+    "selu", kind="activation",
+    formula=r"\mathrm{SELU}(x) = \lambda \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases}",
+    derivative=r"\mathrm{SELU}'(x) = \begin{cases} \lambda & x > 0 \\ \lambda \alpha e^{x} = y + \lambda\alpha & x \le 0 \end{cases}",
+    convention="SELU'(0) = scale * alpha (the left limit), as PyTorch",
+    kinks=(0.0,), domains=WIDE,
+    symbolic=lambda x, sp: SELU_SCALE * sp.Piecewise((x, x > 0), (SELU_ALPHA * (sp.exp(x) - 1), True)),
+    reference=lambda torch, x: torch.nn.functional.selu(x),
+)
+def selu(x):
+    """Scaled ELU with lambda = 1.0507..., alpha = 1.6732... (self-normalizing)."""
+    x = as_float(x)
+    negative = x <= 0
+    y = SELU_SCALE * np.where(negative, SELU_ALPHA * np.expm1(np.minimum(x, 0)), x)
+    return y, (negative, y)
+
+
+@selu.set_backward
+def _selu_backward(saved, gy):
+    negative, y = saved
+    return np.where(negative, gy * (y + SELU_SCALE * SELU_ALPHA), gy * SELU_SCALE)
+
+
+@register(
+    "relu6", kind="activation",
+    formula=r"\mathrm{ReLU6}(x) = \min(\max(0, x), 6)",
+    derivative=r"\mathrm{ReLU6}'(x) = \begin{cases} 1 & 0 < x < 6 \\ 0 & \text{otherwise} \end{cases}",
+    convention="ReLU6'(0) = ReLU6'(6) = 0, as PyTorch",
+    kinks=(0.0, 6.0), domains=((-3.0, 9.0),) + WIDE[1:],
+    symbolic=lambda x, sp: sp.Min(sp.Max(0, x), 6),
+    reference=lambda torch, x: torch.nn.functional.relu6(x),
+)
+def relu6(x):
+    """ReLU clipped at 6; derivative 1 strictly inside (0, 6)."""
+    x = as_float(x)
+    return np.clip(x, 0, 6), (x > 0) & (x < 6)
+
+
+@relu6.set_backward
+def _relu6_backward(inside, gy):
+    return gy * inside
+
+
+# -- smooth ReLU relatives --------------------------------------------------------
+
+@register(
+    "gelu", kind="activation",
+    formula=(r"\mathrm{GELU}(x) = x\,\Phi(x) = \frac{x}{2}\bigl(1 + \mathrm{erf}(x/\sqrt{2})\bigr)"
+             r"\quad\text{or (tanh)}\quad \frac{x}{2}\bigl(1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3))\bigr)"),
+    derivative=(r"\mathrm{GELU}'(x) = \Phi(x) + x\,\varphi(x)"
+                r"\quad\text{or (tanh)}\quad \tfrac12(1 + t) + \tfrac12 x (1 - t^2)\sqrt{2/\pi}(1 + 3\cdot 0.044715 x^2)"),
+    params={"approximate": "none"}, choices={"approximate": ("none", "tanh")},
+    test_params=({"approximate": "tanh"},), domains=WIDE,
+    symbolic=lambda x, sp, approximate: (
+        x / 2 * (1 + sp.erf(x / sp.sqrt(2))) if approximate == "none" else
+        x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x ** 3)))),
+    reference=lambda torch, x, approximate: torch.nn.functional.gelu(x, approximate=approximate),
+)
+def gelu(x, approximate):
+    r"""Gaussian error linear unit; exact (erf, the default, as PyTorch) or the tanh approximation.
+
+    Exact: :math:`x\Phi(x)` with derivative :math:`\Phi(x) + x\varphi(x)`,
+    :math:`\varphi(x) = e^{-x^2/2}/\sqrt{2\pi}`.  Each variant has its own derivative.
+    """
+    x = as_float(x)
+    if approximate == "none":
+        cdf = 0.5 * (1 + erf(x * INV_SQRT_2))
+        return x * cdf, (approximate, x, cdf)
+    # |x| is capped inside the cube only: tanh has saturated long before 1e4,
+    # and the cap keeps x^3 finite in float32.
+    xc = np.clip(x, -1e4, 1e4)
+    t = np.tanh(SQRT_2_OVER_PI * (xc + GELU_TANH_C * xc ** 3))
+    return 0.5 * x * (1 + t), (approximate, xc, t)
+
+
+@gelu.set_backward
+def _gelu_backward(saved, gy):
+    approximate, x, a = saved
+    if approximate == "none":
+        pdf = np.exp(-0.5 * np.square(np.minimum(np.abs(x), 40))) * INV_SQRT_2PI
+        return gy * (a + x * pdf)
+    t = a
+    du = SQRT_2_OVER_PI * (1 + 3 * GELU_TANH_C * x * x)
+    return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+
+
+@register(
+    "silu", kind="activation",
+    formula=r"\mathrm{SiLU}(x) = x\,\sigma(x)",
+    derivative=r"\mathrm{SiLU}'(x) = \sigma(x)\bigl(1 + x(1 - \sigma(x))\bigr)",
+    domains=WIDE,
+    symbolic=lambda x, sp: x / (1 + sp.exp(-x)),
+    reference=lambda torch, x: torch.nn.functional.silu(x),
+)
+def silu(x):
+    """Sigmoid-weighted linear unit (swish): x * sigmoid(x)."""
+    x = as_float(x)
+    s = stable_sigmoid(x)
+    return x * s, (x, s)
+
+
+@silu.set_backward
+def _silu_backward(saved, gy):
+    x, s = saved
+    return gy * s * (1 + x * (1 - s))
+
+
+def _softplus(x):
+    """log(1 + e^x) without overflow (logaddexp) for any x."""
+    return np.logaddexp(0, x)
+
+
+@register(
+    "mish", kind="activation",
+    formula=r"\mathrm{Mish}(x) = x \tanh(\mathrm{softplus}(x)) = x\tanh(\ln(1 + e^{x}))",
+    derivative=r"\mathrm{Mish}'(x) = \tanh(\mathrm{sp}(x)) + x\,\sigma(x)\bigl(1 - \tanh^2(\mathrm{sp}(x))\bigr)",
+    domains=WIDE,
+    symbolic=lambda x, sp: x * sp.tanh(sp.log(1 + sp.exp(x))),
+    reference=lambda torch, x: torch.nn.functional.mish(x),
+)
+def mish(x):
+    """x tanh(softplus(x)); softplus' = sigmoid gives the second term of the derivative."""
+    x = as_float(x)
+    t = np.tanh(_softplus(x))
+    return x * t, (x, t)
+
+
+@mish.set_backward
+def _mish_backward(saved, gy):
+    x, t = saved
+    return gy * (t + x * stable_sigmoid(x) * (1 - t * t))
+
+
+@register(
+    "softplus", kind="activation",
+    formula=r"\mathrm{softplus}(x) = \frac{1}{\beta}\ln\bigl(1 + e^{\beta x}\bigr)\ \ (= x \text{ when } \beta x > \text{threshold})",
+    derivative=r"\mathrm{softplus}'(x) = \sigma(\beta x)\ \ (= 1 \text{ when } \beta x > \text{threshold})",
+    convention="above the threshold the function is x and the derivative 1, as PyTorch",
+    params={"beta": 1.0, "threshold": 20.0}, test_params=({"beta": 2.0, "threshold": 10.0},),
+    domains=WIDE,
+    symbolic=lambda x, sp, beta, threshold: sp.log(1 + sp.exp(beta * x)) / beta,
+    reference=lambda torch, x, beta, threshold: torch.nn.functional.softplus(x, beta, threshold),
+)
+def softplus(x, beta, threshold):
+    """Smooth ReLU; reverts to the identity where beta * x > threshold (as PyTorch)."""
+    x = as_float(x)
+    bx = x * beta
+    linear = bx > threshold
+    return np.where(linear, x, _softplus(bx) / beta), (linear, bx)
+
+
+@softplus.set_backward
+def _softplus_backward(saved, gy):
+    linear, bx = saved
+    return np.where(linear, gy, gy * stable_sigmoid(bx))
+
+
+# -- the hard (piecewise linear) family --------------------------------------------
+
+@register(
+    "hardsigmoid", kind="activation",
+    formula=r"\mathrm{hardsigmoid}(x) = \min(\max(0, x/6 + 1/2), 1)",
+    derivative=r"\mathrm{hardsigmoid}'(x) = \begin{cases} 1/6 & -3 < x < 3 \\ 0 & \text{otherwise} \end{cases}",
+    convention="derivative 0 at x = -3 and x = 3, as PyTorch",
+    kinks=(-3.0, 3.0), domains=WIDE,
+    symbolic=lambda x, sp: sp.Min(sp.Max(0, x / 6 + sp.Rational(1, 2)), 1),
+    reference=lambda torch, x: torch.nn.functional.hardsigmoid(x),
+)
+def hardsigmoid(x):
+    """Piecewise-linear sigmoid: 0 below -3, 1 above 3, linear in between."""
+    x = as_float(x)
+    return np.clip(x / 6 + 0.5, 0, 1), (x > -3) & (x < 3)
+
+
+@hardsigmoid.set_backward
+def _hardsigmoid_backward(inside, gy):
+    return gy * inside / 6
+
+
+@register(
+    "hardswish", kind="activation",
+    formula=r"\mathrm{hardswish}(x) = x\,\frac{\min(\max(0, x + 3), 6)}{6}",
+    derivative=(r"\mathrm{hardswish}'(x) = \begin{cases} 0 & x \le -3 \\ x/3 + 1/2 & -3 < x < 3"
+                r" \\ 1 & x \ge 3 \end{cases}"),
+    convention="derivative 0 at x = -3 and 1 at x = 3, as PyTorch",
+    kinks=(-3.0, 3.0), domains=WIDE,
+    symbolic=lambda x, sp: x * sp.Min(sp.Max(0, x + 3), 6) / 6,
+    reference=lambda torch, x: torch.nn.functional.hardswish(x),
+)
+def hardswish(x):
+    """x * hardsigmoid(x), the MobileNetV3 activation."""
+    x = as_float(x)
+    return x * np.clip(x + 3, 0, 6) / 6, x
+
+
+@hardswish.set_backward
+def _hardswish_backward(x, gy):
+    slope = np.where(x <= -3, 0, np.where(x < 3, x / 3 + 0.5, 1))
+    return gy * slope.astype(x.dtype, copy=False)
+
+
+@register(
+    "identity", kind="activation",
+    formula=r"f(x) = x", derivative=r"f'(x) = 1",
+    domains=WIDE, complex_step=True,
+    symbolic=lambda x, sp: x,
+    reference=lambda torch, x: x * 1,
+)
+def identity(x):
+    """Returns its input; the gradient passes through unchanged."""
+    return as_float(x), None
+
+
+@identity.set_backward
+def _identity_backward(_, gy):
+    return gy
+

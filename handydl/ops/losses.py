@@ -1,0 +1,435 @@
+r"""Losses: regression, classification and the SVM hinge.
+
+Each takes ``(input, target)`` and returns the loss reduced by ``reduction``
+("mean", "sum" or "none"); backward returns ``(dL/dinput, None)``: targets
+are not differentiated.  Under "mean" the per-element gradient is divided by
+the same count (or, for weighted class losses, the same weight sum) as the
+loss, exactly as PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import as_float, check_choice, register
+from .softmax import log_softmax
+
+REDUCTIONS = ("mean", "sum", "none")
+LOSS_DOMAINS = ((-3.0, 3.0), (-1000.0, 1000.0))
+_BCE_EPS = float(np.float32(1e-12))   # PyTorch clamps p(1-p) at this float32 constant
+
+
+# -- shared plumbing -----------------------------------------------------------------
+
+def _reduce(per_item, reduction, denom=None):
+    """Sum, mean (over ``denom`` items, default all) or nothing."""
+    if reduction == "none":
+        return per_item
+    total = per_item.sum()
+    if reduction == "sum":
+        return total
+    return total / (per_item.size if denom is None else denom)
+
+
+def _grad_scale(gy, reduction, denom, shape=None):
+    """The factor dL/dloss_item for each item: gy/denom, gy, or gy itself (per item)."""
+    if reduction == "none":
+        gy = np.asarray(gy)
+        return gy if shape is None else gy.reshape(shape)
+    return gy / denom if reduction == "mean" else gy
+
+
+def _pair(input, target, who):
+    """input and target as float arrays of one shape, or ValueError naming both shapes."""
+    x = as_float(input)
+    t = np.asarray(target)
+    if t.shape != x.shape:
+        raise ValueError(f"{who}: expected target of shape {x.shape} (the input's), got shape {t.shape}")
+    return x, t.astype(x.dtype, copy=False)
+
+
+def _weight(weight, n, dtype, who):
+    """A per-class weight vector of length n in the input's dtype (ones when None)."""
+    if weight is None:
+        return None
+    w = np.asarray(weight, dtype=dtype)
+    if w.shape != (n,):
+        raise ValueError(f"{who}: expected weight of shape ({n},), got shape {w.shape}")
+    return w
+
+
+def class_indices(target, n, num_classes, who, ignore_index=None):
+    """Validate class-index targets: shape (n,), integral, in [0, num_classes) or ignore_index."""
+    t = np.asarray(target)
+    if t.shape != (n,):
+        raise ValueError(f"{who}: expected class indices of shape ({n},), got shape {t.shape}")
+    if t.dtype.kind == "f":
+        bad = ~np.isfinite(t) | (t != np.round(t))
+        if bad.any():
+            raise ValueError(f"{who}: class indices must be integers, got {t[bad][0]!r}")
+    elif t.dtype.kind not in "iu":
+        raise ValueError(f"{who}: class indices must be integers, got dtype {t.dtype}")
+    t = t.astype(np.int64)
+    valid = (t >= 0) & (t < num_classes)
+    if ignore_index is not None:
+        valid |= t == ignore_index
+    if not valid.all():
+        raise ValueError(f"{who}: target {t[~valid][0]} is out of range for {num_classes} classes "
+                         f"(expected 0 <= target < {num_classes})")
+    return t
+
+
+def _logits_2d(input, who):
+    x = as_float(input)
+    if x.ndim != 2:
+        raise ValueError(f"{who}: expected input of shape (N, C), got shape {x.shape}")
+    return x
+
+
+def _reg_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+            rng.uniform(lo, hi, size=(4, 3)).astype(dtype))
+
+
+def _class_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(6, 4)).astype(dtype), rng.integers(0, 4, size=6))
+
+
+def _prob_sample(rng, dtype, lo, hi):
+    p = rng.uniform(0.05, 0.95, size=(4, 3)).astype(dtype)
+    return p, rng.uniform(0, 1, size=(4, 3)).astype(dtype)
+
+
+def _simplex_sample(rng, dtype, lo, hi):
+    p = rng.uniform(0.1, 1, size=(4, 3))
+    y = rng.uniform(0, 1, size=(4, 3))
+    return (p / p.sum(1, keepdims=True)).astype(dtype), (y / y.sum(1, keepdims=True)).astype(dtype)
+
+
+def _loss(name, formula, derivative, sample=_reg_sample, params=None, **fields):
+    """register() with what every loss shares: two inputs, the target not differentiated."""
+    return register(
+        name, kind="loss", formula=formula, derivative=derivative,
+        inputs=("input", "target"), differentiable=(True, False),
+        params={**(params or {}), "reduction": "mean"}, choices={"reduction": REDUCTIONS},
+        test_params=fields.pop("test_params", ()) + ({"reduction": "sum"}, {"reduction": "none"}),
+        domains=fields.pop("domains", LOSS_DOMAINS), sample=sample, **fields)
+
+
+# -- regression -----------------------------------------------------------------------
+
+@_loss("mse_loss",
+       formula=r"L = \frac1n \sum_i (\hat y_i - y_i)^2",
+       derivative=r"\frac{\partial L}{\partial \hat y_i} = \frac2n (\hat y_i - y_i)",
+       complex_step=True,
+       reference=lambda torch, x, t, reduction: torch.nn.functional.mse_loss(x, t, reduction=reduction))
+def mse_loss(input, target, reduction):
+    """Mean squared error."""
+    x, t = _pair(input, target, "mse_loss")
+    d = x - t
+    return _reduce(d * d, reduction), (d, reduction)
+
+
+@mse_loss.set_backward
+def _mse_backward(saved, gy):
+    d, reduction = saved
+    return 2 * d * _grad_scale(gy, reduction, d.size), None
+
+
+@_loss("half_squared_error",
+       formula=r"L = \frac1N \sum_i \tfrac12 (y_i - p_i)^2",
+       derivative=r"\frac{\partial L}{\partial p_i} = \frac1N (p_i - y_i)",
+       complex_step=True,
+       reference=lambda torch, x, t, reduction: 0.5 * torch.nn.functional.mse_loss(x, t, reduction=reduction))
+def half_squared_error(input, target, reduction):
+    """The halved squared error of the delta rule: its gradient is just (p - y)/N."""
+    x, t = _pair(input, target, "half_squared_error")
+    d = x - t
+    return _reduce(0.5 * d * d, reduction), (d, reduction)
+
+
+@half_squared_error.set_backward
+def _half_se_backward(saved, gy):
+    d, reduction = saved
+    return d * _grad_scale(gy, reduction, d.size), None
+
+
+@_loss("l1_loss",
+       formula=r"L = \frac1n \sum_i |\hat y_i - y_i|",
+       derivative=r"\frac{\partial L}{\partial \hat y_i} = \frac1n \mathrm{sign}(\hat y_i - y_i)",
+       convention="derivative 0 where input == target (sign(0) = 0), as PyTorch",
+       reference=lambda torch, x, t, reduction: torch.nn.functional.l1_loss(x, t, reduction=reduction))
+def l1_loss(input, target, reduction):
+    """Mean absolute error."""
+    x, t = _pair(input, target, "l1_loss")
+    d = x - t
+    return _reduce(np.abs(d), reduction), (d, reduction)
+
+
+@l1_loss.set_backward
+def _l1_backward(saved, gy):
+    d, reduction = saved
+    return np.sign(d) * _grad_scale(gy, reduction, d.size), None
+
+
+@_loss("huber_loss",
+       formula=(r"L = \frac1n\sum_i \begin{cases} \tfrac12 d_i^2 & |d_i| \le \delta \\"
+                r" \delta(|d_i| - \tfrac12\delta) & \text{otherwise}\end{cases},\ d = \hat y - y"),
+       derivative=r"\frac{\partial L}{\partial \hat y_i} = \frac1n \mathrm{clip}(d_i, -\delta, \delta)",
+       convention="continuously differentiable: at |d| = delta the derivative is +-delta",
+       params={"delta": 1.0}, test_params=({"delta": 0.5},),
+       reference=lambda torch, x, t, delta, reduction: torch.nn.functional.huber_loss(
+           x, t, reduction=reduction, delta=delta))
+def huber_loss(input, target, delta, reduction):
+    """Quadratic near zero, linear beyond delta: robust to outliers."""
+    if not delta > 0:
+        raise ValueError(f"huber_loss: delta={delta!r} is not valid; expected delta > 0")
+    x, t = _pair(input, target, "huber_loss")
+    d = x - t
+    a = np.abs(d)
+    per = np.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    return _reduce(per, reduction), (d, delta, reduction)
+
+
+@huber_loss.set_backward
+def _huber_backward(saved, gy):
+    d, delta, reduction = saved
+    return np.clip(d, -delta, delta) * _grad_scale(gy, reduction, d.size), None
+
+
+# -- classification ----------------------------------------------------------------------
+
+@_loss("cross_entropy",
+       formula=(r"L_n = -\sum_c a_{n,c} \log \mathrm{softmax}(x_n)_c,\quad a_{n,c} = w_c\,y_{n,c}"
+                r"\ (\text{one-hot or probability targets, smoothed: } (1-\varepsilon) y + \varepsilon/C)"),
+       derivative=(r"\frac{\partial L_n}{\partial x_{n,k}} = p_{n,k}\textstyle\sum_c a_{n,c} - a_{n,k}"
+                   r"\quad\Bigl(= p - y \text{ for one-hot } y \text{ without weights}\Bigr)"),
+       sample=_class_sample,
+       params={"weight": None, "ignore_index": -100, "label_smoothing": 0.0},
+       test_params=({"weight": np.array([0.5, 2.0, 1.0, 1.5])}, {"ignore_index": 1},
+                    {"label_smoothing": 0.1}),
+       domains=((-3.0, 3.0), (-1000.0, 1000.0)),
+       reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.cross_entropy(
+           x, t, reduction=reduction, **kw))
+def cross_entropy(input, target, weight, ignore_index, label_smoothing, reduction):
+    r"""Softmax cross-entropy on logits, fused so that backward is softmax - target.
+
+    ``target`` is class indices of shape (N,) or class probabilities of shape
+    (N, C).  ``weight`` scales each class; with class indices "mean" divides by
+    the summed weights of the non-ignored targets (PyTorch's weighted mean),
+    with probabilities by N.  ``label_smoothing`` mixes the target with the
+    uniform distribution.  Computed through log-softmax: never log(softmax + eps).
+    """
+    who = "cross_entropy"
+    x = _logits_2d(input, who)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{who}: label_smoothing={label_smoothing!r} is not valid; expected 0 <= value <= 1")
+    n, C = x.shape
+    w = _weight(weight, C, x.dtype, who)
+    logp, _ = log_softmax.fn(x, 1)
+    eps = label_smoothing
+    t = np.asarray(target)
+    if t.ndim == 2:                                          # probability targets
+        if t.shape != x.shape:
+            raise ValueError(f"{who}: expected probability targets of shape {x.shape}, got shape {t.shape}")
+        a = t.astype(x.dtype, copy=False)
+        if eps:
+            a = a * (1 - eps) + eps / C
+        if w is not None:
+            a = a * w
+        per = -(a * logp).sum(axis=1)
+        saved = (logp, a.sum(axis=1), a, None, None, n, reduction)
+        return _reduce(per, reduction, n), saved
+    y = class_indices(t, n, C, who, ignore_index)
+    keep = y != ignore_index
+    y = np.where(keep, y, 0)                                  # any valid index; its weight is 0
+    rows = np.arange(n)
+    wy = (w[y] if w is not None else np.ones(n, x.dtype)) * keep
+    per = -wy * logp[rows, y]
+    hot, total = wy, wy.copy()                                # a = hot * onehot(y) + dense
+    dense = None
+    if eps:
+        wc = w if w is not None else np.ones(C, x.dtype)
+        dense = (eps / C) * wc * keep[:, None]
+        per = (1 - eps) * per - (dense * logp).sum(axis=1)
+        hot = (1 - eps) * wy
+        total = hot + dense.sum(axis=1)
+    saved = (logp, total, dense, hot, y, wy.sum(), reduction)
+    return _reduce(per, reduction, wy.sum()), saved
+
+
+@cross_entropy.set_backward
+def _cross_entropy_backward(saved, gy):
+    logp, total, dense, hot, y, denom, reduction = saved
+    gx = np.exp(logp) * total[:, None]                        # p * sum_c a_c
+    if dense is not None:
+        gx -= dense
+    if hot is not None:
+        gx[np.arange(len(y)), y] -= hot
+    return gx * _grad_scale(gy, reduction, denom, (-1, 1)), None
+
+
+@_loss("nll_loss",
+       formula=r"L_n = -w_{y_n} \log p_{n, y_n}\quad\text{(input: log-probabilities)}",
+       derivative=r"\frac{\partial L_n}{\partial \log p_{n,k}} = -w_{y_n}\,[k = y_n]",
+       sample=_class_sample, params={"weight": None, "ignore_index": -100},
+       test_params=({"weight": np.array([0.5, 2.0, 1.0, 1.5])}, {"ignore_index": 2}),
+       domains=((-6.0, 0.0),),
+       reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.nll_loss(
+           x, t, reduction=reduction, **kw))
+def nll_loss(input, target, weight, ignore_index, reduction):
+    """Negative log-likelihood of class indices, on log-probabilities (use after log_softmax)."""
+    who = "nll_loss"
+    x = _logits_2d(input, who)
+    n, C = x.shape
+    w = _weight(weight, C, x.dtype, who)
+    y = class_indices(target, n, C, who, ignore_index)
+    keep = y != ignore_index
+    y = np.where(keep, y, 0)
+    wy = (w[y] if w is not None else np.ones(n, x.dtype)) * keep
+    per = -wy * x[np.arange(n), y]
+    return _reduce(per, reduction, wy.sum()), (x.shape, x.dtype, y, wy, reduction)
+
+
+@nll_loss.set_backward
+def _nll_backward(saved, gy):
+    shape, dtype, y, wy, reduction = saved
+    gx = np.zeros(shape, dtype)
+    gx[np.arange(len(y)), y] = -wy
+    return gx * _grad_scale(gy, reduction, wy.sum(), (-1, 1)), None
+
+
+@_loss("prob_cross_entropy",
+       formula=r"L_n = -\sum_c y_{n,c} \log(p_{n,c} + \epsilon)\quad\text{(input: probabilities)}",
+       derivative=(r"\frac{\partial L_n}{\partial p_{n,c}} = -\frac{y_{n,c}}{p_{n,c} + \epsilon}"
+                   r"\quad\text{(through softmax: } p - y \text{)}"),
+       sample=_simplex_sample, params={"eps": 1e-12},
+       domains=((0.0, 1.0),),
+       reference=lambda torch, p, y, eps, reduction: _torch_prob_ce(torch, p, y, eps, reduction))
+def prob_cross_entropy(input, target, eps, reduction):
+    """Cross-entropy on probabilities, with eps inside the log; "mean" averages over rows.
+
+    This is the textbook loss; chained through softmax's backward its gradient
+    is p - y (up to eps).  For training, prefer cross_entropy on logits.
+    """
+    p, y = _pair(input, target, "prob_cross_entropy")
+    if p.ndim < 1:
+        raise ValueError("prob_cross_entropy: expected input of shape (..., C), got a scalar")
+    per = -(y * np.log(p + eps)).sum(axis=-1)
+    return _reduce(per, reduction), (p, y, eps, per.size, reduction)
+
+
+@prob_cross_entropy.set_backward
+def _prob_ce_backward(saved, gy):
+    p, y, eps, rows, reduction = saved
+    scale = _grad_scale(gy, reduction, rows)
+    if reduction == "none":
+        scale = np.expand_dims(scale, -1)
+    return -y / (p + eps) * scale, None
+
+
+def _torch_prob_ce(torch, p, y, eps, reduction):
+    per = -(y * torch.log(p + eps)).sum(-1)
+    return {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
+
+
+@_loss("binary_cross_entropy",
+       formula=r"L_i = -w_i\bigl(y_i \log p_i + (1 - y_i)\log(1 - p_i)\bigr),\ \log \text{ clamped at } -100",
+       derivative=r"\frac{\partial L_i}{\partial p_i} = w_i \frac{p_i - y_i}{\max(p_i(1 - p_i), 10^{-12})}",
+       convention="p(1-p) is clamped at 1e-12 so the gradient stays finite at p = 0 and p = 1, as PyTorch",
+       sample=_prob_sample, params={"weight": None}, domains=((0.0, 1.0),),
+       reference=lambda torch, p, y, reduction, weight: torch.nn.functional.binary_cross_entropy(
+           p, y, weight=weight, reduction=reduction))
+def binary_cross_entropy(input, target, weight, reduction):
+    """Binary cross-entropy on probabilities in [0, 1]; each log is clamped at -100 like PyTorch."""
+    who = "binary_cross_entropy"
+    p, y = _pair(input, target, who)
+    outside = (p < 0) | (p > 1)
+    if outside.any():
+        raise ValueError(f"{who}: input must be probabilities in [0, 1], got {p[outside][0]!r}")
+    with np.errstate(divide="ignore"):                        # log(0) = -inf, clamped next
+        per = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100))
+    w = None if weight is None else np.broadcast_to(np.asarray(weight, p.dtype), p.shape)
+    if w is not None:
+        per = per * w
+    return _reduce(per, reduction), (p, y, w, reduction)
+
+
+@binary_cross_entropy.set_backward
+def _bce_backward(saved, gy):
+    p, y, w, reduction = saved
+    gx = (p - y) / np.maximum(p * (1 - p), _BCE_EPS)
+    if w is not None:
+        gx = gx * w
+    return gx * _grad_scale(gy, reduction, p.size), None
+
+
+@_loss("binary_cross_entropy_with_logits",
+       formula=(r"L_i = -w_i\bigl(r\,y_i \log\sigma(x_i) + (1 - y_i)\log(1 - \sigma(x_i))\bigr)"
+                r"\quad(r = \text{pos\_weight})"),
+       derivative=r"\frac{\partial L_i}{\partial x_i} = w_i\bigl((1 + (r - 1) y_i)\,\sigma(x_i) - r\,y_i\bigr)",
+       params={"weight": None, "pos_weight": None},
+       test_params=({"pos_weight": np.array([0.5, 2.0, 3.0])},),
+       domains=((-6.0, 6.0), (-1000.0, 1000.0)),
+       sample=lambda rng, dtype, lo, hi: (rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+                                          rng.uniform(0, 1, size=(4, 3)).astype(dtype)),
+       reference=lambda torch, x, y, reduction, weight, pos_weight:
+           torch.nn.functional.binary_cross_entropy_with_logits(
+               x, y, weight=weight, pos_weight=pos_weight, reduction=reduction))
+def binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction):
+    """Sigmoid + binary cross-entropy fused and stable for any logit:
+    (1 - y) x + (1 + (r - 1) y) (log(1 + e^{-|x|}) + max(-x, 0))."""
+    x, y = _pair(input, target, "binary_cross_entropy_with_logits")
+    lw = 1 if pos_weight is None else 1 + (np.asarray(pos_weight, x.dtype) - 1) * y
+    softplus_neg = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)     # log(1 + e^{-x})
+    per = (1 - y) * x + lw * softplus_neg
+    w = None if weight is None else np.broadcast_to(np.asarray(weight, x.dtype), x.shape)
+    if w is not None:
+        per = per * w
+    return _reduce(per, reduction), (x, y, lw, pos_weight, w, reduction)
+
+
+@binary_cross_entropy_with_logits.set_backward
+def _bce_logits_backward(saved, gy):
+    from .activations import stable_sigmoid
+    x, y, lw, pos_weight, w, reduction = saved
+    r = 1 if pos_weight is None else np.asarray(pos_weight, x.dtype)
+    gx = lw * stable_sigmoid(x) - r * y
+    if w is not None:
+        gx = gx * w
+    return gx * _grad_scale(gy, reduction, x.size), None
+
+
+@_loss("multi_margin_loss",
+       formula=(r"L_n = \frac{1}{C}\sum_{i \ne y_n} w_{y_n} \max(0,\ m - x_{n,y_n} + x_{n,i})^p"),
+       derivative=(r"\frac{\partial L_n}{\partial x_{n,i}} = \frac{p\,w_{y_n}}{C} h_i^{p-1} [h_i > 0],"
+                   r"\quad \frac{\partial L_n}{\partial x_{n,y_n}} = -\sum_{i \ne y_n} \frac{\partial L_n}{\partial x_{n,i}}"),
+       convention="derivative 0 where the hinge is exactly 0 (h_i = 0), as PyTorch",
+       sample=_class_sample, params={"p": 1, "margin": 1.0, "weight": None},
+       test_params=({"p": 2}, {"margin": 0.5, "weight": np.array([0.5, 2.0, 1.0, 1.5])},
+                    {"p": 2, "weight": np.array([0.5, 2.0, 1.0, 1.5])}),
+       reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.multi_margin_loss(
+           x, t, reduction=reduction, **kw))
+def multi_margin_loss(input, target, p, margin, weight, reduction):
+    """The multi-class SVM hinge loss (PyTorch's MultiMarginLoss), p in {1, 2}."""
+    who = "multi_margin_loss"
+    check_choice(f"{who}: p", p, (1, 2))
+    x = _logits_2d(input, who)
+    n, C = x.shape
+    y = class_indices(target, n, C, who)
+    w = _weight(weight, C, x.dtype, who)
+    rows = np.arange(n)
+    h = margin - x[rows, y][:, None] + x                     # h_{n,i}
+    h[rows, y] = 0                                          # the true class is not a violation
+    active = h > 0
+    hp = np.where(active, h, 0) ** p
+    wy = w[y][:, None] if w is not None else 1
+    per = (wy * hp).sum(axis=1) / C
+    return _reduce(per, reduction), (h, active, y, wy, p, C, reduction)
+
+
+@multi_margin_loss.set_backward
+def _multi_margin_backward(saved, gy):
+    h, active, y, wy, p, C, reduction = saved
+    g = np.where(active, p * h ** (p - 1), 0) * wy / C      # dL_n/dx_{n,i}, i != y
+    g[np.arange(len(y)), y] = -g.sum(axis=1)
+    return g * _grad_scale(gy, reduction, len(y), (-1, 1)), None

@@ -1,0 +1,219 @@
+r"""Batch normalization, layer normalization and the Lp norm.
+
+Batch and layer norm share one derivation.  With
+:math:`\hat x = (x - \mu)/\sigma`, :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}`,
+:math:`y = \gamma \hat x + \beta`, and :math:`g = \gamma\, g_y` (dL/dx-hat),
+averaging over the M values that share a mean and a variance:
+
+.. math::  g_x = \frac{1}{\sigma}\Bigl(g - \overline{g} - \hat x\,\overline{g \hat x}\Bigr)
+
+where the bars are means over those M values.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .registry import as_float, register
+
+
+class NormSaved(NamedTuple):
+    xhat: np.ndarray
+    inv_std: np.ndarray
+    weight: np.ndarray
+    axes: tuple             # axes the statistics were taken over
+    param_axes: tuple       # axes weight/bias were broadcast over
+    mean: np.ndarray        # batch statistics, read by BatchNorm1d for its running stats
+    var: np.ndarray
+
+
+def _normalize_backward(saved: NormSaved, gy):
+    """The compact backward shared by batch and layer norm (see the module docstring)."""
+    xhat, inv_std, weight, axes, param_axes = saved[:5]
+    g = gy * weight
+    g_mean = g.mean(axis=axes, keepdims=True)
+    gxhat_mean = (g * xhat).mean(axis=axes, keepdims=True)
+    gx = inv_std * (g - g_mean - xhat * gxhat_mean)
+    return gx, (gy * xhat).sum(axis=param_axes), gy.sum(axis=param_axes)
+
+
+def _bn_axes(x, weight, who):
+    """Statistics axes for (N, C) or (N, C, L) input, after shape checks."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{who}: expected input of shape (N, C) or (N, C, L), got shape {x.shape}")
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(f"{who}: expected {weight.shape[0]} features on dim 1, "
+                         f"got input of shape {x.shape}")
+    return (0,) if x.ndim == 2 else (0, 2)
+
+
+def _channel(v, x):
+    """A per-feature vector shaped to broadcast along dim 1 of x."""
+    return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _bn_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(6, 3)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, size=3).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    return x, weight, bias
+
+
+@register(
+    "batch_norm", kind="normalization",
+    formula=(r"y = \gamma \frac{x - \mu_B}{\sqrt{\sigma_B^2 + \epsilon}} + \beta,\quad"
+             r"\mu_B = \tfrac1M\textstyle\sum x,\ \sigma_B^2 = \tfrac1M\sum (x - \mu_B)^2"),
+    derivative=(r"g_x = \frac{1}{\sqrt{\sigma_B^2+\epsilon}}\Bigl(\gamma g_y - \overline{\gamma g_y}"
+                r" - \hat x\,\overline{\gamma g_y \hat x}\Bigr),\ "
+                r"\frac{\partial L}{\partial\gamma} = \textstyle\sum g_y \hat x,\ "
+                r"\frac{\partial L}{\partial\beta} = \sum g_y"),
+    convention="training mode: batch statistics with the biased variance",
+    inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_bn_sample,
+    reference=lambda torch, x, weight, bias, eps: torch.nn.functional.batch_norm(
+        x, None, None, weight, bias, training=True, eps=eps),
+)
+def batch_norm(x, weight, bias, eps):
+    """Batch normalization in training mode over dim 0 (and 2 for (N, C, L) input).
+
+    The op is pure; BatchNorm1d updates its running statistics from
+    ``saved.mean`` and ``saved.var``.
+    """
+    x, weight, bias = as_float(x), as_float(weight), as_float(bias)
+    axes = _bn_axes(x, weight, "batch_norm")
+    m = x.size // x.shape[1]
+    if m < 2:
+        raise ValueError(f"batch_norm: expected more than 1 value per feature in training mode, "
+                         f"got input of shape {x.shape}")
+    mean = x.mean(axis=axes, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(axis=axes, keepdims=True)     # not np.var: complex-step safe
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat = xc * inv_std
+    y = _channel(weight, x) * xhat + _channel(bias, x)
+    return y, NormSaved(xhat, inv_std, _channel(weight, x), axes, axes,
+                        mean.reshape(-1), var.reshape(-1))
+
+
+@batch_norm.set_backward
+def _batch_norm_backward(saved, gy):
+    gx, gw, gb = _normalize_backward(saved, gy)
+    return gx, gw.reshape(-1), gb.reshape(-1)
+
+
+def _bn_eval_sample(rng, dtype, lo, hi):
+    x, weight, bias = _bn_sample(rng, dtype, lo, hi)
+    running_mean = rng.uniform(lo, hi, size=3).astype(dtype)
+    running_var = rng.uniform(0.5, 2.0, size=3).astype(dtype)
+    return x, weight, bias, running_mean, running_var
+
+
+@register(
+    "batch_norm_eval", kind="normalization",
+    formula=r"y = \gamma \frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta \quad\text{(running statistics)}",
+    derivative=(r"g_x = \frac{\gamma\, g_y}{\sqrt{\hat\sigma^2+\epsilon}},\ "
+                r"\frac{\partial L}{\partial\gamma} = \textstyle\sum g_y \hat x,\ "
+                r"\frac{\partial L}{\partial\beta} = \sum g_y"),
+    convention="evaluation mode: the statistics are constants, so the map is affine",
+    inputs=("x", "weight", "bias", "running_mean", "running_var"),
+    differentiable=(True, True, True, False, False),
+    params={"eps": 1e-5}, complex_step=True,
+    domains=((-3.0, 3.0),), sample=_bn_eval_sample,
+    reference=lambda torch, x, weight, bias, rm, rv, eps: torch.nn.functional.batch_norm(
+        x, rm, rv, weight, bias, training=False, eps=eps),
+)
+def batch_norm_eval(x, weight, bias, running_mean, running_var, eps):
+    """Batch normalization in evaluation mode, with the running statistics."""
+    x, weight, bias = as_float(x), as_float(weight), as_float(bias)
+    axes = _bn_axes(x, weight, "batch_norm_eval")
+    inv_std = _channel(1 / np.sqrt(as_float(running_var) + eps), x)
+    xhat = (x - _channel(as_float(running_mean), x)) * inv_std
+    w = _channel(weight, x)
+    return w * xhat + _channel(bias, x), (xhat, w * inv_std, axes)
+
+
+@batch_norm_eval.set_backward
+def _batch_norm_eval_backward(saved, gy):
+    xhat, scale, axes = saved
+    return gy * scale, (gy * xhat).sum(axis=axes).reshape(-1), gy.sum(axis=axes).reshape(-1), None, None
+
+
+def _ln_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(3, 5)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, size=5).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    return x, weight, bias
+
+
+@register(
+    "layer_norm", kind="normalization",
+    formula=(r"y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta,\quad"
+             r"\mu, \sigma^2 \text{ over the last dims of each sample}"),
+    derivative=(r"g_x = \frac{1}{\sqrt{\sigma^2+\epsilon}}\Bigl(\gamma g_y - \overline{\gamma g_y}"
+                r" - \hat x\,\overline{\gamma g_y \hat x}\Bigr)"),
+    inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_ln_sample,
+    reference=lambda torch, x, weight, bias, eps: torch.nn.functional.layer_norm(
+        x, weight.shape, weight, bias, eps),
+)
+def layer_norm(x, weight, bias, eps):
+    """Layer normalization over the last ``weight.ndim`` dims (normalized_shape = weight.shape)."""
+    x, weight, bias = as_float(x), as_float(weight), as_float(bias)
+    k = weight.ndim
+    if weight.shape != bias.shape or x.shape[x.ndim - k:] != weight.shape:
+        raise ValueError(f"layer_norm: expected input of shape (..., {', '.join(map(str, weight.shape))}) "
+                         f"and bias of shape {weight.shape}, got input {x.shape}, bias {bias.shape}")
+    axes = tuple(range(x.ndim - k, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    xc = x - mean
+    var = (xc * xc).mean(axis=axes, keepdims=True)
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat = xc * inv_std
+    param_axes = tuple(range(x.ndim - k))
+    return weight * xhat + bias, NormSaved(xhat, inv_std, weight, axes, param_axes, mean, var)
+
+
+@layer_norm.set_backward
+def _layer_norm_backward(saved, gy):
+    return _normalize_backward(saved, gy)
+
+
+def _norm_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(3, 5)).astype(dtype),)
+
+
+@register(
+    "lp_norm", kind="normalization",
+    formula=r"\|x\|_p = \Bigl(\textstyle\sum_j |x_j|^p\Bigr)^{1/p}",
+    derivative=(r"\frac{\partial \|x\|_p}{\partial x_j} = \frac{x_j\,|x_j|^{p-2}}{\|x\|_p^{\,p-1}}"
+                r" = \mathrm{sign}(x_j)\Bigl(\frac{|x_j|}{\|x\|_p}\Bigr)^{p-1}"),
+    convention="the derivative is taken as 0 where x_j = 0 (and everywhere when ||x|| = 0), as PyTorch",
+    params={"p": 2.0, "dim": -1, "keepdim": False},
+    test_params=({"p": 1.0}, {"p": 3.0}, {"p": 0.5}, {"p": 2.0, "keepdim": True}),
+    domains=((-3.0, 3.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_norm_sample,
+    reference=lambda torch, x, p, dim, keepdim: torch.linalg.vector_norm(x, ord=p, dim=dim, keepdim=keepdim),
+)
+def lp_norm(x, p, dim, keepdim):
+    """The Lp norm along ``dim`` for p > 0, computed as m * ||x/m||_p with m = max|x|
+    so that |x|^p cannot overflow for large p or large x."""
+    if not (isinstance(p, (int, float)) and p > 0):
+        raise ValueError(f"lp_norm: p={p!r} is not valid; expected a number p > 0")
+    x = as_float(x)
+    a = np.abs(x)
+    m = a.max(axis=dim, keepdims=True)
+    scale = np.where(m > 0, m, 1)                    # all-zero rows: norm 0, no 0/0
+    n = m * np.power(np.sum(np.power(a / scale, p), axis=dim, keepdims=True), 1 / p)
+    y = n if keepdim else np.squeeze(n, axis=dim)
+    return y, (x, n, p, dim, keepdim)
+
+
+@lp_norm.set_backward
+def _lp_norm_backward(saved, gy):
+    x, n, p, dim, keepdim = saved
+    if not keepdim:
+        gy = np.expand_dims(gy, dim)
+    ratio = np.abs(x) / np.where(n > 0, n, 1)
+    # (|x_j|/n)^(p-1) only where x_j != 0: for p < 1 it would be 0^(negative) = inf
+    slope = np.power(ratio, p - 1, out=np.zeros_like(ratio), where=x != 0)
+    return gy * np.sign(x) * slope

@@ -1,0 +1,184 @@
+"""The op registry: every op is declared once, with everything that describes it.
+
+Tests, plots, docs and the CLI all iterate over ``REGISTRY``, so adding an op
+means touching one file and nothing can drift.
+
+The contract of an op (the same as JAX's ``custom_vjp``)::
+
+    y, saved = op.forward(*inputs, **params)   # output, what backward needs
+    grads = op.backward(saved, gy)             # one gradient per input
+                                               # (None where not differentiable)
+
+``op(*inputs, **params)`` returns just ``y``.  Backward is a vector-Jacobian
+product: it never builds a Jacobian.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+REGISTRY: dict[str, "Op"] = {}
+
+# Extreme ranges where a naive exp/log overflows; every op is tested on them.
+NORMAL = (-6.0, 6.0)
+HUGE_NEG = (-1000.0, -100.0)
+HUGE_POS = (100.0, 1000.0)
+WIDE = (NORMAL, HUGE_NEG, HUGE_POS)
+
+
+def elementwise_sample(rng, dtype, lo, hi, shape=(4, 5)):
+    """Inputs for an elementwise op: one array uniform in [lo, hi]."""
+    return (rng.uniform(lo, hi, size=shape).astype(dtype),)
+
+
+@dataclass(eq=False)
+class Op:
+    """One differentiable op and everything that describes it.
+
+    Fields
+    ------
+    name, kind        registry key; "activation", "softmax", "linear",
+                      "normalization", "loss" or "regularization".
+    formula, derivative   LaTeX of f and of its derivative (or VJP).
+    convention        the derivative's value at non-differentiable points, in words.
+    inputs            names of the positional array inputs; a leading "*" marks
+                      a variadic input (chain products).
+    differentiable    which inputs get a gradient (class indices do not).
+    params            keyword parameters and their defaults.
+    choices           parameters that take one of a fixed set of values.
+    kinks             points where an elementwise derivative jumps.
+    domains           input ranges the tests sample, extreme ranges included.
+    complex_step      True when forward is complex-analytic, so that
+                      f'(x) = Im f(x + ih) / h applies.
+    symbolic          ``(x, sp, **params) -> sympy expr`` for scalar ops.
+    reference         ``(torch, *inputs, **params) -> tensor``; used by tests
+                      only: the library never imports torch.
+    sample            ``(rng, dtype, lo, hi, **params) -> inputs`` for tests,
+                      plots and ``handydl check``.
+    test_params       parameter sets the tests run besides the defaults.
+    jacobian          optional explicit Jacobian builder, for people who want
+                      to see the matrix.
+    """
+
+    name: str
+    fn: Callable
+    kind: str
+    formula: str
+    derivative: str
+    convention: str = "differentiable everywhere"
+    inputs: tuple = ("x",)
+    differentiable: tuple | None = None
+    params: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+    kinks: tuple = ()
+    domains: tuple = (NORMAL,)
+    complex_step: bool = False
+    symbolic: Callable | None = None
+    reference: Callable | None = None
+    sample: Callable = elementwise_sample
+    test_params: tuple = ()
+    jacobian: Callable | None = None
+    _backward: Callable | None = None
+
+    def __post_init__(self):
+        if self.differentiable is None:
+            self.differentiable = (True,) * len(self.inputs)
+        self.__doc__ = self.fn.__doc__
+
+    # -- the contract ---------------------------------------------------------
+    def forward(self, *inputs, **params):
+        """Return ``(y, saved)``; see the module docstring."""
+        params = self.bind(params)
+        # Underflow to zero is the correctly rounded result (and what PyTorch
+        # returns): it must never raise, even under np.seterr(all="raise").
+        # Overflow, division by zero and invalid operations still do.
+        with np.errstate(under="ignore"):
+            return self.fn(*inputs, **params)
+
+    def backward(self, saved, gy):
+        """Return a tuple with one gradient per input (None if not differentiable)."""
+        if self._backward is None:
+            raise NotImplementedError(f"op {self.name!r} has no backward")
+        with np.errstate(under="ignore"):
+            grads = self._backward(saved, gy)
+        return grads if isinstance(grads, tuple) else (grads,)
+
+    def __call__(self, *inputs, **params):
+        return self.forward(*inputs, **params)[0]
+
+    def set_backward(self, fn):
+        """Decorator that attaches the hand-derived backward ``fn(saved, gy)``."""
+        self._backward = fn
+        return fn
+
+    def set_jacobian(self, fn):
+        """Decorator that attaches an explicit Jacobian builder."""
+        self.jacobian = fn
+        return fn
+
+    # -- parameters -------------------------------------------------------------
+    def bind(self, params: dict) -> dict:
+        """Defaults merged with ``params``; unknown names and values raise ValueError."""
+        unknown = set(params) - set(self.params)
+        if unknown:
+            valid = ", ".join(self.params) or "none"
+            raise ValueError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; "
+                             f"valid parameters: {valid}")
+        bound = {**self.params, **params}
+        for key, valid in self.choices.items():
+            check_choice(f"{self.name}: {key}", bound[key], valid)
+        return bound
+
+    @property
+    def variadic(self) -> bool:
+        return bool(self.inputs) and self.inputs[0].startswith("*")
+
+    def describe(self, params: dict | None = None) -> str:
+        """``name(p=v, ...)`` for tables and plot titles."""
+        params = params or {}
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        return f"{self.name}({shown})" if shown else self.name
+
+    def __repr__(self):
+        return f"<op {self.name}>"
+
+
+def register(name: str, **fields: Any):
+    """Declare an op: ``@register("sigmoid", formula=..., ...)`` on its forward."""
+    def wrap(fn):
+        if name in REGISTRY:
+            raise ValueError(f"op {name!r} is registered twice")
+        op = Op(name=name, fn=fn, **fields)
+        REGISTRY[name] = op
+        return op
+    return wrap
+
+
+def get(name: str) -> Op:
+    """The op called ``name``; an unknown name raises ValueError listing the valid ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(sorted(REGISTRY))}") from None
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered op names, in declaration order, optionally of one kind."""
+    return [n for n, op in REGISTRY.items() if kind is None or op.kind == kind]
+
+
+def check_choice(what: str, value, valid) -> None:
+    """Raise ValueError naming ``value`` and listing ``valid`` if it is not one of them."""
+    if value not in valid:
+        listed = ", ".join(repr(v) for v in valid)
+        raise ValueError(f"{what}={value!r} is not valid; expected one of {listed}")
+
+
+def as_float(x) -> np.ndarray:
+    """``x`` as a float array: float32 and float64 stay as they are, the rest becomes float64."""
+    x = np.asarray(x)
+    if x.dtype.kind in "fc":
+        return x
+    return x.astype(np.float64)
