@@ -1,0 +1,491 @@
+r"""Gradient checking: the analytic backward against numerical differentiation.
+
+Three numerical references:
+
+- central differences :math:`(f(x+h) - f(x-h))/2h`, with the one-sided
+  differences kept so that a kink (left and right derivatives disagree) is
+  recognised: there the analytic value passes if it lies between them;
+- the complex step :math:`\mathrm{Im}\,f(x + ih)/h`, free of cancellation,
+  for complex-analytic functions (the registry says which ops are);
+- random projections :math:`v^\top J u` for large inputs (``fast=True``).
+
+Everything runs in float64 on copies: the caller's module and arrays are
+never changed.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..nn.loss import Loss
+from ..nn.module import Module
+from ..ops.registry import Op, check_choice
+
+METHODS = ("central", "complex-step")
+FULL_LIMIT = 4000          # output size + checked elements up to which the full Jacobian is built
+LOCATE_LIMIT = 20000       # elements searched for the culprit after a failed projection
+
+
+class GradcheckError(AssertionError):
+    """Raised by gradcheck when a gradient disagrees; ``.report`` has the details."""
+
+    def __init__(self, report):
+        self.report = report
+        super().__init__(report.failure_message())
+
+
+@dataclass
+class Entry:
+    """The comparison for one input or parameter."""
+    name: str
+    shape: tuple
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0            # max abs err / largest |numeric derivative|
+    where: tuple | None = None          # (output index, element index) of the worst entry
+    analytic: float = 0.0
+    numeric: float = 0.0
+    kinks: list = field(default_factory=list)     # element indices recognised as kinks
+    passed: bool = True
+
+
+@dataclass
+class GradcheckReport:
+    entries: list
+    method: str
+    mode: str                            # "full Jacobian" or "random projections"
+    zero_ok: bool = True
+    repeat_ok: bool = True
+    problems: list = field(default_factory=list)
+
+    @property
+    def passed(self):
+        return all(e.passed for e in self.entries) and self.zero_ok and self.repeat_ok
+
+    @property
+    def max_rel_err(self):
+        return max((e.max_rel_err for e in self.entries), default=0.0)
+
+    @property
+    def max_abs_err(self):
+        return max((e.max_abs_err for e in self.entries), default=0.0)
+
+    def worst(self):
+        failed = [e for e in self.entries if not e.passed]
+        pool = failed or self.entries
+        return max(pool, key=lambda e: e.max_abs_err) if pool else None
+
+    def failure_message(self):
+        lines = []
+        for e in (e for e in self.entries if not e.passed):
+            out_idx, el_idx = e.where
+            at = f"element {el_idx}" + (f" (output {out_idx})" if out_idx is not None else "")
+            diff = abs(e.analytic - e.numeric)
+            lines.append(f"gradient of {e.name} is wrong at {at}: analytic {e.analytic:.6g} vs "
+                         f"numeric {e.numeric:.6g} (abs err {diff:.3g}, rel err "
+                         f"{diff / max(abs(e.numeric), 1e-300):.3g}){_hint(e.analytic, e.numeric)}")
+        lines.extend(self.problems)
+        return "; ".join(lines) or "gradcheck passed"
+
+    def __str__(self):
+        rows = [f"gradcheck ({self.method}, {self.mode}): {'PASSED' if self.passed else 'FAILED'}",
+                f"  {'input':<24}{'shape':<14}{'max abs err':>12}{'max rel err':>12}  kinks  verdict"]
+        for e in self.entries:
+            rows.append(f"  {e.name:<24}{str(e.shape):<14}{e.max_abs_err:>12.2e}{e.max_rel_err:>12.2e}"
+                        f"  {len(e.kinks):>5}  {'ok' if e.passed else 'WRONG'}")
+        rows.extend(f"  {p}" for p in self.problems)
+        if not self.passed:
+            rows.append("  " + self.failure_message())
+        return "\n".join(rows)
+
+
+def _hint(a, n):
+    """A guess at why, from the ratio of analytic to numeric."""
+    if n == 0 or a == 0:
+        return ""
+    r = a / n
+    for value, why in ((-1, "a sign error?"), (2, "a spurious factor of 2?"),
+                       (0.5, "a missing factor of 2?")):
+        if abs(r - value) < 1e-3 * abs(value):
+            return f"; analytic/numeric = {r:.4g}: {why}"
+    return f"; analytic/numeric = {r:.4g}"
+
+
+# -- a uniform view of what is checked -------------------------------------------------
+
+def _f64(a):
+    a = np.asarray(a)
+    return a.astype(np.float64) if a.dtype.kind in "f" else a
+
+
+class _Target:
+    """What gradcheck differentiates: arrays to perturb, f(arrays), and the analytic VJP."""
+
+    names: list
+    arrays: list
+    analytic: bool
+
+    def value(self):
+        raise NotImplementedError
+
+    def vjp(self, u):
+        raise NotImplementedError
+
+    def backward_twice(self, u):
+        """Gradients from two backward calls on one forward (the second minus the first
+        for accumulated parameter gradients)."""
+        raise NotImplementedError
+
+
+class _OpTarget(_Target):
+    """A registered Op, or a (forward, backward) pair with the same contract."""
+
+    def __init__(self, fn, inputs, params):
+        if isinstance(fn, Op):
+            self.forward, self.backward, self.analytic = fn.forward, fn.backward, fn.complex_step
+            names = list(fn.inputs)
+            diff = fn.differentiable
+            if fn.variadic:
+                names = [f"X{i + 1}" for i in range(len(inputs))]
+                diff = (True,) * len(inputs)
+        else:
+            fwd, bwd = fn
+            self.forward = fwd
+            self.backward = lambda saved, gy: _as_tuple(bwd(saved, gy))
+            self.analytic = True
+            names = [f"input{i}" for i in range(len(inputs))]
+            diff = tuple(np.asarray(a).dtype.kind == "f" for a in inputs)
+        self.params = params
+        self.inputs = [_f64(a) if a is not None else None for a in inputs]
+        self.idx = [i for i, d in enumerate(diff) if d and i < len(inputs) and self.inputs[i] is not None]
+        self.names = [names[i] if i < len(names) else f"input{i}" for i in self.idx]
+
+    @property
+    def arrays(self):
+        return [self.inputs[i] for i in self.idx]
+
+    def set(self, k, arr):
+        self.inputs[self.idx[k]] = arr
+
+    def value(self):
+        # a copy: an op may return its input itself (identity), which is perturbed in place
+        return np.array(self.forward(*self.inputs, **self.params)[0], copy=True)
+
+    def vjp(self, u):
+        y, saved = self.forward(*self.inputs, **self.params)
+        grads = self.backward(saved, u)
+        return [grads[i] for i in self.idx]
+
+    def backward_twice(self, u):
+        y, saved = self.forward(*self.inputs, **self.params)
+        first = [np.array(g) for g in _pick(self.backward(saved, u), self.idx)]
+        second = _pick(self.backward(saved, u), self.idx)
+        return first, second
+
+
+def _as_tuple(g):
+    return g if isinstance(g, tuple) else (g,)
+
+
+def _pick(grads, idx):
+    return [grads[i] for i in idx]
+
+
+class _ModuleTarget(_Target):
+    """A Module: its first input (unless integer) and every parameter.
+
+    Each evaluation runs on a fresh deep copy, so stateful modules (dropout's
+    generator, batch norm's running statistics) give the same function every time.
+    """
+
+    def __init__(self, module, inputs):
+        self.model = copy.deepcopy(module).astype(np.float64)
+        self.inputs = [_f64(a) for a in inputs]
+        self.check_input = self.inputs[0].dtype.kind == "f"
+        self.params = self.model.parameters()
+        self.names = (["input"] if self.check_input else []) + [n for n, _ in self.model.named_parameters()]
+        self.analytic = all(getattr(m, "op", None) is None or m.op.complex_step
+                            for m in self.model.modules())
+        self.is_loss = isinstance(module, Loss)
+
+    @property
+    def arrays(self):
+        return ([self.inputs[0]] if self.check_input else []) + [p.data for p in self.params]
+
+    def set(self, k, arr):
+        if self.check_input and k == 0:
+            self.inputs[0] = arr
+        else:
+            self.params[k - self.check_input].data = arr
+
+    def _run(self):
+        m = copy.deepcopy(self.model)
+        m.zero_grad()
+        return m, m(*self.inputs)
+
+    def value(self):
+        return np.array(self._run()[1], copy=True)
+
+    def _grads(self, m, gx):
+        return ([gx] if self.check_input else []) + [p.grad.copy() for p in m.parameters()]
+
+    def vjp(self, u):
+        m, _ = self._run()
+        return self._grads(m, m.backward(u))
+
+    def backward_twice(self, u):
+        m, _ = self._run()
+        first = self._grads(m, m.backward(u))
+        total = self._grads(m, m.backward(u))
+        # parameter gradients accumulate: the second call adds its share
+        second = total[:1] + [t - f for t, f in zip(total[1:], first[1:])] if self.check_input \
+            else [t - f for t, f in zip(total, first)]
+        return first, second
+
+
+def _target(fn, inputs, params):
+    if isinstance(fn, Module):
+        if params:
+            raise ValueError("gradcheck: params= is for ops; a module carries its own parameters")
+        return _ModuleTarget(fn, inputs)
+    if isinstance(fn, Op) or (isinstance(fn, tuple) and len(fn) == 2 and all(map(callable, fn))):
+        return _OpTarget(fn, inputs, params or {})
+    raise TypeError(f"gradcheck: expected a Module, a registered Op or a (forward, backward) pair, "
+                    f"got {type(fn).__name__}")
+
+
+# -- the numerical side ----------------------------------------------------------------------
+
+def _differences(target, k, j, h, y0):
+    """f at x_j +- h: the left, right and central differences (arrays of y's shape)."""
+    x = target.arrays[k]
+    orig = x.flat[j]
+    x.flat[j] = orig + h
+    yp = target.value()
+    x.flat[j] = orig - h
+    ym = target.value()
+    x.flat[j] = orig
+    return (y0 - ym) / h, (yp - y0) / h, (yp - ym) / (2 * h)
+
+
+def _complex_column(target, k, j, h):
+    """Im f(x + i h e_j) / h: one Jacobian column, no cancellation."""
+    x = target.arrays[k]
+    xc = x.astype(np.complex128)
+    xc.flat[j] += 1j * h
+    target.set(k, xc)
+    try:
+        return np.imag(target.value()) / h
+    finally:
+        target.set(k, x)
+
+
+def _unit(shape, r):
+    e = np.zeros(shape)
+    e.flat[r] = 1
+    return e
+
+
+class _Compare:
+    """Accumulates analytic-vs-numeric comparisons for one checked array."""
+
+    def __init__(self, name, shape, atol, rtol):
+        self.entry = Entry(name, tuple(shape))
+        self.atol, self.rtol = atol, rtol
+        self._worst = (False, -np.inf)
+        self.scale = 0.0
+
+    def add(self, a, c, out_idx, el_idx, left=None, right=None):
+        a, c = np.asarray(a, dtype=np.float64), np.asarray(c, dtype=np.float64)
+        err = np.abs(a - c)
+        tol = self.atol + self.rtol * np.abs(c)
+        ok = err <= tol
+        if left is not None:
+            kink = np.abs(left - right) > 10 * (self.atol + self.rtol * np.maximum(np.abs(left), np.abs(right)))
+            between = (np.minimum(left, right) - tol <= a) & (a <= np.maximum(left, right) + tol)
+            kink_ok = kink & between
+            if np.any(kink):
+                self.entry.kinks.append(el_idx)
+            ok |= kink_ok
+            err = np.where(kink_ok, 0.0, err)      # a kink within bounds is no error
+        # NaN never passes: both sides must be numbers
+        ok &= ~(np.isnan(a) | np.isnan(c))
+        e = self.entry
+        e.max_abs_err = max(e.max_abs_err, float(np.nanmax(err, initial=0.0)))
+        self.scale = max(self.scale, float(np.nanmax(np.abs(c), initial=0.0)))
+        # relative to the largest derivative seen: tiny entries do not inflate it
+        e.max_rel_err = e.max_abs_err / max(self.scale, 1e-300) if e.max_abs_err > 0 else 0.0
+        # the worst entry: a failure outranks any pass, then the larger err / tol
+        score = np.ravel(np.where(np.isnan(err), np.inf, err / tol))
+        bad = ~np.ravel(ok)
+        if bad.any():
+            score = np.where(bad, score, -np.inf)
+        i = int(np.argmax(score))
+        rank = (bool(bad.any()), float(score[i]))
+        if rank > self._worst:
+            self._worst = rank
+            e.where = (_index(out_idx, i), el_idx)
+            e.analytic, e.numeric = float(np.ravel(a)[i]), float(np.ravel(c)[i])
+        if bad.any():
+            e.passed = False
+
+
+def _index(out_idx, i):
+    if out_idx is None:
+        return None
+    return out_idx[i] if isinstance(out_idx, list) else out_idx
+
+
+def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fast=False,
+              params=None, seed=0, raise_exception=True):
+    r"""Check the analytic backward of ``fn`` against numerical differentiation.
+
+    ``fn`` is a Module (its first input and every parameter are checked; a
+    loss's target is not), a registered Op (every differentiable input;
+    ``params`` are its keyword parameters), or a ``(forward, backward)`` pair
+    with the op contract ``forward(*inputs) -> (y, saved)``,
+    ``backward(saved, gy) -> grads``.
+
+    The full Jacobian is compared for small problems; random projections
+    :math:`v^\top J u` when ``fast=True`` or the problem is large, and then, if
+    a projection disagrees, the culprit element is located.  An entry passes
+    when ``|analytic - numeric| <= atol + rtol * |numeric|``; at a kink (left
+    and right differences disagree) when the analytic value lies between them.
+
+    Also checks that a zero upstream gradient gives exactly zero and that
+    backward twice gives the same result.  Returns a :class:`GradcheckReport`;
+    raises :class:`GradcheckError` naming the worst element if anything is wrong
+    (unless ``raise_exception=False``).
+    """
+    check_choice("gradcheck: method", method, METHODS)
+    if not inputs:
+        raise ValueError("gradcheck: expected at least one input")
+    target = _target(fn, inputs, params)
+    if method == "complex-step" and not target.analytic:
+        raise ValueError(f"gradcheck: method='complex-step' needs a complex-analytic function; "
+                         f"{_describe(fn)} is not (use method='central')")
+    rng = np.random.default_rng(seed)
+    y0 = target.value()
+    n_checked = sum(a.size for a in target.arrays)
+    full = not fast and y0.size + n_checked <= FULL_LIMIT
+    mode = "full Jacobian" if full else "random projections"
+    report = GradcheckReport([], method, mode)
+    compares = [_Compare(n, a.shape, atol, rtol) for n, a in zip(target.names, target.arrays)]
+    if full:
+        _check_full(target, compares, y0, eps, method)
+    else:
+        _check_projections(target, compares, y0, eps, method, rng)
+    report.entries = [c.entry for c in compares]
+    for e in report.entries:
+        e.where = _readable(e.where, y0.shape, e.shape)
+    _check_zero_and_repeat(target, y0, rng, report)
+    if raise_exception and not report.passed:
+        raise GradcheckError(report)
+    return report
+
+
+def _readable(where, y_shape, x_shape):
+    """Flat (output, element) indices as multi-indices of y and x."""
+    if where is None:
+        return None
+    out, el = where
+
+    def unravel(i, shape):
+        if not isinstance(i, (int, np.integer)) or len(shape) == 0:
+            return i if isinstance(i, str) or i is None else ()
+        idx = tuple(int(v) for v in np.unravel_index(i, shape))
+        return idx[0] if len(idx) == 1 else idx
+    return unravel(out, y_shape), unravel(el, x_shape)
+
+
+def _describe(fn):
+    return f"op {fn.name!r}" if isinstance(fn, Op) else type(fn).__name__
+
+
+def _check_full(target, compares, y0, eps, method):
+    rows = [target.vjp(_unit(y0.shape, r)) for r in range(y0.size)]    # analytic J, row by row
+    for k, cmp in enumerate(compares):
+        Ja = np.stack([np.ravel(row[k]) for row in rows]) if rows else np.zeros((0, 0))
+        out = list(range(y0.size))
+        for j in range(target.arrays[k].size):
+            if method == "complex-step":
+                cmp.add(Ja[:, j], np.ravel(_complex_column(target, k, j, 1e-20)), out, j)
+            else:
+                left, right, central = (np.ravel(d) for d in _differences(target, k, j, eps, y0))
+                cmp.add(Ja[:, j], central, out, j, left, right)
+
+
+def _check_projections(target, compares, y0, eps, method, rng, n_proj=3):
+    for _ in range(n_proj):
+        u = rng.standard_normal(y0.shape)
+        grads = target.vjp(u)
+        for k, cmp in enumerate(compares):
+            x = target.arrays[k]
+            v = rng.standard_normal(x.shape)
+            a = np.sum(grads[k] * v)
+            if method == "complex-step":
+                target.set(k, x + 1j * 1e-20 * v)
+                numeric = np.sum(u * np.imag(target.value())) / 1e-20
+                target.set(k, x)
+                cmp.add(a, numeric, None, "projection")
+                continue
+            target.set(k, x + eps * v)
+            yp = target.value()
+            target.set(k, x - eps * v)
+            ym = target.value()
+            target.set(k, x)
+            left, right = np.sum(u * (y0 - ym)) / eps, np.sum(u * (yp - y0)) / eps
+            cmp.add(a, (left + right) / 2, None, "projection", left, right)
+    for k, cmp in enumerate(compares):
+        if not cmp.entry.passed:
+            _locate(target, k, cmp, y0, eps, rng)
+
+
+def _locate(target, k, cmp, y0, eps, rng):
+    """After a failed projection: compare d<u, f>/dx_j element by element to find the culprit."""
+    u = rng.standard_normal(y0.shape)
+    g = np.ravel(target.vjp(u)[k])
+    located = _Compare(cmp.entry.name, cmp.entry.shape, cmp.atol, cmp.rtol)
+    for j in range(min(g.size, LOCATE_LIMIT)):
+        left, right, central = _differences(target, k, j, eps, y0)
+        located.add(g[j], np.sum(u * central), None, j, np.sum(u * left), np.sum(u * right))
+    if not located.entry.passed:
+        e = located.entry
+        cmp.entry.where, cmp.entry.analytic, cmp.entry.numeric = e.where, e.analytic, e.numeric
+        cmp.entry.max_abs_err = max(cmp.entry.max_abs_err, e.max_abs_err)
+
+
+def _check_zero_and_repeat(target, y0, rng, report):
+    zero = target.vjp(np.zeros(y0.shape))
+    for name, g in zip(target.names, zero):
+        if np.any(np.asarray(g) != 0):
+            report.zero_ok = False
+            report.problems.append(f"a zero upstream gradient gave a non-zero gradient for {name}")
+    u = rng.standard_normal(y0.shape)
+    first, second = target.backward_twice(u)
+    for name, a, b in zip(target.names, first, second):
+        if not np.allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True):
+            report.repeat_ok = False
+            report.problems.append(f"backward twice gave different gradients for {name}")
+
+
+def jacobian(fn, *inputs, wrt=0, numeric=False, eps=1e-6, params=None):
+    """The full Jacobian dy/d(wrt) of shape ``y.shape + x.shape``, in float64.
+
+    Built row by row from the analytic backward (unit upstream gradients), or
+    by central differences with ``numeric=True``.  ``fn`` is as in gradcheck;
+    ``wrt`` is the index of the checked input or parameter (or its name).
+    """
+    target = _target(fn, inputs, params)
+    k = target.names.index(wrt) if isinstance(wrt, str) else wrt
+    if not 0 <= k < len(target.arrays):
+        raise ValueError(f"jacobian: wrt={wrt!r} is not valid; expected one of {target.names}")
+    y0 = target.value()
+    x = target.arrays[k]
+    if numeric:
+        cols = [_differences(target, k, j, eps, y0)[2] for j in range(x.size)]
+        J = np.stack([np.ravel(c) for c in cols], axis=1) if cols else np.zeros((y0.size, 0))
+    else:
+        J = np.stack([np.ravel(target.vjp(_unit(y0.shape, r))[k]) for r in range(y0.size)])
+    return J.reshape(y0.shape + x.shape)

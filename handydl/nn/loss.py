@@ -1,0 +1,101 @@
+"""Loss modules: ``loss = loss_fn(input, target)`` returns a float (or the
+per-item array with reduction="none"); ``loss_fn.backward()`` returns dL/dinput."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from .module import Module, check_gy
+
+
+class Loss(Module):
+    op: ops.Op = None
+
+    def __init__(self, reduction="mean", **params):
+        super().__init__()
+        self.params = self.op.bind({"reduction": reduction, **params})
+
+    @property
+    def reduction(self):
+        return self.params["reduction"]
+
+    def forward(self, input, target):
+        loss, saved = self.op.forward(input, target, **self.params)
+        self._saved = (saved, np.shape(loss))
+        return float(loss) if np.ndim(loss) == 0 else loss
+
+    def backward(self, gy=1.0):
+        """dL/dinput for the last call, scaled by ``gy`` (an array of the loss's shape
+        with reduction="none")."""
+        saved, shape = self.saved()
+        gy = check_gy(gy, shape, type(self).__name__)
+        return self.op.backward(saved, gy)[0]
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)
+
+
+class MSELoss(Loss):
+    op = ops.mse_loss
+
+
+class L1Loss(Loss):
+    op = ops.l1_loss
+
+
+class HuberLoss(Loss):
+    op = ops.huber_loss
+
+    def __init__(self, reduction="mean", delta=1.0):
+        super().__init__(reduction, delta=delta)
+
+
+class HalfSquaredErrorLoss(Loss):
+    """L = 1/N sum 1/2 (y - p)^2: the delta rule's loss, gradient (p - y)/N."""
+    op = ops.half_squared_error
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy on logits (class indices or probabilities as targets)."""
+    op = ops.cross_entropy
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
+
+
+class NLLLoss(Loss):
+    op = ops.nll_loss
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
+        super().__init__(reduction, weight=weight, ignore_index=ignore_index)
+
+
+class ProbCrossEntropyLoss(Loss):
+    """-sum y log(p + eps) on probabilities (the textbook form; prefer CrossEntropyLoss)."""
+    op = ops.prob_cross_entropy
+
+    def __init__(self, eps=1e-12, reduction="mean"):
+        super().__init__(reduction, eps=eps)
+
+
+class BCELoss(Loss):
+    op = ops.binary_cross_entropy
+
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(reduction, weight=weight)
+
+
+class BCEWithLogitsLoss(Loss):
+    op = ops.binary_cross_entropy_with_logits
+
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__(reduction, weight=weight, pos_weight=pos_weight)
+
+
+class MultiMarginLoss(Loss):
+    """The multi-class SVM hinge loss."""
+    op = ops.multi_margin_loss
+
+    def __init__(self, p=1, margin=1.0, weight=None, reduction="mean"):
+        super().__init__(reduction, p=p, margin=margin, weight=weight)
