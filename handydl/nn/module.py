@@ -54,8 +54,9 @@ class Module:
         object.__setattr__(self, "_saved", None)
 
     def __setattr__(self, name, value):
-        for registry in (self._params, self._buffers, self._modules):
-            registry.pop(name, None)
+        # a buffer stays registered when it is reassigned (running statistics are)
+        self._params.pop(name, None)
+        self._modules.pop(name, None)
         if isinstance(value, Parameter):
             self._params[name] = value
         elif isinstance(value, Module):

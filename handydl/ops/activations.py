@@ -327,8 +327,9 @@ def _silu_backward(saved, gy):
 
 
 def _softplus(x):
-    """log(1 + e^x) without overflow (logaddexp) for any x."""
-    return np.logaddexp(0, x)
+    """log(1 + e^x) = max(x, 0) + log(1 + e^{-|x|}): no overflow for any x, and
+    (unlike np.logaddexp) no invalid-value warning for NaN, which just propagates."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 
 
 @register(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import as_float, check_choice, register
+from .registry import as_float, register
 from .softmax import log_softmax
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -105,12 +105,13 @@ def _simplex_sample(rng, dtype, lo, hi):
     return (p / p.sum(1, keepdims=True)).astype(dtype), (y / y.sum(1, keepdims=True)).astype(dtype)
 
 
-def _loss(name, formula, derivative, sample=_reg_sample, params=None, **fields):
+def _loss(name, formula, derivative, sample=_reg_sample, params=None, choices=None, **fields):
     """register() with what every loss shares: two inputs, the target not differentiated."""
     return register(
         name, kind="loss", formula=formula, derivative=derivative,
         inputs=("input", "target"), differentiable=(True, False),
-        params={**(params or {}), "reduction": "mean"}, choices={"reduction": REDUCTIONS},
+        params={**(params or {}), "reduction": "mean"},
+        choices={**(choices or {}), "reduction": REDUCTIONS},
         test_params=fields.pop("test_params", ()) + ({"reduction": "sum"}, {"reduction": "none"}),
         domains=fields.pop("domains", LOSS_DOMAINS), sample=sample, **fields)
 
@@ -404,7 +405,7 @@ def _bce_logits_backward(saved, gy):
        derivative=(r"\frac{\partial L_n}{\partial x_{n,i}} = \frac{p\,w_{y_n}}{C} h_i^{p-1} [h_i > 0],"
                    r"\quad \frac{\partial L_n}{\partial x_{n,y_n}} = -\sum_{i \ne y_n} \frac{\partial L_n}{\partial x_{n,i}}"),
        convention="derivative 0 where the hinge is exactly 0 (h_i = 0), as PyTorch",
-       sample=_class_sample, params={"p": 1, "margin": 1.0, "weight": None},
+       sample=_class_sample, params={"p": 1, "margin": 1.0, "weight": None}, choices={"p": (1, 2)},
        test_params=({"p": 2}, {"margin": 0.5, "weight": np.array([0.5, 2.0, 1.0, 1.5])},
                     {"p": 2, "weight": np.array([0.5, 2.0, 1.0, 1.5])}),
        reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.multi_margin_loss(
@@ -412,7 +413,6 @@ def _bce_logits_backward(saved, gy):
 def multi_margin_loss(input, target, p, margin, weight, reduction):
     """The multi-class SVM hinge loss (PyTorch's MultiMarginLoss), p in {1, 2}."""
     who = "multi_margin_loss"
-    check_choice(f"{who}: p", p, (1, 2))
     x = _logits_2d(input, who)
     n, C = x.shape
     y = class_indices(target, n, C, who)
