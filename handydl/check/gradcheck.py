@@ -478,8 +478,8 @@ def jacobian(fn, *inputs, wrt=0, numeric=False, eps=1e-6, params=None):
     ``wrt`` is the index of the checked input or parameter (or its name).
     """
     target = _target(fn, inputs, params)
-    k = target.names.index(wrt) if isinstance(wrt, str) else wrt
-    if not 0 <= k < len(target.arrays):
+    k = target.names.index(wrt) if wrt in target.names else wrt
+    if not isinstance(k, int) or not 0 <= k < len(target.arrays):
         raise ValueError(f"jacobian: wrt={wrt!r} is not valid; expected one of {target.names}")
     y0 = target.value()
     x = target.arrays[k]

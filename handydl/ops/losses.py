@@ -35,7 +35,9 @@ def _grad_scale(gy, reduction, denom, shape=None):
     if reduction == "none":
         gy = np.asarray(gy)
         return gy if shape is None else gy.reshape(shape)
-    return gy / denom if reduction == "mean" else gy
+    # a Python float: a NumPy float64 scalar would promote float32 gradients
+    gy = np.asarray(gy).item()
+    return gy / float(denom) if reduction == "mean" else gy
 
 
 def _pair(input, target, who):
@@ -65,7 +67,7 @@ def class_indices(target, n, num_classes, who, ignore_index=None):
     if t.dtype.kind == "f":
         bad = ~np.isfinite(t) | (t != np.round(t))
         if bad.any():
-            raise ValueError(f"{who}: class indices must be integers, got {t[bad][0]!r}")
+            raise ValueError(f"{who}: class indices must be integers, got {t[bad][0].item()}")
     elif t.dtype.kind not in "iu":
         raise ValueError(f"{who}: class indices must be integers, got dtype {t.dtype}")
     t = t.astype(np.int64)
@@ -346,7 +348,7 @@ def binary_cross_entropy(input, target, weight, reduction):
     p, y = _pair(input, target, who)
     outside = (p < 0) | (p > 1)
     if outside.any():
-        raise ValueError(f"{who}: input must be probabilities in [0, 1], got {p[outside][0]!r}")
+        raise ValueError(f"{who}: input must be probabilities in [0, 1], got {p[outside][0].item()}")
     with np.errstate(divide="ignore"):                        # log(0) = -inf, clamped next
         per = -(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log1p(-p), -100))
     w = None if weight is None else np.broadcast_to(np.asarray(weight, p.dtype), p.shape)
