@@ -49,6 +49,186 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+class UsageError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _positive(kind, name):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _hidden(text):
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()] if text.strip() else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden expects sizes like 128,64, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def _choose(kind, value, valid):
+    if value not in valid:
+        raise UsageError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
+    return value
+
+
+def _writable_dir(path):
+    """Create ``path`` and prove it writable now, before any training."""
+    import tempfile
+    from pathlib import Path
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe"):
+            pass
+    except OSError as e:
+        raise UsageError(f"output directory {out} is not writable ({e.strerror or e})") from None
+    return out
+
+
+def _load_data(args):
+    from .data import DataError, load_dataset, load_table
+    if args.data:
+        if not args.target:
+            raise UsageError("--data needs --target NAME (the column to predict)")
+        try:
+            return load_table(args.data, args.target, task=args.task, seed=args.seed)
+        except DataError as e:
+            raise UsageError(str(e)) from None
+    if args.target:
+        raise UsageError("--target goes with --data FILE")
+    try:
+        return load_dataset(args.dataset, seed=args.seed, download=args.download)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+
+
+def _gradcheck_line(model, loss_fn, X, y, task):
+    """Gradcheck the model and the loss on a small float64 batch; one line of text."""
+    from .check import gradcheck
+    xb, yb = X[:8].astype(np.float64), y[:8]
+    if task == "regression":
+        yb = yb.reshape(len(yb), -1)
+    reports = [gradcheck(model, xb, fast=True, raise_exception=False)]
+    reports.append(gradcheck(loss_fn, model.eval()(xb), yb, raise_exception=False))
+    model.train()
+    worst = max(r.max_rel_err for r in reports)
+    ok = all(r.passed for r in reports)
+    n = sum(len(r.entries) for r in reports)
+    line = (f"gradient check (float64, {len(xb)} samples, {n} tensors, model + loss): "
+            f"worst relative error {worst:.1e} -> {'ok' if ok else 'FAILED'}")
+    if not ok:
+        line += "\n" + "\n".join(r.failure_message() for r in reports if not r.passed)
+    return line, ok
+
+
+def cmd_train(args) -> int:
+    """Train an MLP (default: on the embedded digits) and write checkpoint, history and curves."""
+    import json
+    import time
+
+    from . import checkpoint, nn, optim
+    from ._io import write_text
+    from .data import DataLoader, split
+    from .train import evaluate, fit
+
+    _choose("activation", args.activation, list(nn.ACTIVATIONS))
+    _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
+    out = _writable_dir(args.out)
+    data = _load_data(args)
+    start = time.perf_counter()
+    import handydl
+    handydl.manual_seed(args.seed)
+    Xtr, ytr, Xval, yval = split(data.X_train, data.y_train, test_size=0.1, seed=args.seed,
+                                 stratify=data.task == "classification")
+    model = nn.Sequential(nn.Standardize.fit(Xtr),
+                          nn.MLP([data.n_features, *args.hidden, data.n_outputs], activation=args.activation,
+                                 dropout=args.dropout, batch_norm=args.batch_norm, rng=args.seed))
+    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
+    print(f"{data.name}: {data.task}, {len(Xtr)} train / {len(Xval)} validation / {len(data.X_test)} "
+          f"test samples, {data.n_features} features" +
+          (f", {data.n_outputs} classes" if data.task == "classification" else ""))
+    print(f"model: {args.hidden and ' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
+          f"{args.activation} MLP, {sum(p.data.size for p in model.parameters()):,} parameters")
+    line, ok = _gradcheck_line(model, loss_fn, Xtr, ytr, data.task)
+    print(line)
+    if not ok:
+        return 1
+    opt_kwargs = {"lr": args.lr}
+    if args.optimizer == "sgd":
+        opt_kwargs["momentum"] = 0.9
+    optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), **opt_kwargs)
+    history = fit(model, loss_fn, optimizer, DataLoader(Xtr, ytr, args.batch_size, shuffle=True, seed=args.seed),
+                  args.epochs, val_data=(Xval, yval), scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
+                  progress=False if args.no_progress else None)
+    test = evaluate(model, loss_fn, data.X_test, data.y_test)
+    if data.task == "classification":
+        print(f"test accuracy: {test['acc']:.2%} ({len(data.X_test)} held-out samples), loss {test['loss']:.4f}")
+    else:
+        print(f"test MSE: {test['mse']:.4f}, R^2: {test['r2']:.4f} ({len(data.X_test)} held-out samples)")
+    meta = {"dataset": data.name, "task": data.task, "classes": data.classes,
+            "feature_names": data.feature_names, "test": test, "args": _jsonable(vars(args))}
+    checkpoint.save(model, out / "model.npz", meta=meta)
+    write_text(out / "history.json", json.dumps({"history": history, "test": test}, indent=1))
+    keys = list(history)
+    write_text(out / "history.csv", ",".join(keys) + "\n" + "\n".join(
+        ",".join(f"{history[k][i]:.6g}" for k in keys) for i in range(len(history["epoch"]))) + "\n")
+    from .plot import save, training_curves
+    save(training_curves(history, title=data.name), out / "curves.png")
+    print(f"wrote {out / 'model.npz'}, {out / 'history.json'}, {out / 'history.csv'}, "
+          f"{out / 'curves.png'} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _jsonable(d):
+    return {k: v for k, v in d.items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def cmd_predict(args) -> int:
+    """Predictions of a saved model for the rows of a CSV or .npz file, as CSV."""
+    import csv
+    import io
+
+    from . import checkpoint
+    from ._io import write_text
+    from .data import DataError, read_table
+    from .train import predict
+
+    try:
+        model, meta = checkpoint.load(args.model, return_meta=True)
+        X = read_table(args.data).feature_matrix(meta["feature_names"])
+    except (checkpoint.CheckpointError, DataError) as e:
+        raise UsageError(str(e)) from None
+    out = predict(model, X)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if meta.get("task") == "classification":
+        classes = meta["classes"]
+        z = out - out.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        w.writerow(["prediction"] + [f"p_{c}" for c in classes])
+        for row, probs in zip(out.argmax(axis=1), p):
+            w.writerow([classes[row]] + [f"{v:.6g}" for v in probs])
+    else:
+        w.writerow(["prediction"])
+        w.writerows([[f"{v:.6g}"] for v in out.reshape(-1)])
+    if args.out:
+        write_text(args.out, buf.getvalue())
+        print(f"wrote {len(X)} predictions to {args.out}")
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
 def _shown(params):
     return {k: ("[...]" if isinstance(v, np.ndarray) else v) for k, v in params.items()}
 
@@ -61,6 +241,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="gradcheck every registered op and print a table")
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train an MLP (default: the embedded digits data)")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (default), iris, breast_cancer, wine, moons, spirals, regression, "
+                        "mnist, fashion_mnist")
+    p.add_argument("--data", help="a CSV or .npz file of your own (with --target)")
+    p.add_argument("--target", help="the column of --data to predict")
+    p.add_argument("--task", choices=["classification", "regression"],
+                   help="override the task inferred from the target")
+    p.add_argument("--download", action="store_true", help="fetch MNIST files missing from the cache")
+    p.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
+    p.add_argument("--activation", default="relu", help="any registered activation (default relu)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (0.2)")
+    p.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each hidden Linear")
+    p.add_argument("--optimizer", default="adamw", help="sgd (momentum 0.9), adam, adamw (default)")
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=2e-3, help="learning rate (2e-3)")
+    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=60, help="epochs (60)")
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=32, help="batch size (32)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the batches")
+    p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="predict with a saved model, as CSV")
+    p.add_argument("--model", required=True, help="a checkpoint written by handydl train")
+    p.add_argument("--data", required=True, help="a CSV or .npz file with the model's feature columns")
+    p.add_argument("--out", help="output CSV (default: standard output)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -72,7 +280,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except ValueError as e:            # bad names or values: a message, not a traceback
+    except (UsageError, ValueError) as e:   # bad names or values: a message, not a traceback
         print(f"handydl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

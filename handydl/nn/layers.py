@@ -47,6 +47,10 @@ class OpModule(Module):
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
 
+    def get_config(self):
+        """Constructor arguments, for checkpoints (JSON-serializable)."""
+        return dict(self.params)
+
 
 # -- activations: one class per registered activation, named as in torch.nn ----------
 
@@ -137,6 +141,9 @@ class PReLU(OpModule):
     def op_inputs(self):
         return (self.weight,)
 
+    def get_config(self):
+        return dict(num_parameters=self.weight.shape[0], dtype=self.weight.dtype.name)
+
 
 class Softmax(OpModule):
     op = ops.softmax
@@ -214,6 +221,10 @@ class Linear(OpModule):
     def op_inputs(self):
         return (self.weight, self.bias)
 
+    def get_config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None, dtype=self.weight.dtype.name)
+
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
@@ -264,6 +275,11 @@ class BatchNorm1d(OpModule):
         self.running_mean = ((1 - f) * self.running_mean + f * saved.mean).astype(dtype)
         self.running_var = ((1 - f) * self.running_var + f * saved.var * (m / (m - 1))).astype(dtype)
 
+    def get_config(self):
+        return dict(num_features=self.num_features, eps=self.params["eps"], momentum=self.momentum,
+                    affine=self.affine, track_running_stats=self.track_running_stats,
+                    dtype=np.asarray(self.weight.data if self.affine else self.weight).dtype.name)
+
     def extra_repr(self):
         return f"{self.num_features}, eps={self.params['eps']}, momentum={self.momentum}"
 
@@ -277,12 +293,18 @@ class LayerNorm(OpModule):
         super().__init__(eps=eps)
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
         self.normalized_shape = shape
+        self.elementwise_affine = elementwise_affine
         ones, zeros = np.ones(shape, dtype), np.zeros(shape, dtype)
         self.weight = Parameter(ones) if elementwise_affine else ones
         self.bias = Parameter(zeros) if elementwise_affine else zeros
 
     def op_inputs(self):
         return (self.weight, self.bias)
+
+    def get_config(self):
+        w = self.weight.data if self.elementwise_affine else self.weight
+        return dict(normalized_shape=list(self.normalized_shape), eps=self.params["eps"],
+                    elementwise_affine=self.elementwise_affine, dtype=w.dtype.name)
 
 
 # -- regularization and shape -----------------------------------------------------------------
@@ -298,6 +320,9 @@ class Dropout(OpModule):
 
     def forward(self, x):
         return self._apply(self.op, x, (), training=self.training, seed=self.rng)
+
+    def get_config(self):
+        return dict(p=self.params["p"])
 
     def extra_repr(self):
         return f"p={self.params['p']}"
@@ -322,6 +347,46 @@ class Flatten(Module):
         x_shape, y_shape = self.saved()
         return check_gy(gy, y_shape, "Flatten").reshape(x_shape)
 
+    def get_config(self):
+        return dict(start_dim=self.start_dim, end_dim=self.end_dim)
+
+
+class Standardize(Module):
+    """y = (x - mean) / std with fixed statistics (buffers), e.g. of the training set.
+
+    Put first in a model, it makes the model take raw features, and it is
+    saved with the checkpoint.  Backward: g_x = g_y / std.
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean, std = np.asarray(mean), np.asarray(std)
+        if mean.shape != std.shape:
+            raise ValueError(f"Standardize: mean shape {mean.shape} != std shape {std.shape}")
+        self.register_buffer("mean", mean)
+        # a constant feature has std 0: leave it centred rather than divide by zero
+        self.register_buffer("std", np.where(std > 0, std, 1).astype(std.dtype))
+
+    @classmethod
+    def fit(cls, X):
+        X = np.asarray(X)
+        return cls(X.mean(axis=0), X.std(axis=0))
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.shape[-len(self.mean.shape):] != self.mean.shape:
+            raise ValueError(f"Standardize: expected input of shape (..., {', '.join(map(str, self.mean.shape))}), "
+                             f"got shape {x.shape}")
+        y = (x - self.mean) / self.std
+        self._saved = y.shape
+        return y
+
+    def backward(self, gy):
+        return check_gy(gy, self.saved(), "Standardize") / self.std
+
+    def get_config(self):
+        return dict(mean=np.zeros_like(self.mean).tolist(), std=np.ones_like(self.std).tolist())
+
 
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse (the delta rule)."""
@@ -345,6 +410,9 @@ class Sequential(Module):
             gy = m.backward(gy)
         return gy
 
+    def get_config(self):
+        return dict(children=[module_spec(m) for m in self])
+
     def append(self, module):
         setattr(self, str(len(self._modules)), module)
         return self
@@ -357,3 +425,11 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+def module_spec(m):
+    """{"type": class name, "config": constructor arguments} of a module, for checkpoints."""
+    if not hasattr(m, "get_config"):
+        raise TypeError(f"{type(m).__name__} has no get_config(): it cannot be saved; "
+                        "give it one returning its constructor arguments")
+    return {"type": type(m).__name__, "config": m.get_config()}

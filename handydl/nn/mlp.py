@@ -1,0 +1,47 @@
+"""MLP: the network of the derivations, y = f_o(W_o f_h(W_h x)), as a Sequential."""
+from __future__ import annotations
+
+import numpy as np
+
+from .init import init_linear
+from .layers import BatchNorm1d, Dropout, Linear, Sequential, activation
+from .module import resolve_rng
+
+
+class MLP(Sequential):
+    """Linear (+ BatchNorm1d) + activation (+ Dropout) per hidden layer, then a Linear
+    output layer and an optional output activation.
+
+    ``sizes`` = [in, hidden..., out]; ``activation`` is any registered activation
+    by name; ``init`` one of handydl.nn.init.INITS.
+    """
+
+    def __init__(self, sizes, activation="relu", output_activation=None, dropout=0.0,
+                 batch_norm=False, init="default", dtype=np.float32, rng=None):
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"MLP: sizes={sizes!r} is not valid; expected [in, hidden..., out], all >= 1")
+        rng = resolve_rng(rng)
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+            lin = init_linear(Linear(n_in, n_out, dtype=dtype, rng=rng), init, rng=rng)
+            layers.append(lin)
+            if i < len(sizes) - 2:
+                if batch_norm:
+                    layers.append(BatchNorm1d(n_out, dtype=dtype))
+                layers.append(_activation(activation))
+                if dropout:
+                    layers.append(Dropout(dropout, seed=rng))
+        if output_activation:
+            layers.append(_activation(output_activation))
+        super().__init__(*layers)
+        self.config = dict(sizes=sizes, activation=activation, output_activation=output_activation,
+                           dropout=dropout, batch_norm=batch_norm, init=init,
+                           dtype=np.dtype(dtype).name)
+
+    def get_config(self):
+        return dict(self.config)
+
+
+def _activation(name):
+    return activation(name) if isinstance(name, str) else name

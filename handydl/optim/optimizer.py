@@ -1,0 +1,148 @@
+"""Optimizers that read Parameter.grad and update Parameter.data in place,
+with PyTorch's update rules (tests compare several steps with torch.optim)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Holds the parameters, their per-parameter state and the hyper-parameters."""
+
+    def __init__(self, params, defaults):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        for name, value in defaults.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{type(self).__name__}: {name}={value!r} is not valid; expected >= 0")
+        self.defaults = dict(defaults)
+        self.state = [{} for _ in self.params]
+        self.steps = 0
+
+    @property
+    def lr(self):
+        return self.defaults["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        self.defaults["lr"] = float(value)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad[...] = 0
+
+    def step(self):
+        self.steps += 1
+        for p, state in zip(self.params, self.state):
+            self._update(p, state)
+
+    def _update(self, p, state):
+        raise NotImplementedError
+
+    def state_dict(self):
+        return {"defaults": dict(self.defaults), "steps": self.steps,
+                "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                          for s in self.state]}
+
+    def load_state_dict(self, state):
+        if len(state["state"]) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state for {len(state['state'])} "
+                             f"parameters, but the optimizer has {len(self.params)}")
+        for p, s in zip(self.params, state["state"]):
+            for k, v in s.items():
+                if isinstance(v, np.ndarray) and v.shape != p.shape:
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: state {k!r} has shape "
+                                     f"{v.shape}, expected {p.shape}")
+        self.defaults.update(state["defaults"])
+        self.steps = state["steps"]
+        self.state = [{k: (v.astype(p.dtype) if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                      for p, s in zip(self.params, state["state"])]
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent, with momentum as in PyTorch:
+
+    g = grad + wd p;  b = mu b + (1 - dampening) g  (b = g at the first step);
+    g = g + mu b (Nesterov) or b;  p = p - lr g.
+    """
+
+    def __init__(self, params, lr=0.01, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay))
+        self.nesterov = nesterov
+
+    def _update(self, p, state):
+        lr, mu, damp, wd = (float(self.defaults[k]) for k in ("lr", "momentum", "dampening", "weight_decay"))
+        g = p.grad + wd * p.data if wd else p.grad
+        if mu:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
+            else:
+                buf *= mu
+                buf += (1 - damp) * g
+            g = g + mu * buf if self.nesterov else buf
+        p.data -= lr * g
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba) as in PyTorch:
+
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+    p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    ``weight_decay`` adds wd p to g (L2); AdamW decays the weights instead.
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"{type(self).__name__}: betas={betas!r} is not valid; expected each in [0, 1)")
+        super().__init__(params, dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, state):
+        lr, b1, b2, eps, wd = (float(self.defaults[k]) for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
+        if "m" not in state:
+            state["m"], state["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
+        t = self.steps
+        g = p.grad
+        if wd and self.decoupled:
+            p.data *= 1 - lr * wd
+        elif wd:
+            g = g + wd * p.data
+        m, v = state["m"], state["v"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t)
+        denom += eps
+        p.data -= (lr / (1 - b1 ** t)) * m / denom
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p = p (1 - lr wd) before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients so that their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (as torch.nn.utils.clip_grad_norm_).
+    """
+    params = list(params)
+    total = math.sqrt(sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in params))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1:
+        for p in params:
+            p.grad *= scale
+    return total
