@@ -47,7 +47,8 @@ def build(spec):
     if kind == "Sequential":
         return cls(*[build(c) for c in config["children"]])
     if kind == "Standardize":
-        return cls(np.asarray(config["mean"]), np.asarray(config["std"]))
+        shape, dtype = tuple(config["shape"]), config["dtype"]
+        return cls(np.zeros(shape, dtype), np.ones(shape, dtype))
     return cls(**config)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
+
 from handydl import ops
 
 
@@ -40,3 +42,96 @@ def test_import_is_fast_and_pulls_no_heavy_dependency():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]"), out
     assert best < 0.5, f"import handydl took {best:.2f} s"
+
+
+# -- handydl train / predict ----------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    import time
+    t = time.perf_counter()
+    r = run("train", "--no-progress", "--out", str(out))
+    return r, out, time.perf_counter() - t
+
+
+def test_default_train_reaches_97_percent_under_60_s(default_run):
+    r, out, seconds = default_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert seconds < 60
+    assert "gradient check (float64" in r.stdout and "-> ok" in r.stdout
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["test"]["acc"] >= 0.97
+    assert f"test accuracy: {hist['test']['acc']:.2%}" in r.stdout
+    assert (out / "history.csv").read_text().startswith("epoch,")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(hist["history"]["epoch"]) == 60
+
+
+def test_predict_from_the_saved_model(default_run, tmp_path):
+    _, out, _ = default_run
+    from handydl import checkpoint, data
+    model, meta = checkpoint.load(out / "model.npz", return_meta=True)
+    d = data.digits()
+    rows = [",".join(meta["feature_names"])] + [",".join(f"{v:.6g}" for v in x) for x in d.X_test[:20]]
+    (tmp_path / "x.csv").write_text("\n".join(rows) + "\n")
+    r = run("predict", "--model", str(out / "model.npz"), "--data", str(tmp_path / "x.csv"),
+            "--out", str(tmp_path / "pred.csv"))
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert lines[0].split(",")[:2] == ["prediction", "p_0"] and len(lines) == 21
+    predicted = [int(line.split(",")[0]) for line in lines[1:]]
+    assert predicted == list(model(d.X_test[:20]).argmax(axis=1))
+
+
+def test_train_on_a_user_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 3))
+    label = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    rows = ["f1,f2,f3,label"] + [f"{a:.4f},{b:.4f},{c:.4f},{lab}" for (a, b, c), lab in zip(X, label)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    r = run("train", "--data", str(tmp_path / "d.csv"), "--target", "label", "--epochs", "5",
+            "--hidden", "8", "--no-progress", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "classification" in r.stdout and "test accuracy" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits"),
+    (["--activation", "swish2"], "unknown activation 'swish2'; valid activations: sigmoid"),
+    (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'; valid optimizers: sgd, adam, adamw"),
+    (["--data", "missing.csv", "--target", "y"], "missing.csv: no such data file"),
+    (["--data", "{tmp}/d.csv", "--target", "nope"], "d.csv: no target column 'nope'; columns are: a, b, y"),
+    (["--data", "{tmp}/text.csv", "--target", "y"], "text.csv: feature column 'b' is not numeric (row 1: 'x')"),
+    (["--data", "{tmp}/nan.csv", "--target", "y"], "nan.csv: column 'a' has a missing or NaN value (row 2)"),
+    (["--out", "{tmp}/d.csv/sub"], "is not writable"),       # a file in the way: fails even as root
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--hidden", "12,x"], "--hidden expects sizes like 128,64"),
+    (["--dataset", "mnist"], "pass download=True (or --download)"),
+])
+def test_train_errors_are_reported_before_training(tmp_path, args, message):
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
+    (tmp_path / "text.csv").write_text("a,b,y\n1,x,0\n3,4,1\n")
+    (tmp_path / "nan.csv").write_text("a,b,y\n1,2,0\nnan,4,1\n")
+    env_home = {"HANDYDL_CACHE": str(tmp_path / "cache")}
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out_args = [] if "--out" in args else ["--out", str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, "-m", "handydl", "train", "--no-progress", *out_args, *args],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, **env_home})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "epoch" not in r.stdout                   # nothing was trained
+
+
+def test_predict_with_a_corrupted_model_exits_2(tmp_path):
+    (tmp_path / "m.npz").write_bytes(b"garbage")
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    r = run("predict", "--model", str(tmp_path / "m.npz"), "--data", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "m.npz: corrupted or truncated checkpoint" in r.stderr

@@ -33,7 +33,7 @@ class Table:
         for n in names:
             col = self.columns[n]
             if col.dtype.kind not in "fiu":
-                bad = next(v for v in col if not _is_number(v))
+                bad = str(next(v for v in col if not _is_number(v)))
                 row = int(np.flatnonzero(col == bad)[0]) + 1
                 raise DataError(f"{self.path}: feature column {n!r} is not numeric "
                                 f"(row {row}: {bad!r})")

@@ -385,7 +385,8 @@ class Standardize(Module):
         return check_gy(gy, self.saved(), "Standardize") / self.std
 
     def get_config(self):
-        return dict(mean=np.zeros_like(self.mean).tolist(), std=np.ones_like(self.std).tolist())
+        # the statistics themselves are buffers, saved with the weights
+        return dict(shape=list(self.mean.shape), dtype=self.mean.dtype.name)
 
 
 class Sequential(Module):
