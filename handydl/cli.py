@@ -229,6 +229,86 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _floats(text, what):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} expects numbers separated by commas, got {text!r}") from None
+
+
+def cmd_plot(args) -> int:
+    """Activations with their derivatives, or the softmax Jacobian as a heat map."""
+    from . import ops, plot
+    if args.name == "softmax" or args.logits:
+        if args.name not in (None, "softmax"):
+            raise UsageError("--logits goes with 'handydl plot softmax'")
+        logits = _floats(args.logits or "2,1,0.1", "--logits")
+        fig = plot.softmax_jacobian(logits)
+        out = args.out or "softmax_jacobian.png"
+    else:
+        names = ([args.name] if args.name else []) + (args.ops.split(",") if args.ops else [])
+        names = [n.strip() for n in names if n.strip()]
+        for n in names:
+            if n not in ops.names("activation"):
+                raise UsageError(f"unknown activation {n!r}; valid activations: "
+                                 f"{', '.join(ops.names('activation'))} (or 'softmax' with --logits)")
+        fig = plot.activations(names or None, xrange=tuple(args.range), second=args.second,
+                               torch_reference=not args.no_torch)
+        out = args.out or "activations.png"
+    path = plot.save(fig, out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    """Formula, derivative, convention and step-by-step derivation of an op."""
+    from . import derivations, ops
+    if args.all:
+        sys.stdout.write(derivations.render_all(args.format))
+        return 0
+    if not args.name:
+        raise UsageError(f"name an op, or --all; ops: {', '.join(ops.names())}")
+    sys.stdout.write(derivations.explain(args.name, args.format))
+    return 0
+
+
+def _shapes(items):
+    shapes = {}
+    for item in items or []:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name.strip().isidentifier():
+                raise ValueError
+            shapes[name.strip()] = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            raise UsageError(f"--shape {item!r}: expected NAME=D1,D2 (e.g. X=3,4)") from None
+        if any(d < 1 for d in shapes[name.strip()]):
+            raise UsageError(f"--shape {item!r}: dimensions must be >= 1")
+    return shapes
+
+
+def cmd_verify(args) -> int:
+    """Check a derivative someone wrote: exit 0 correct, 1 wrong, 2 unusable input."""
+    from .check.expr import ExprError
+    from .check.verify import verify_derivative, verify_gradient
+    try:
+        if args.expr:
+            if args.function or args.claim_pos:
+                raise UsageError("give either FUNCTION CLAIM or --expr/--wrt/--claim, not both")
+            if not args.wrt:
+                raise UsageError("--expr needs --wrt NAME (the variable to differentiate by)")
+            verdict = verify_gradient(args.expr, args.wrt, args.claim, _shapes(args.shape),
+                                      let=args.let, cases=args.case)
+        else:
+            if not (args.function and args.claim_pos):
+                raise UsageError('expected FUNCTION and CLAIM, e.g. handydl verify "tanh(x)" "1 - tanh(x)**2"')
+            verdict = verify_derivative(args.function, args.claim_pos, var=args.var)
+    except ExprError as e:
+        raise UsageError(str(e)) from None
+    print(verdict)
+    return 0 if verdict.correct else 1
+
+
 def _shown(params):
     return {k: ("[...]" if isinstance(v, np.ndarray) else v) for k, v in params.items()}
 
@@ -263,6 +343,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="draw activations with their derivatives, or the softmax Jacobian")
+    p.add_argument("name", nargs="?", help="one activation, or 'softmax' for its Jacobian")
+    p.add_argument("--ops", help="comma-separated activations (default: all)")
+    p.add_argument("--range", nargs=2, type=float, default=[-5.0, 5.0], metavar=("LO", "HI"))
+    p.add_argument("--second", action="store_true", help="also draw f''")
+    p.add_argument("--logits", help="logits for the softmax Jacobian (default 2,1,0.1)")
+    p.add_argument("--no-torch", action="store_true", help="no PyTorch reference curve")
+    p.add_argument("--out", help="output file: .png, .svg or .pdf")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("explain", help="formula, derivative and step-by-step derivation of an op")
+    p.add_argument("name", nargs="?", help="a registered op")
+    p.add_argument("--all", action="store_true", help="every op that has a derivation")
+    p.add_argument("--format", choices=["text", "markdown", "latex"], default="text")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("verify", help="check a derivative you wrote (exit 0 correct, 1 wrong, 2 unusable)",
+                       description='scalar: handydl verify "tanh(x)" "1 - tanh(x)**2"; arrays: '
+                                   'handydl verify --expr "sum((X @ W)**2)" --wrt W '
+                                   '--claim "2 * X.T @ (X @ W)" --shape X=3,4 --shape W=4,2')
+    p.add_argument("function", nargs="?", help="a scalar function of --var")
+    p.add_argument("claim_pos", nargs="?", metavar="claim", help="its claimed derivative")
+    p.add_argument("--var", default="x", help="the variable (default x)")
+    p.add_argument("--expr", help="a scalar (or vector) expression of named arrays")
+    p.add_argument("--wrt", help="the array to differentiate by")
+    p.add_argument("--claim", help="the claimed gradient (or Jacobian)")
+    p.add_argument("--case", action="append", help="a Jacobian case 'CONDITION: EXPR' in i, j (repeat)")
+    p.add_argument("--shape", action="append", help="NAME=D1,D2 for each array (repeat)")
+    p.add_argument("--let", action="append", help="'NAME = EXPR' definitions, in order (repeat)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
     p.add_argument("--model", required=True, help="a checkpoint written by handydl train")

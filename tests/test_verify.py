@@ -1,0 +1,157 @@
+"""handydl verify: correct and wrong claims of every family, with the expected
+verdict; the safe parser; precise errors with exit status 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from handydl.check import ExprError, verify_derivative, verify_gradient
+
+pytest.importorskip("sympy")
+
+SCALAR = [
+    # (function, claim, correct?)
+    ("tanh(x)", "1 - tanh(x)**2", True),
+    ("tanh(x)", "1 + tanh(x)**2", False),
+    ("tanh(x)", "1 - tan(x)**2", False),                      # tan for tanh
+    ("sigmoid(x)", "sigmoid(x) * (1 - sigmoid(x))", True),
+    ("sigmoid(x)", "sigmoid(x) * (1 + sigmoid(x))", False),
+    ("x**2 / (1 + x)", "(2*x*(1 + x) - x**2) / (1 + x)**2", True),
+    ("x**2 / (1 + x)", "(2*x*(1 + x) + x**2) / (1 + x)**2", False),   # a sign in the quotient rule
+    ("exp(3*x)", "3 * exp(3*x)", True),
+    ("exp(3*x)", "exp(3*x)", False),                          # a dropped factor
+    ("x**2", "x", False),                                     # a dropped factor of 2
+    ("log(x)", "1/x", True),
+    ("softplus(x)", "sigmoid(x)", True),
+    ("gelu(x)", "0.5 * (1 + erf(x / sqrt(2))) + x * exp(-x**2 / 2) / sqrt(2 * pi)", True),
+    ("gelu(x)", "0.5 * (1 + erf(x))", False),
+    ("x * sigmoid(x)", "sigmoid(x) * (1 + x * (1 - sigmoid(x)))", True),
+]
+
+PIECEWISE = [
+    ("relu(x)", "1 if x > 0 else 0", True),
+    ("relu(x)", "1 if x >= 0 else 0", True),                  # differs only at the kink
+    ("relu(x)", "1", False),
+    ("abs(x)", "sign(x)", True),
+    ("abs(x)", "1", False),
+    ("max(x, 2 * x)", "where(x > 0, 2, 1)", True),
+    ("leaky_relu(x)", "1 if x > 0 else 0.01", True),
+    ("leaky_relu(x)", "1 if x > 0 else 0.1", False),
+]
+
+
+@pytest.mark.parametrize("function,claim,correct", SCALAR + PIECEWISE)
+def test_scalar_and_piecewise_claims(function, claim, correct):
+    v = verify_derivative(function, claim)
+    assert v.correct is correct, str(v)
+    if not correct:
+        ce = v.counterexample
+        assert abs(ce["claimed"] - ce["true"]) > 1e-6 and v.expected
+
+
+def test_verdict_says_which_method_decided():
+    assert verify_derivative("tanh(x)", "1 - tanh(x)**2").method.startswith("symbolic")
+    v = verify_derivative("relu(x)", "1 if x >= 0 else 0")
+    assert "numeric sampling" in v.method
+    assert any("correct except at x = 0" in n for n in v.notes)
+
+
+def test_expected_derivative_is_printed_for_a_wrong_claim():
+    v = verify_derivative("tanh(x)", "1 + tanh(x)**2")
+    assert v.expected == "1 - tanh(x)**2"
+    assert "counterexample: x = " in str(v) and "the true derivative: 1 - tanh(x)**2" in str(v)
+
+
+SHAPES = {"X": (3, 4), "W": (4, 2)}
+CHAIN = {"A": (2, 3), "B": (3, 4), "C": (4, 2), "G": (2, 2)}
+ARRAY = [
+    ("sum((X @ W)**2)", "W", "2 * X.T @ (X @ W)", SHAPES, None, True),
+    ("sum((X @ W)**2)", "W", "X.T @ (X @ W)", SHAPES, None, False),                 # dropped 2
+    ("sum((X @ W)**2)", "X", "2 * (X @ W) @ W.T", SHAPES, None, True),
+    ("sum(G * (A @ B @ C))", "B", "A.T @ G @ C.T", CHAIN, None, True),
+    ("sum(G * (A @ B @ C))", "B", "A @ G @ C", {"A": (3, 3), "B": (3, 3), "C": (3, 3), "G": (3, 3)}, None, False),
+    ("sum(G * (A @ B @ C))", "A", "G @ (B @ C).T", CHAIN, None, True),
+    ("-sum(y * log(p))", "o", "p - y", {"o": (5,), "t": (5,)}, ["p = softmax(o)", "y = softmax(t)"], True),
+    ("-sum(y * log(p))", "o", "y - p", {"o": (5,), "t": (5,)}, ["p = softmax(o)", "y = softmax(t)"], False),
+    ("sum(sigmoid(X @ W))", "W", "X.T @ (sigmoid(X @ W) * (1 - sigmoid(X @ W)))", SHAPES, None, True),
+]
+
+
+@pytest.mark.parametrize("expr,wrt,claim,shapes,let,correct", ARRAY)
+def test_array_claims_including_the_chain_rule(expr, wrt, claim, shapes, let, correct):
+    v = verify_gradient(expr, wrt, claim, shapes, let=let)
+    assert v.correct is correct, str(v)
+    if not correct:
+        assert v.counterexample["index"] is not None
+
+
+@pytest.mark.parametrize("cases,correct", [
+    (["i == j: p[i] * (1 - p[i])", "i != j: -p[i] * p[j]"], True),
+    (["i == j: p[i] * (1 - p[i])", "i != j: p[i] * p[j]"], False),       # a lost sign
+    (["i == j: p[i] * (1 - p[j])", "i != j: -p[j] * p[j]"], False),      # an index swapped
+])
+def test_softmax_jacobian_by_cases_as_written(cases, correct):
+    v = verify_gradient("p", "o", cases=cases, shapes={"o": (4,)}, let=["p = softmax(o)"])
+    assert v.correct is correct, str(v)
+
+
+def test_jacobian_as_a_matrix_claim():
+    assert verify_gradient("p", "o", "diag(p) - outer(p, p)", {"o": (4,)}, let=["p = softmax(o)"]).correct
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("__import__('os')", "'__import__'"),
+    ("x.__class__", "'.__class__'"),
+    ("(lambda: 1)()", "calling"),
+    ("[x for x in y]", "ListComp"),
+    ("os.system('ls')", "'os.system'"),
+    ("foo(x)", "unknown function 'foo'"),
+    ("x ^ 2", "BitXor"),
+    ("'text'", "numbers only"),
+])
+def test_unsafe_or_unknown_tokens_are_rejected_by_name(text, fragment):
+    with pytest.raises(ExprError) as info:
+        verify_derivative(text, "1")
+    assert fragment in str(info.value)
+
+
+def test_unknown_names_and_bad_shapes_are_precise():
+    with pytest.raises(ExprError, match="unknown name 'y'; the variable is 'x'"):
+        verify_derivative("x * y", "y")
+    with pytest.raises(ExprError, match="'V' is not in the expression"):
+        verify_gradient("sum(X @ W)", "V", "X", {"X": (3, 4), "W": (4, 2), "V": (2,)})
+    with pytest.raises(ExprError, match=r"the claim has shape \(4, 3\), expected W's shape \(4, 2\)"):
+        verify_gradient("sum(X @ W)", "W", "X.T", SHAPES)
+    with pytest.raises(ExprError, match=r"shapes \(3, 4\) and \(3, 4\) do not fit"):
+        verify_gradient("sum(X @ X)", "X", "X", {"X": (3, 4)})
+    with pytest.raises(ExprError, match="unknown name 'Z'; give its shape with --shape Z"):
+        verify_gradient("sum(X @ Z)", "X", "X", {"X": (3, 4)})
+    with pytest.raises(ExprError, match="not finite at the sample points"):
+        verify_gradient("sum(X / (X - X))", "X", "X", {"X": (2, 2)})
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "handydl", "verify", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_exit_statuses_and_speed():
+    t = time.perf_counter()
+    r = run("tanh(x)", "1 - tanh(x)**2")
+    assert time.perf_counter() - t < 2.0, "a scalar verify must answer in under 2 s"
+    assert r.returncode == 0 and r.stdout.startswith("CORRECT")
+    r = run("tanh(x)", "1 + tanh(x)**2")
+    assert r.returncode == 1 and "WRONG" in r.stdout and "1 - tanh(x)**2" in r.stdout
+    r = run("--expr", "sum(G * (A @ B @ C))", "--wrt", "B", "--claim", "A.T @ G @ C.T",
+            "--shape", "A=2,3", "--shape", "B=3,4", "--shape", "C=4,2", "--shape", "G=2,2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run("--let", "p = softmax(o)", "--expr", "p", "--wrt", "o", "--shape", "o=4",
+            "--case", "i == j: p[i] * (1 - p[i])", "--case", "i != j: -p[i] * p[j]")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for bad in (["__import__('os')", "1"], ["--expr", "sum(X)", "--wrt", "X", "--claim", "X", "--shape", "X=a"],
+                ["--expr", "sum(X @ W)", "--wrt", "W", "--claim", "X.T", "--shape", "X=3,4", "--shape", "W=4,2"]):
+        r = run(*bad)
+        assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
