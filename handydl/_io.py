@@ -18,6 +18,7 @@ def atomic_path(path):
         yield Path(tmp)
         with open(tmp, "rb+") as f:           # durable before the rename makes it visible
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode(path))           # mkstemp makes 0600; keep what a plain open() gives
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -28,3 +29,13 @@ def atomic_path(path):
 def write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _mode(path):
+    """The existing file's permissions, or the usual 0666 less the umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

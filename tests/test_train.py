@@ -139,3 +139,12 @@ def test_saving_a_module_without_config_is_refused(tmp_path):
     with pytest.raises(TypeError, match="Custom has no get_config"):
         checkpoint.save(nn.Sequential(Custom()), tmp_path / "c.npz")
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_atomic_writes_keep_normal_permissions(tmp_path):
+    import os
+    model, _ = trained_model()
+    path = checkpoint.save(model, tmp_path / "m.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
