@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from .data.loader import DataLoader
+from .nn.layers import OpModule, Sequential
 from .nn.loss import CrossEntropyLoss, MultiMarginLoss, NLLLoss
 from .optim.optimizer import clip_grad_norm
 
@@ -89,7 +90,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_data=None, schedule
             out = model(xb)
             loss = loss_fn(out, target)
             optimizer.zero_grad()
-            model.backward(loss_fn.backward())
+            if isinstance(model, (Sequential, OpModule)):
+                model.backward(loss_fn.backward(), input_grad=False)   # the input is data
+            else:
+                model.backward(loss_fn.backward())
             if clip_norm is not None:
                 clip_grad_norm(optimizer.params, clip_norm)
             optimizer.step()

@@ -32,17 +32,21 @@ class OpModule(Module):
 
     def _apply(self, op, x, extra, **params):
         arrays = [e.data if isinstance(e, Parameter) else e for e in extra]
-        y, saved = op.forward(x, *arrays, **{**self.params, **params})
+        # self.params were validated at construction: no re-validation per call
+        y, saved = op.run((x, *arrays), {**self.params, **params} if params else self.params)
         self._saved = (op, saved, np.shape(y), extra)
         return y
 
-    def backward(self, gy):
+    def backward(self, gy, input_grad=True):
+        """dL/dx (None with ``input_grad=False``, when x is data), and dL/dparam
+        accumulated into each Parameter."""
         op, saved, y_shape, extra = self.saved()
-        grads = op.backward(saved, check_gy(gy, y_shape, type(self).__name__))
+        needs = (input_grad,) + tuple(isinstance(e, Parameter) for e in extra)
+        grads = op.backward(saved, check_gy(gy, y_shape, type(self).__name__), needs)
         for e, g in zip(extra, grads[1:]):
             if isinstance(e, Parameter):
                 e.accumulate(g)
-        return grads[0]
+        return grads[0] if input_grad else None
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -405,11 +409,26 @@ class Sequential(Module):
         self._saved = True
         return x
 
-    def backward(self, gy):
+    def backward(self, gy, input_grad=True):
+        """The delta rule: each module's backward in reverse order.
+
+        With ``input_grad=False`` (the input is data, as in training) dL/dx is
+        not computed: leading modules without parameters are skipped and the
+        first one with parameters skips its input gradient.  Returns None then.
+        """
         self.saved()
-        for m in reversed(self._modules.values()):
-            gy = m.backward(gy)
-        return gy
+        mods = list(self._modules.values())
+        start = 0
+        if not input_grad:
+            while start < len(mods) and not mods[start].parameters():
+                start += 1
+        for i in range(len(mods) - 1, start - 1, -1):
+            m = mods[i]
+            if i == start and not input_grad and isinstance(m, (OpModule, Sequential)):
+                gy = m.backward(gy, input_grad=False)
+            else:
+                gy = m.backward(gy)
+        return gy if input_grad else None
 
     def get_config(self):
         return dict(children=[module_spec(m) for m in self])

@@ -14,13 +14,33 @@ from .. import _random
 
 
 class Parameter:
-    """A learnable array: ``data`` and the gradient ``grad`` accumulated into it."""
+    """A learnable array: ``data`` and the gradient ``grad`` accumulated into it.
+
+    ``zero_grad()`` only marks the gradient as zero; the next ``accumulate``
+    then writes instead of adding, which saves a pass over every parameter per
+    training step.  Reading ``grad`` always gives the true value.
+    """
 
     def __init__(self, data):
         self.data = np.asarray(data)
         if self.data.dtype.kind not in "fc":
             raise ValueError(f"Parameter: expected a float array, got dtype {self.data.dtype}")
-        self.grad = np.zeros_like(self.data)
+        self._grad = np.zeros_like(self.data)
+        self._zero = False
+
+    @property
+    def grad(self):
+        if self._zero:
+            self._grad[...] = 0
+            self._zero = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad, self._zero = value, False
+
+    def zero_grad(self):
+        self._zero = True
 
     @property
     def shape(self):
@@ -32,7 +52,11 @@ class Parameter:
 
     def accumulate(self, g):
         """grad += g, in the parameter's dtype."""
-        self.grad += g
+        if self._zero:
+            np.copyto(self._grad, g)
+            self._zero = False
+        else:
+            self._grad += g
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
@@ -113,7 +137,7 @@ class Module:
     # -- state -------------------------------------------------------------------------
     def zero_grad(self):
         for p in self.parameters():
-            p.grad[...] = 0
+            p.zero_grad()
 
     def train(self, mode=True):
         for m in self.modules():

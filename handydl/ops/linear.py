@@ -49,13 +49,13 @@ def linear(x, W, b=None):
 
 
 @linear.set_backward
-def _linear_backward(saved, gy):
+def _linear_backward(saved, gy, needs=(True, True, True)):
     x, W, has_bias = saved
-    gx = gy @ W.T
+    gx = gy @ W.T if needs[0] else None   # a first layer's input is data: skip the product
     x2 = x.reshape(-1, x.shape[-1])        # leading dims are all batch dims
     g2 = gy.reshape(-1, gy.shape[-1])
-    gW = x2.T @ g2
-    gb = g2.sum(axis=0) if has_bias else None
+    gW = x2.T @ g2 if needs[1] else None
+    gb = g2.sum(axis=0) if has_bias and needs[2] else None
     return gx, gW, gb
 
 

@@ -81,6 +81,7 @@ class Op:
     test_params: tuple = ()
     jacobian: Callable | None = None
     _backward: Callable | None = None
+    _takes_needs: bool = False
 
     def __post_init__(self):
         if self.differentiable is None:
@@ -97,20 +98,35 @@ class Op:
         with np.errstate(under="ignore"):
             return self.fn(*inputs, **params)
 
-    def backward(self, saved, gy):
-        """Return a tuple with one gradient per input (None if not differentiable)."""
+    def backward(self, saved, gy, needs=None):
+        """Return a tuple with one gradient per input (None if not differentiable).
+
+        ``needs`` (one bool per input) lets an op skip gradients nobody wants,
+        such as dL/dx of a network's first layer, whose input is data.
+        """
         if self._backward is None:
             raise NotImplementedError(f"op {self.name!r} has no backward")
         with np.errstate(under="ignore"):
-            grads = self._backward(saved, gy)
+            if needs is not None and self._takes_needs:
+                grads = self._backward(saved, gy, needs)
+            else:
+                grads = self._backward(saved, gy)
         return grads if isinstance(grads, tuple) else (grads,)
+
+    def run(self, inputs, bound):
+        """forward with parameters already bound (by a module at construction):
+        the hot path of training skips re-validating them on every call."""
+        with np.errstate(under="ignore"):
+            return self.fn(*inputs, **bound)
 
     def __call__(self, *inputs, **params):
         return self.forward(*inputs, **params)[0]
 
     def set_backward(self, fn):
-        """Decorator that attaches the hand-derived backward ``fn(saved, gy)``."""
+        """Decorator that attaches the hand-derived backward ``fn(saved, gy)``
+        (or ``fn(saved, gy, needs)`` for an op that can skip gradients)."""
         self._backward = fn
+        self._takes_needs = fn.__code__.co_argcount >= 3
         return fn
 
     def set_jacobian(self, fn):

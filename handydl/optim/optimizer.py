@@ -7,6 +7,17 @@ import math
 import numpy as np
 
 
+def axpy(a, x, y, buf):
+    """y += a * x in place, through the scratch array ``buf`` (no allocation per step).
+
+    (SciPy's BLAS axpy would do it in one pass, but a second OpenBLAS thread
+    pool next to NumPy's makes both spin against each other on 2 cores: the
+    training step got 10x slower when we tried.)
+    """
+    np.multiply(x, a, out=buf)
+    y += buf
+
+
 class Optimizer:
     """Holds the parameters, their per-parameter state and the hyper-parameters."""
 
@@ -31,7 +42,7 @@ class Optimizer:
 
     def zero_grad(self):
         for p in self.params:
-            p.grad[...] = 0
+            p.zero_grad()
 
     def step(self):
         self.steps += 1
@@ -43,8 +54,8 @@ class Optimizer:
 
     def state_dict(self):
         return {"defaults": dict(self.defaults), "steps": self.steps,
-                "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                          for s in self.state]}
+                "state": [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()
+                           if k != "tmp"} for s in self.state]}
 
     def load_state_dict(self, state):
         if len(state["state"]) != len(self.params):
@@ -77,16 +88,25 @@ class SGD(Optimizer):
 
     def _update(self, p, state):
         lr, mu, damp, wd = (float(self.defaults[k]) for k in ("lr", "momentum", "dampening", "weight_decay"))
-        g = p.grad + wd * p.data if wd else p.grad
+        tmp = state.get("tmp")
+        if tmp is None:
+            tmp = state["tmp"] = np.empty_like(p.data)
+        g = p.grad
+        if wd:
+            g = g + wd * p.data
         if mu:
             buf = state.get("momentum_buffer")
             if buf is None:
                 buf = state["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
             else:
                 buf *= mu
-                buf += (1 - damp) * g
-            g = g + mu * buf if self.nesterov else buf
-        p.data -= lr * g
+                axpy(1 - damp, g, buf, tmp)
+            if self.nesterov:
+                axpy(-lr, g, p.data, tmp)          # p -= lr (g + mu b)
+                axpy(-lr * mu, buf, p.data, tmp)
+                return
+            g = buf
+        axpy(-lr, g, p.data, tmp)
 
 
 class Adam(Optimizer):
@@ -116,13 +136,19 @@ class Adam(Optimizer):
         elif wd:
             g = g + wd * p.data
         m, v = state["m"], state["v"]
+        tmp = state.setdefault("tmp", np.empty_like(p.data))     # one buffer reused every step
         m *= b1
-        m += (1 - b1) * g
+        axpy(1 - b1, g, m, tmp)
         v *= b2
-        v += (1 - b2) * (g * g)
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** t)
-        denom += eps
-        p.data -= (lr / (1 - b1 ** t)) * m / denom
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
+        np.sqrt(v, out=tmp)                                     # tmp = sqrt(v) / sqrt(1 - b2^t) + eps
+        tmp *= 1 / math.sqrt(1 - b2 ** t)
+        tmp += eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= -lr / (1 - b1 ** t)
+        p.data += tmp
 
 
 class AdamW(Adam):

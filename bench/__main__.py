@@ -1,0 +1,217 @@
+"""handydl vs PyTorch (eager) vs JAX (jit) on the CPU, side by side in one run.
+
+    python -m bench            # the full run (a few minutes on 2 cores)
+    python -m bench --quick    # the same workloads, smaller (under a minute)
+
+Writes bench/results/bench.json and bench/results/bench.png and prints a table
+with the median time, the min-max spread, handydl's ratio to each peer, the
+fraction of the matmul floor for the MLPs, the peak memory of the step, and
+PASS/FAIL against the targets of issue 5.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMEWORKS = ("handydl", "torch", "jax")
+
+
+def available():
+    have = {"handydl": True}
+    for fw in ("torch", "jax"):
+        have[fw] = importlib.util.find_spec(fw) is not None
+    return have
+
+
+def workloads(quick):
+    n = 12000 if quick else 60000
+    reps = 2 if quick else 3
+    mlp = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", n=n, repeats=reps)
+    out = [(f"mlp_epoch_b{b}", "mlp", {**mlp, "batch": b}) for b in (32, 128, 512)]
+    out.append(("deep_mlp_gelu_adam_b128", "mlp", dict(sizes=[784, 1024, 1024, 10], activation="gelu",
+                                                       optimizer="adam", n=2000 if quick else 10000,
+                                                       batch=128, repeats=reps)))
+    from handydl import ops
+    out.append(("activations", "activation", dict(ops=ops.names("activation"), size=1_000_000,
+                                                  repeats=5 if quick else 9)))
+    out.append(("softmax_ce_4096x1000", "softmax_ce", dict(rows=4096, classes=1000, repeats=5 if quick else 15)))
+    return out
+
+
+def run_worker(fw, kind, params):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "bench.worker", fw, kind, json.dumps(params)],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise RuntimeError(f"{fw} {kind} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def merge(runs):
+    """Samples of several cycles of one worker, merged."""
+    if "samples" in runs[0]:
+        out = {"samples": sum((r["samples"] for r in runs), []),
+               "peak_mb": max(r["peak_mb"] for r in runs)}
+        if "floor" in runs[0]:
+            out["floor"] = sum((r["floor"] for r in runs), [])
+        if "loss" in runs[0]:
+            out["loss"] = runs[-1]["loss"]
+        return out
+    return {op: merge([r[op] for r in runs]) for op in runs[0]}
+
+
+def summary(samples):
+    s = np.asarray(samples)
+    return {"median": float(np.median(s)), "min": float(s.min()), "max": float(s.max()), "n": int(s.size)}
+
+
+def measure(quick, frameworks, cycles):
+    results = {}
+    for name, kind, params in workloads(quick):
+        runs = {fw: [] for fw in frameworks}
+        for cycle in range(cycles):                  # interleaved: A B C A B C
+            order = frameworks if cycle % 2 == 0 else frameworks[::-1]
+            for fw in order:
+                runs[fw].append(run_worker(fw, kind, params))
+        results[name] = {"kind": kind, "params": params, **{fw: merge(r) for fw, r in runs.items()}}
+        print(f"  measured {name}", file=sys.stderr)
+    return results
+
+
+TARGETS = [  # (workload, what, limit): handydl / peer or / floor must be <= limit
+    ("mlp_epoch_b32", "fastest", 1.0), ("mlp_epoch_b128", "fastest", 0.8),
+    ("mlp_epoch_b512", "fastest", 0.8), ("mlp_epoch_b512", "floor", 1.25),
+]
+
+
+def report(results, frameworks):
+    rows, checks = [], []
+    peers = [fw for fw in frameworks if fw != "handydl"]
+    for name, res in results.items():
+        if res["kind"] == "activation":
+            for op in res["handydl"]:
+                rows.append(_row(f"{op} (fwd+bwd, 1M f32)", {fw: res[fw][op] for fw in frameworks}, peers))
+                if "torch" in frameworks:
+                    r = np.median(res["handydl"][op]["samples"]) / np.median(res["torch"][op]["samples"])
+                    checks.append((f"activation {op}: handydl / torch <= 1.0", r, 1.0))
+            continue
+        row = _row(name, {fw: res[fw] for fw in frameworks}, peers)
+        if "floor" in res["handydl"]:
+            row["floor"] = summary(res["handydl"]["floor"])["median"]
+            row["of_floor"] = row["handydl"]["median"] / row["floor"]
+        rows.append(row)
+    for name, what, limit in TARGETS:
+        row = next((r for r in rows if r["name"] == name), None)
+        if row is None:
+            continue
+        if what == "floor":
+            checks.append((f"{name}: handydl / its matmul floor <= {limit}", row["of_floor"], limit))
+        elif peers:
+            fastest = min(row[fw]["median"] for fw in peers)
+            checks.append((f"{name}: handydl / fastest of {', '.join(peers)} <= {limit}",
+                           row["handydl"]["median"] / fastest, limit))
+    return rows, [{"target": t, "value": v, "limit": lim, "pass": bool(v <= lim)} for t, v, lim in checks]
+
+
+def _row(name, by_fw, peers):
+    row = {"name": name}
+    for fw, res in by_fw.items():
+        row[fw] = {**summary(res["samples"]), "peak_mb": res["peak_mb"]}
+    for fw in peers:
+        row[f"vs_{fw}"] = row["handydl"]["median"] / row[fw]["median"]
+    return row
+
+
+def print_table(rows, checks, frameworks):
+    fmt = lambda t: f"{t * 1e3:9.2f} ms" if t < 1 else f"{t:9.3f} s "  # noqa: E731
+    head = f"{'workload':<34}" + "".join(f"{fw + ' median [min-max]':>34}" for fw in frameworks)
+    head += "".join(f"{'/ ' + fw:>9}" for fw in frameworks[1:]) + f"{'/ floor':>9}{'peak MB (hd/' + '/'.join(frameworks[1:]) + ')':>24}"
+    print(head)
+    for r in rows:
+        line = f"{r['name']:<34}"
+        for fw in frameworks:
+            s = r[fw]
+            line += f"{fmt(s['median'])} [{s['min'] * 1e3:7.1f}-{s['max'] * 1e3:7.1f}ms]".rjust(34)
+        line += "".join(f"{r['vs_' + fw]:9.2f}" for fw in frameworks[1:])
+        line += f"{r['of_floor']:9.2f}" if "of_floor" in r else f"{'':9}"
+        line += ('/'.join(f"{r[fw]['peak_mb']:.0f}" for fw in frameworks)).rjust(24)
+        print(line)
+    print()
+    for c in checks:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']:.2f}")
+
+
+def machine():
+    import numpy
+    info = {"python": platform.python_version(), "numpy": numpy.__version__, "cores": os.cpu_count(),
+            "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    for fw in ("torch", "jax"):
+        if importlib.util.find_spec(fw):
+            info[fw] = subprocess.run([sys.executable, "-c", f"import {fw}; print({fw}.__version__)"],
+                                      capture_output=True, text=True).stdout.strip()
+    return info
+
+
+def chart(rows, frameworks, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["name"] for r in rows]
+    fig, ax = plt.subplots(figsize=(12, 0.32 * len(rows) + 2), constrained_layout=True)
+    y = np.arange(len(rows))
+    h = 0.8 / len(frameworks)
+    for k, fw in enumerate(frameworks):
+        rel = [r[fw]["median"] / r["torch"]["median"] if "torch" in frameworks else r[fw]["median"] for r in rows]
+        ax.barh(y + k * h, rel, height=h, label=fw)
+    ax.set_yticks(y + 0.4 - h / 2, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("time relative to PyTorch (lower is faster)" if "torch" in frameworks else "seconds")
+    ax.set_title("handydl vs PyTorch (eager) vs JAX (jit), CPU, median of repeated runs")
+    ax.legend()
+    from handydl.plot import save
+    save(fig, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller workloads, under a minute")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for bench.json and bench.png")
+    ap.add_argument("--cycles", type=int, default=None, help="interleaved rounds per workload (2; quick: 1)")
+    args = ap.parse_args(argv)
+    have = available()
+    frameworks = tuple(fw for fw in FRAMEWORKS if have[fw])
+    for fw in FRAMEWORKS:
+        if not have[fw]:
+            print(f"skipping {fw}: not installed (pip install {'torch==2.13.0' if fw == 'torch' else 'jax jaxlib'})")
+    start = time.perf_counter()
+    results = measure(args.quick, frameworks, args.cycles or (1 if args.quick else 2))
+    rows, checks = report(results, frameworks)
+    print_table(rows, checks, frameworks)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from handydl._io import write_text
+    write_text(out / "bench.json", json.dumps({"machine": machine(), "quick": args.quick, "rows": rows,
+                                              "targets": checks, "raw": results}, indent=1))
+    chart(rows, frameworks, out / "bench.png")
+    print(f"\nwrote {out / 'bench.json'} and {out / 'bench.png'} ({time.perf_counter() - start:.0f} s)")
+    return 0 if all(c["pass"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

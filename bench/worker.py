@@ -1,0 +1,334 @@
+"""One framework, one workload, in a process of its own; prints one JSON line.
+
+Each framework gets its own process so that thread pools cannot interfere
+(OpenBLAS's threads, PyTorch's OpenMP threads and XLA's thread pool all spin
+after work; in one process on 2 cores they slow each other down).  The
+runner (bench/__main__.py) interleaves the workers in cycles, so slow phases of
+a shared machine hit every framework alike.
+
+    python -m bench.worker FRAMEWORK WORKLOAD '{"batch": 128, "n": 60000, "repeats": 3}'
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+THREADS = os.cpu_count() or 1
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, repeats, warmup=1):
+    """Median-ready samples of fn() after warm-up, and the extra peak memory it needed."""
+    base = rss_mb()
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return samples, max(0.0, peak_mb() - base)
+
+
+# -- data and weights, identical in every process -----------------------------------------
+
+def mlp_data(n, d_in=784, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d_in)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def mlp_weights(sizes, seed=1):
+    """(W, b) per layer, W of shape (in, out), PyTorch's default init."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for a, b in zip(sizes, sizes[1:]):
+        k = 1 / np.sqrt(a)
+        out.append((rng.uniform(-k, k, (a, b)).astype(np.float32), rng.uniform(-k, k, b).astype(np.float32)))
+    return out
+
+
+# -- handydl -------------------------------------------------------------------------------------
+
+def handydl_mlp(p):
+    from handydl import data, nn, optim
+    X, y = mlp_data(p["n"])
+    layers = []
+    for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
+        lin = nn.Linear(*W.shape)
+        lin.weight.data[...], lin.bias.data[...] = W, b
+        layers.append(lin)
+        if i < len(p["sizes"]) - 2:
+            layers.append(nn.activation(p["activation"]))
+    model = nn.Sequential(*layers)
+    loss_fn = nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01) if p["optimizer"] == "sgd" else \
+        optim.Adam(model.parameters(), lr=1e-3)
+    loader = data.DataLoader(X, y, batch_size=p["batch"])
+
+    def epoch():                          # what a user writes
+        for xb, yb in loader:
+            loss_fn(model(xb), yb)
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+    samples, mem = timed(epoch, p["repeats"])
+    floor = matmul_floor(X, p, model)
+    return {"samples": samples, "peak_mb": mem, "floor": floor, "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+
+
+def matmul_floor(X, p, model):
+    """The same matrix products as the training step, alone (NumPy, same BLAS)."""
+    Ws = [m.weight.data for m in model if hasattr(m, "weight")]
+    bs = p["batch"]
+
+    def products():
+        for i in range(0, len(X), bs):
+            hs = [X[i:i + bs]]
+            for W in Ws:
+                hs.append(hs[-1] @ W)
+            g = hs[-1]
+            for k in range(len(Ws) - 1, -1, -1):
+                hs[k].T @ g                      # dL/dW
+                if k:
+                    g = g @ Ws[k].T               # dL/dx (not for the first layer: its input is data)
+    samples, _ = timed(products, p["repeats"])
+    return samples
+
+
+def each_op(p, make_step):
+    """{op: {"samples", "peak_mb"}} for every op in p["ops"], one process."""
+    x, g = activation_data(p["size"])
+    out = {}
+    for name in p["ops"]:
+        samples, mem = timed(make_step(name, x, g), p["repeats"], warmup=2)
+        out[name] = {"samples": samples, "peak_mb": mem}
+    return out
+
+
+def handydl_activation(p):
+    from handydl import ops
+
+    def make_step(name, x, g):
+        op = ops.get(name)
+        inputs = (x, np.array([0.25], np.float32)) if name == "prelu" else (x,)
+
+        def step():
+            y, saved = op.forward(*inputs)
+            op.backward(saved, g)
+        return step
+    return each_op(p, make_step)
+
+
+def handydl_softmax_ce(p):
+    from handydl import nn
+    z, y = ce_data(p["rows"], p["classes"])
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        loss_fn(z, y)
+        loss_fn.backward()
+    return dict(zip(("samples", "peak_mb"), timed(step, p["repeats"], warmup=2)))
+
+
+def activation_data(size):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal(size) * 3).astype(np.float32), rng.standard_normal(size).astype(np.float32)
+
+
+def ce_data(rows, classes):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((rows, classes)) * 3).astype(np.float32), rng.integers(0, classes, rows)
+
+
+# -- PyTorch (eager) ---------------------------------------------------------------------------
+
+def _torch():
+    import torch
+    torch.set_num_threads(THREADS)
+    return torch
+
+
+TORCH_ACT = {"leaky_relu": "leaky_relu", "elu": "elu", "celu": "celu", "selu": "selu", "relu6": "relu6",
+             "gelu": "gelu", "silu": "silu", "mish": "mish", "softplus": "softplus",
+             "hardsigmoid": "hardsigmoid", "hardswish": "hardswish", "relu": "relu"}
+
+
+def torch_mlp(p):
+    torch = _torch()
+    X, y = mlp_data(p["n"])
+    layers = []
+    for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
+        lin = torch.nn.Linear(*W.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.copy()))
+            lin.bias.copy_(torch.from_numpy(b))
+        layers.append(lin)
+        if i < len(p["sizes"]) - 2:
+            layers.append({"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU()}[p["activation"]])
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01) if p["optimizer"] == "sgd" else \
+        torch.optim.Adam(model.parameters(), lr=1e-3)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    bs = p["batch"]
+    F = torch.nn.functional
+
+    def epoch():
+        for i in range(0, len(Xt), bs):
+            loss = F.cross_entropy(model(Xt[i:i + bs]), yt[i:i + bs])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    samples, mem = timed(epoch, p["repeats"])
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(Xt[:1000]), yt[:1000]))
+    return {"samples": samples, "peak_mb": mem, "loss": loss}
+
+
+def torch_activation(p):
+    torch = _torch()
+    F = torch.nn.functional
+
+    def make_step(name, x, g):
+        if name == "prelu":
+            w = torch.tensor([0.25])
+            f = lambda t: F.prelu(t, w)  # noqa: E731
+        elif name in ("sigmoid", "tanh"):
+            f = getattr(torch, name)
+        elif name == "identity":
+            f = lambda t: t * 1  # noqa: E731
+        else:
+            f = getattr(F, TORCH_ACT[name])
+        tx = torch.from_numpy(x).requires_grad_()
+        tg = torch.from_numpy(g)
+
+        def step():
+            torch.autograd.grad(f(tx), tx, tg)
+        return step
+    return each_op(p, make_step)
+
+
+def torch_softmax_ce(p):
+    torch = _torch()
+    z, y = ce_data(p["rows"], p["classes"])
+    tz, ty = torch.from_numpy(z).requires_grad_(), torch.from_numpy(y)
+
+    def step():
+        torch.autograd.grad(torch.nn.functional.cross_entropy(tz, ty), tz)
+    return dict(zip(("samples", "peak_mb"), timed(step, p["repeats"], warmup=2)))
+
+
+# -- JAX (jit) ---------------------------------------------------------------------------------
+
+def _jax():
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    return jax
+
+
+def jax_mlp(p):
+    jax = _jax()
+    import jax.numpy as jnp
+    X, y = mlp_data(p["n"])
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in mlp_weights(p["sizes"])]
+    act = {"relu": jax.nn.relu, "gelu": lambda v: jax.nn.gelu(v, approximate=False)}[p["activation"]]
+
+    def loss_fn(params, xb, yb):
+        h = xb
+        for W, b in params[:-1]:
+            h = act(h @ W + b)
+        W, b = params[-1]
+        logits = h @ W + b
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), yb[:, None], axis=1))
+
+    if p["optimizer"] == "sgd":
+        @jax.jit
+        def step(params, state, xb, yb):
+            g = jax.grad(loss_fn)(params, xb, yb)
+            return jax.tree_util.tree_map(lambda a, da: a - 0.01 * da, params, g), state
+        state = None
+    else:
+        @jax.jit
+        def step(params, state, xb, yb):
+            m, v, t = state
+            g = jax.grad(loss_fn)(params, xb, yb)
+            t = t + 1
+            m = jax.tree_util.tree_map(lambda a, b: 0.9 * a + 0.1 * b, m, g)
+            v = jax.tree_util.tree_map(lambda a, b: 0.999 * a + 0.001 * b * b, v, g)
+            upd = lambda a, mm, vv: a - 1e-3 / (1 - 0.9 ** t) * mm / (jnp.sqrt(vv) / jnp.sqrt(1 - 0.999 ** t) + 1e-8)  # noqa: E731
+            return jax.tree_util.tree_map(upd, params, m, v), (m, v, t)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        state = (zeros, zeros, 0)
+    bs = p["batch"]
+    Xj, yj = jnp.asarray(X), jnp.asarray(y)
+    batches = [(Xj[i:i + bs], yj[i:i + bs]) for i in range(0, len(X), bs)]
+    holder = {"params": params, "state": state}
+
+    def epoch():
+        prm, st = holder["params"], holder["state"]
+        for xb, yb in batches:
+            prm, st = step(prm, st, xb, yb)
+        jax.block_until_ready(prm)
+        holder["params"], holder["state"] = prm, st
+    samples, mem = timed(epoch, p["repeats"])
+    return {"samples": samples, "peak_mb": mem, "loss": float(loss_fn(holder["params"], Xj[:1000], yj[:1000]))}
+
+
+def jax_activation(p):
+    jax = _jax()
+    import jax.numpy as jnp
+    nnf = jax.nn
+    fns = {"sigmoid": nnf.sigmoid, "tanh": jnp.tanh, "relu": nnf.relu, "leaky_relu": nnf.leaky_relu,
+           "elu": nnf.elu, "celu": nnf.celu, "selu": nnf.selu, "relu6": nnf.relu6,
+           "gelu": lambda v: nnf.gelu(v, approximate=False), "silu": nnf.silu,
+           "mish": lambda v: v * jnp.tanh(nnf.softplus(v)), "softplus": nnf.softplus,
+           "hardsigmoid": nnf.hard_sigmoid, "hardswish": nnf.hard_swish, "identity": lambda v: v,
+           "prelu": lambda v: jnp.where(v > 0, v, 0.25 * v)}
+    def make_step(name, x, g):
+        f = fns[name]
+        vjp = jax.jit(lambda v, gg: jax.vjp(f, v)[1](gg)[0])
+        xj, gj = jnp.asarray(x), jnp.asarray(g)
+
+        def step():
+            jax.block_until_ready(vjp(xj, gj))
+        return step
+    return each_op(p, make_step)
+
+
+def jax_softmax_ce(p):
+    jax = _jax()
+    import jax.numpy as jnp
+    z, y = ce_data(p["rows"], p["classes"])
+    zj, yj = jnp.asarray(z), jnp.asarray(y)
+    loss = lambda v: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(v), yj[:, None], axis=1))  # noqa: E731
+    grad = jax.jit(jax.grad(loss))
+
+    def step():
+        jax.block_until_ready(grad(zj))
+    return dict(zip(("samples", "peak_mb"), timed(step, p["repeats"], warmup=2)))
+
+
+WORKERS = {(fw, kind): globals()[f"{fw}_{kind}"]
+           for fw in ("handydl", "torch", "jax") for kind in ("mlp", "activation", "softmax_ce")}
+
+
+def main():
+    fw, kind, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    result = WORKERS[(fw, kind)](params)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
