@@ -45,7 +45,7 @@ class OpModule(Module):
         grads = op.backward(saved, check_gy(gy, y_shape, type(self).__name__), needs)
         for e, g in zip(extra, grads[1:]):
             if isinstance(e, Parameter):
-                e.accumulate(g)
+                e.accumulate(g, fresh=True)      # op outputs are new arrays
         return grads[0] if input_grad else None
 
     def extra_repr(self):

@@ -50,13 +50,19 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
-    def accumulate(self, g):
-        """grad += g, in the parameter's dtype."""
-        if self._zero:
-            np.copyto(self._grad, g)
-            self._zero = False
-        else:
+    def accumulate(self, g, fresh=False):
+        """grad += g, in the parameter's dtype.
+
+        ``fresh=True`` says g is a new array nobody else holds (an op's output):
+        after zero_grad it is then taken as the gradient itself, without a copy.
+        """
+        if not self._zero:
             self._grad += g
+        elif fresh and g.flags.owndata and g.dtype == self._grad.dtype and g.shape == self._grad.shape:
+            self._grad = g
+        else:
+            np.copyto(self._grad, g)
+        self._zero = False
 
     def __repr__(self):
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"

@@ -228,9 +228,13 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
         raise ValueError(f"{who}: label_smoothing={label_smoothing!r} is not valid; expected 0 <= value <= 1")
     n, C = x.shape
     w = _weight(weight, C, x.dtype, who)
-    logp, _ = log_softmax.fn(x, 1)
     eps = label_smoothing
     t = np.asarray(target)
+    if t.ndim == 1 and w is None and not eps:
+        y = class_indices(t, n, C, who, ignore_index)
+        if not np.any(y == ignore_index):
+            return _plain_cross_entropy(x, y, reduction)
+    logp, _ = log_softmax.fn(x, 1)
     if t.ndim == 2:                                          # probability targets
         if t.shape != x.shape:
             raise ValueError(f"{who}: expected probability targets of shape {x.shape}, got shape {t.shape}")
@@ -260,8 +264,27 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
     return _reduce(per, reduction, wy.sum()), saved
 
 
+def _plain_cross_entropy(x, y, reduction):
+    """The common case (class indices, no weights, smoothing or ignored targets):
+    L_n = log sum_c e^{x_c} - x_{y_n}, and backward p - onehot(y) with p kept
+    from the forward, so no log-probabilities are materialized."""
+    rows = np.arange(len(y))
+    z = x - x.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    s = p.sum(axis=1, keepdims=True)
+    per = np.log(s[:, 0]) - z[rows, y]
+    p /= s
+    return _reduce(per, reduction), ("plain", p, y, reduction)
+
+
 @cross_entropy.set_backward
 def _cross_entropy_backward(saved, gy):
+    if isinstance(saved[0], str):                        # the plain fast path
+        _, p, y, reduction = saved
+        scale = _grad_scale(gy, reduction, len(y), (-1, 1))
+        gx = p * scale                                     # (p - onehot(y)) * scale, in one pass
+        gx[np.arange(len(y)), y] -= scale if np.ndim(scale) == 0 else scale[:, 0]
+        return gx, None
     logp, total, dense, hot, y, denom, reduction = saved
     gx = np.exp(logp) * total[:, None]                        # p * sum_c a_c
     if dense is not None:
