@@ -63,7 +63,9 @@ def mlp_weights(sizes, seed=1):
 # -- handydl -------------------------------------------------------------------------------------
 
 def handydl_mlp(p):
+    import handydl
     from handydl import data, nn, optim
+    handydl.tune_malloc()                 # what the README tells a user to call once
     X, y = mlp_data(p["n"])
     layers = []
     for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
@@ -119,7 +121,9 @@ def each_op(p, make_step):
 
 
 def handydl_activation(p):
+    import handydl
     from handydl import ops
+    handydl.tune_malloc()
 
     def make_step(name, x, g):
         op = ops.get(name)
@@ -133,7 +137,9 @@ def handydl_activation(p):
 
 
 def handydl_softmax_ce(p):
+    import handydl
     from handydl import nn
+    handydl.tune_malloc()
     z, y = ce_data(p["rows"], p["classes"])
     loss_fn = nn.CrossEntropyLoss()
 

@@ -1,0 +1,86 @@
+"""The optimized paths of the training step agree with the straightforward ones
+within float32 rounding: BLAS axpy vs NumPy in the optimizers, skipping the
+first layer's input gradient, adopting fresh gradients, the plain
+cross-entropy path vs the general one, branch-free activations vs selects."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from handydl import data, nn, ops, optim
+from handydl.optim import optimizer as optimizer_module
+
+
+def train(fast, opt_name, steps=20):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 256)
+    model = nn.Sequential(nn.Linear(20, 32, rng=1), nn.ReLU(), nn.Linear(32, 5, rng=2))
+    # the general cross-entropy path is taken when class weights are given (all ones here)
+    loss_fn = nn.CrossEntropyLoss() if fast else nn.CrossEntropyLoss(weight=np.ones(5, np.float32))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if opt_name == "sgd" else \
+        optim.Adam(model.parameters(), lr=0.01)
+    for (xb, yb), _ in zip(data.DataLoader(X, y, 32), range(steps)):
+        loss_fn(model(xb), yb)
+        opt.zero_grad()
+        if fast:
+            assert model.backward(loss_fn.backward(), input_grad=False) is None
+        else:
+            model.backward(loss_fn.backward())
+            for p in model.parameters():           # no adoption: always copy into grad
+                p._grad = p.grad.copy()
+        opt.step()
+    return [p.data for p in model.parameters()]
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_fast_training_step_equals_the_reference_within_float32_rounding(opt_name, monkeypatch):
+    fast = train(True, opt_name)
+    monkeypatch.setattr(optimizer_module, "_AXPY", None)        # NumPy multiply-add instead of BLAS
+    reference = train(False, opt_name)
+    for a, b in zip(fast, reference):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_plain_cross_entropy_equals_the_general_path():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((64, 7)).astype(np.float32) * 5
+    y = rng.integers(0, 7, 64)
+    for reduction in ("mean", "sum", "none"):
+        fast, ref = ops.cross_entropy, ops.cross_entropy
+        lf, sf = fast.forward(x, y, reduction=reduction)
+        lr, sr = ref.forward(x, y, reduction=reduction, weight=np.ones(7, np.float32))
+        gy = np.ones_like(lf) if reduction == "none" else 1.0
+        np.testing.assert_allclose(lf, lr, rtol=1e-6)
+        np.testing.assert_allclose(fast.backward(sf, gy)[0], ref.backward(sr, gy)[0], rtol=1e-5, atol=1e-7)
+
+
+SELECTS = {   # the textbook definitions, with np.where, in float64
+    "sigmoid": (lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
+                None),
+    "leaky_relu": (lambda x: np.where(x > 0, x, 0.01 * x), lambda x: np.where(x > 0, 1.0, 0.01)),
+    "elu": (lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))), lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))),
+    "hardswish": (lambda x: x * np.clip(x + 3, 0, 6) / 6,
+                  lambda x: np.where(x <= -3, 0.0, np.where(x < 3, x / 3 + 0.5, 1.0))),
+    "softplus": (lambda x: np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))), None),
+}
+
+
+@pytest.mark.parametrize("name", SELECTS)
+def test_branch_free_activations_equal_the_select_forms(name):
+    x = np.random.default_rng(4).uniform(-30, 30, 10001).astype(np.float32)
+    x[:4] = [0.0, -3.0, 3.0, 20.0]
+    f, df = SELECTS[name]
+    y, saved = ops.get(name).forward(x)
+    np.testing.assert_allclose(y, f(x.astype(np.float64)), rtol=2e-6, atol=1e-7)
+    if df is not None:
+        g = ops.get(name).backward(saved, np.ones_like(x))[0]
+        np.testing.assert_allclose(g, df(x.astype(np.float64)), rtol=2e-6, atol=1e-7)
+
+
+def test_tune_malloc_is_harmless_and_idempotent():
+    import handydl
+    first = handydl.tune_malloc()
+    assert handydl.tune_malloc() == first
+    assert np.ones(10**6).sum() == 10**6
