@@ -26,12 +26,32 @@ def rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reset_peak():
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so that the peak measured
+    next is the step's, not that of building the data set."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def timed(fn, repeats, warmup=1):
-    """Median-ready samples of fn() after warm-up, and the extra peak memory it needed."""
+    """Median-ready samples of fn() after warm-up, and the extra peak memory it needed
+    (peak resident memory while running, minus the resident memory before)."""
+    reset_peak()
     base = rss_mb()
     for _ in range(warmup):
         fn()

@@ -309,6 +309,19 @@ def cmd_verify(args) -> int:
     return 0 if verdict.correct else 1
 
 
+def cmd_bench(args) -> int:
+    """Run bench/ (python -m bench) from a checkout: PyTorch and JAX stay out of the library."""
+    import subprocess
+    from pathlib import Path
+    here = Path(__file__).resolve().parent.parent
+    for root in (Path.cwd(), here):
+        if (root / "bench" / "__main__.py").is_file():
+            extra = ["--quick"] if args.quick else []
+            return subprocess.call([sys.executable, "-m", "bench", *extra], cwd=root)
+    raise UsageError("the benchmark lives in bench/ of a handydl checkout; run this from the checkout "
+                     "(or: python -m bench there)")
+
+
 def _shown(params):
     return {k: ("[...]" if isinstance(v, np.ndarray) else v) for k, v in params.items()}
 
@@ -374,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", action="append", help="NAME=D1,D2 for each array (repeat)")
     p.add_argument("--let", action="append", help="'NAME = EXPR' definitions, in order (repeat)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("bench", help="handydl vs PyTorch vs JAX on this CPU (runs python -m bench)")
+    p.add_argument("--quick", action="store_true", help="smaller workloads, under a minute")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
     p.add_argument("--model", required=True, help="a checkpoint written by handydl train")
