@@ -180,8 +180,9 @@ def chart(rows, frameworks, path):
         ax.barh(y + k * h, rel, height=h, label=fw)
     ax.set_yticks(y + 0.4 - h / 2, names, fontsize=8)
     ax.invert_yaxis()
+    ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("time relative to PyTorch (lower is faster)" if "torch" in frameworks else "seconds")
+    ax.set_xlabel("time relative to PyTorch, log scale (lower is faster)" if "torch" in frameworks else "seconds")
     ax.set_title("handydl vs PyTorch (eager) vs JAX (jit), CPU, median of repeated runs")
     ax.legend()
     from handydl.plot import save
