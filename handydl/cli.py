@@ -136,7 +136,7 @@ def cmd_train(args) -> int:
     import json
     import time
 
-    from . import checkpoint, nn, optim
+    from . import checkpoint, manual_seed, nn, optim
     from ._io import write_text
     from .data import DataLoader, split
     from .train import evaluate, fit
@@ -146,8 +146,7 @@ def cmd_train(args) -> int:
     out = _writable_dir(args.out)
     data = _load_data(args)
     start = time.perf_counter()
-    import handydl
-    handydl.manual_seed(args.seed)
+    manual_seed(args.seed)
     Xtr, ytr, Xval, yval = split(data.X_train, data.y_train, test_size=0.1, seed=args.seed,
                                  stratify=data.task == "classification")
     model = nn.Sequential(nn.Standardize.fit(Xtr),
@@ -157,7 +156,7 @@ def cmd_train(args) -> int:
     print(f"{data.name}: {data.task}, {len(Xtr)} train / {len(Xval)} validation / {len(data.X_test)} "
           f"test samples, {data.n_features} features" +
           (f", {data.n_outputs} classes" if data.task == "classification" else ""))
-    print(f"model: {args.hidden and ' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
+    print(f"model: {' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
           f"{args.activation} MLP, {sum(p.data.size for p in model.parameters()):,} parameters")
     line, ok = _gradcheck_line(model, loss_fn, Xtr, ytr, data.task)
     print(line)
@@ -411,6 +410,10 @@ def main(argv=None) -> int:
     except (UsageError, ValueError) as e:   # bad names or values: a message, not a traceback
         print(f"handydl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                  # `handydl ... | head`: the reader left; stop quietly
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def verify_gradient(expr, wrt, claim=None, shapes=None, let=None, cases=None, dr
         raise ExprError(f"--wrt {wrt!r} is not in the expression {expr!r}")
     rng = np.random.default_rng(seed)
     worst = None
-    for draw in range(draws):
+    for _ in range(draws):
         while True:
             env = _draw(rng, shapes, positive)
             try:
