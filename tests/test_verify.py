@@ -131,6 +131,8 @@ def test_unknown_names_and_bad_shapes_are_precise():
         verify_gradient("sum(X @ Z)", "X", "X", {"X": (3, 4)})
     with pytest.raises(ExprError, match="not finite at the sample points"):
         verify_gradient("sum(X / (X - X))", "X", "X", {"X": (2, 2)})
+    with pytest.raises(ExprError, match="the claim is not finite at any sample point"):
+        verify_derivative("x**2", "2 * x / (x - x)")
 
 
 def run(*args):

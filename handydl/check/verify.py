@@ -90,6 +90,9 @@ def verify_derivative(function, claim, var="x", lo=-10.0, hi=10.0, samples=400, 
         claimed = np.asarray(c.evaluate({var: pts}), dtype=np.float64) * np.ones_like(pts)
     ok = np.isfinite(true)
     pts, true, claimed = pts[ok], true[ok], claimed[ok]
+    if not np.isfinite(claimed).any():
+        raise ExprError(f"the claim is not finite at any sample point in [{lo:g}, {hi:g}] "
+                        "(a division by zero?)")
     agree = _close(claimed, true)
     numeric = f"numeric sampling at {pts.size} points in [{lo:g}, {hi:g}]"
     notes = _kink_notes(kinks, f, c, var)
