@@ -266,23 +266,24 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
 
 def _plain_cross_entropy(x, y, reduction):
     """The common case (class indices, no weights, smoothing or ignored targets):
-    L_n = log sum_c e^{x_c} - x_{y_n}, and backward p - onehot(y) with p kept
-    from the forward, so no log-probabilities are materialized."""
+    L_n = log S_n - z_{n, y_n} with z = x - max and S = sum_c e^{z_c}.  Backward
+    is (e^z / S - onehot(y)) * scale; the division by S is folded into the
+    backward's one pass, so forward makes two passes over the logits."""
     rows = np.arange(len(y))
     z = x - x.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    s = p.sum(axis=1, keepdims=True)
-    per = np.log(s[:, 0]) - z[rows, y]
-    p /= s
-    return _reduce(per, reduction), ("plain", p, y, reduction)
+    per = -z[rows, y]
+    e = np.exp(z, out=z)                                   # z is not needed any more
+    s = e.sum(axis=1)
+    per += np.log(s)
+    return _reduce(per, reduction), ("plain", e, s, y, reduction)
 
 
 @cross_entropy.set_backward
 def _cross_entropy_backward(saved, gy):
     if isinstance(saved[0], str):                        # the plain fast path
-        _, p, y, reduction = saved
+        _, e, s, y, reduction = saved
         scale = _grad_scale(gy, reduction, len(y), (-1, 1))
-        gx = p * scale                                     # (p - onehot(y)) * scale, in one pass
+        gx = e * (scale / s[:, None])                      # p * scale in one pass, p = e / S
         gx[np.arange(len(y)), y] -= scale if np.ndim(scale) == 0 else scale[:, 0]
         return gx, None
     logp, total, dense, hot, y, denom, reduction = saved
