@@ -1,0 +1,40 @@
+"""The README's performance table, from a bench.json:
+
+    python -m bench.table bench/results/bench.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+LABELS = {"mlp_epoch_b32": "MLP epoch, batch 32", "mlp_epoch_b128": "MLP epoch, batch 128",
+          "mlp_epoch_b512": "MLP epoch, batch 512", "deep_mlp_gelu_adam_b128": "deep MLP, GELU + Adam, batch 128",
+          "softmax_ce_4096x1000": "softmax cross-entropy fwd+bwd, 4096×1000"}
+SHOWN_ACTIVATIONS = ("tanh", "relu", "sigmoid", "gelu", "mish")
+
+
+def ms(t):
+    return f"{t * 1e3:.0f} ms" if t >= 0.1 else f"{t * 1e3:.2f} ms"
+
+
+def table(report):
+    rows = {r["name"]: r for r in report["rows"]}
+    lines = ["| workload | handydl | PyTorch | JAX | / PyTorch | / JAX | / matmul floor | extra peak MB (hd/torch/jax) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    names = list(LABELS)[:4] + ["softmax_ce_4096x1000"] + [f"{a} (fwd+bwd, 1M f32)" for a in SHOWN_ACTIVATIONS]
+    for name in names:
+        r = rows[name]
+        label = LABELS.get(name, name.replace(" (fwd+bwd, 1M f32)", " fwd+bwd, 1M"))
+        floor = f"{r['of_floor']:.2f}" if "of_floor" in r else ""
+        mem = " / ".join(f"{r[fw]['peak_mb']:.0f}" for fw in ("handydl", "torch", "jax")) if "of_floor" in r else ""
+        lines.append(f"| {label} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
+                     f"{ms(r['jax']['median'])} | {r['vs_torch']:.2f} | {r['vs_jax']:.2f} | {floor} | {mem} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json") as f:
+        print(table(json.load(f)))
+    print()
+    for c in json.load(open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json"))["targets"]:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']:.2f}")
