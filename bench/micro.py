@@ -1,0 +1,70 @@
+"""The small measurements behind the README's notes on what made handydl faster.
+
+    python -m bench.micro
+
+1. a select (np.where) on a random sign pattern vs the branch-free max(x, a x);
+2. float32 normal CDF: SciPy's erf vs handydl's Chebyshev fit of erfc;
+   (1 and 2 with handydl.tune_malloc(), as in the benchmark)
+3. silu forward + backward with glibc's default allocator vs handydl.tune_malloc()
+   (each in a fresh process: the setting is process-wide and cannot be undone).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+N = 1_000_000
+
+
+def median_ms(fn, repeats=15):
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return float(np.median(samples)) * 1e3
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal(N) * 3).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+
+
+def silu_step_ms(tuned):
+    import handydl
+    from handydl import ops
+    if tuned:
+        handydl.tune_malloc()
+    x, g = data()
+
+    def step():
+        y, saved = ops.silu.forward(x)
+        ops.silu.backward(saved, g)
+    return median_ms(step)
+
+
+def main():
+    import handydl
+    from scipy.special import erf
+
+    from handydl.ops.activations import normal_cdf
+    handydl.tune_malloc()                      # as the benchmark does (3. shows why)
+    x, _ = data()
+    mask = x > 0
+    print(f"select np.where(x > 0, x, 0.01 x):  {median_ms(lambda: np.where(mask, x, x * 0.01)):6.2f} ms per 1M float32")
+    print(f"branch-free np.maximum(x, 0.01 x):  {median_ms(lambda: np.maximum(x, x * 0.01)):6.2f} ms")
+    print(f"normal CDF, SciPy erf:              {median_ms(lambda: 0.5 * (1 + erf(x * 0.7071067811865476))):6.2f} ms")
+    print(f"normal CDF, handydl float32:        {median_ms(lambda: normal_cdf(x)):6.2f} ms")
+    for tuned in (False, True):
+        code = f"from bench.micro import silu_step_ms; print(silu_step_ms({tuned}))"
+        ms = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        print(f"silu fwd+bwd, {'tune_malloc()' if tuned else 'default malloc'}:" + " " * (14 - 2 * tuned)
+              + f"{ms:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
