@@ -20,7 +20,7 @@ class Loss(Module):
         return self.params["reduction"]
 
     def forward(self, input, target):
-        loss, saved = self.op.forward(input, target, **self.params)
+        loss, saved = self.op.run((input, target), self.params)     # params bound at __init__
         self._saved = (saved, np.shape(loss))
         return float(loss) if np.ndim(loss) == 0 else loss
 

@@ -84,6 +84,9 @@ class Module:
         object.__setattr__(self, "_saved", None)
 
     def __setattr__(self, name, value):
+        if name == "_saved":                    # set on every forward: no bookkeeping needed
+            object.__setattr__(self, name, value)
+            return
         # a buffer stays registered when it is reassigned (running statistics are)
         self._params.pop(name, None)
         self._modules.pop(name, None)

@@ -60,10 +60,19 @@ def _weight(weight, n, dtype, who):
 
 
 def class_indices(target, n, num_classes, who, ignore_index=None):
-    """Validate class-index targets: shape (n,), integral, in [0, num_classes) or ignore_index."""
+    """Validate class-index targets: shape (n,), integral, in [0, num_classes) or ignore_index.
+
+    Returns the indices as int64 and whether any of them is ignore_index.
+    """
     t = np.asarray(target)
     if t.shape != (n,):
         raise ValueError(f"{who}: expected class indices of shape ({n},), got shape {t.shape}")
+    if t.dtype.kind in "iu" and n:
+        lo, hi = t.min(), t.max()               # the common case: two reductions, no masks
+        if 0 <= lo and hi < num_classes:
+            ignored = ignore_index is not None and 0 <= ignore_index < num_classes and \
+                bool(np.any(t == ignore_index))
+            return t.astype(np.int64, copy=False), ignored
     if t.dtype.kind == "f":
         bad = ~np.isfinite(t) | (t != np.round(t))
         if bad.any():
@@ -77,7 +86,7 @@ def class_indices(target, n, num_classes, who, ignore_index=None):
     if not valid.all():
         raise ValueError(f"{who}: target {t[~valid][0]} is out of range for {num_classes} classes "
                          f"(expected 0 <= target < {num_classes})")
-    return t
+    return t, ignore_index is not None and bool(np.any(t == ignore_index))
 
 
 def _logits_2d(input, who):
@@ -231,8 +240,8 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
     eps = label_smoothing
     t = np.asarray(target)
     if t.ndim == 1 and w is None and not eps:
-        y = class_indices(t, n, C, who, ignore_index)
-        if not np.any(y == ignore_index):
+        y, ignored = class_indices(t, n, C, who, ignore_index)
+        if not ignored:
             return _plain_cross_entropy(x, y, reduction)
     logp, _ = log_softmax.fn(x, 1)
     if t.ndim == 2:                                          # probability targets
@@ -246,7 +255,7 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
         per = -(a * logp).sum(axis=1)
         saved = (logp, a.sum(axis=1), a, None, None, n, reduction)
         return _reduce(per, reduction, n), saved
-    y = class_indices(t, n, C, who, ignore_index)
+    y, _ = class_indices(t, n, C, who, ignore_index)
     keep = y != ignore_index
     y = np.where(keep, y, 0)                                  # any valid index; its weight is 0
     rows = np.arange(n)
@@ -309,7 +318,7 @@ def nll_loss(input, target, weight, ignore_index, reduction):
     x = _logits_2d(input, who)
     n, C = x.shape
     w = _weight(weight, C, x.dtype, who)
-    y = class_indices(target, n, C, who, ignore_index)
+    y, _ = class_indices(target, n, C, who, ignore_index)
     keep = y != ignore_index
     y = np.where(keep, y, 0)
     wy = (w[y] if w is not None else np.ones(n, x.dtype)) * keep
@@ -441,7 +450,7 @@ def multi_margin_loss(input, target, p, margin, weight, reduction):
     who = "multi_margin_loss"
     x = _logits_2d(input, who)
     n, C = x.shape
-    y = class_indices(target, n, C, who)
+    y, _ = class_indices(target, n, C, who)
     w = _weight(weight, C, x.dtype, who)
     rows = np.arange(n)
     h = margin - x[rows, y][:, None] + x                     # h_{n,i}

@@ -44,7 +44,7 @@ def axpy(a, x, y, buf):
     scratch array ``buf`` (two passes, still no allocation)."""
     f = _AXPY and _AXPY.get(y.dtype)
     if f is not None and x.dtype == y.dtype and x.flags.c_contiguous and y.flags.c_contiguous:
-        f(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
+        f(y.size, a, x.__array_interface__["data"][0], 1, y.__array_interface__["data"][0], 1)
     else:
         np.multiply(x, a, out=buf)
         y += buf
@@ -78,10 +78,11 @@ class Optimizer:
 
     def step(self):
         self.steps += 1
+        hp = {k: float(v) for k, v in self.defaults.items()}
         for p, state in zip(self.params, self.state):
-            self._update(p, state)
+            self._update(p, state, hp)
 
-    def _update(self, p, state):
+    def _update(self, p, state, hp):
         raise NotImplementedError
 
     def state_dict(self):
@@ -118,8 +119,8 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay))
         self.nesterov = nesterov
 
-    def _update(self, p, state):
-        lr, mu, damp, wd = (float(self.defaults[k]) for k in ("lr", "momentum", "dampening", "weight_decay"))
+    def _update(self, p, state, hp):
+        lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
         tmp = state.get("tmp")
         if tmp is None:
             tmp = state["tmp"] = np.empty_like(p.data)
@@ -157,8 +158,8 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__}: betas={betas!r} is not valid; expected each in [0, 1)")
         super().__init__(params, dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, state):
-        lr, b1, b2, eps, wd = (float(self.defaults[k]) for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
+    def _update(self, p, state, hp):
+        lr, b1, b2, eps, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
         if "m" not in state:
             state["m"], state["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
         t = self.steps
