@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import stable_sigmoid
 from .registry import as_float, register
 from .softmax import log_softmax
 
@@ -426,7 +427,6 @@ def binary_cross_entropy_with_logits(input, target, weight, pos_weight, reductio
 
 @binary_cross_entropy_with_logits.set_backward
 def _bce_logits_backward(saved, gy):
-    from .activations import stable_sigmoid
     x, y, lw, pos_weight, w, reduction = saved
     r = 1 if pos_weight is None else np.asarray(pos_weight, x.dtype)
     gx = lw * stable_sigmoid(x) - r * y
