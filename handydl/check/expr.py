@@ -20,9 +20,9 @@ import ast
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import erf
 
 from .. import ops
+from ..ops.activations import erf
 
 
 class ExprError(ValueError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
 
 from .registry import WIDE, as_float, register
 
@@ -35,6 +34,12 @@ def stable_sigmoid(x):
     den += 1
     num /= den
     return num
+
+
+def erf(x):
+    """SciPy's erf, imported on first use: scipy.special is half of import handydl's time."""
+    from scipy.special import erf as scipy_erf
+    return scipy_erf(x)
 
 
 def _mask(condition, dtype):
