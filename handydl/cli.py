@@ -107,7 +107,7 @@ def _load_data(args):
     if args.target:
         raise UsageError("--target goes with --data FILE")
     try:
-        return load_dataset(args.dataset, seed=args.seed, download=args.download)
+        return load_dataset(args.dataset, seed=args.seed, root=args.data_dir, download=args.download)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
 
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="the column of --data to predict")
     p.add_argument("--task", choices=["classification", "regression"],
                    help="override the task inferred from the target")
+    p.add_argument("--data-dir", help="where the MNIST / Fashion-MNIST IDX files are "
+                                      "(default: $HANDYDL_CACHE/<name>, ~/.cache/handydl/<name>)")
     p.add_argument("--download", action="store_true", help="fetch MNIST files missing from the cache")
     p.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
     p.add_argument("--activation", default="relu", help="any registered activation (default relu)")

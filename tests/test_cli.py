@@ -130,6 +130,26 @@ def test_train_errors_are_reported_before_training(tmp_path, args, message):
     assert "epoch" not in r.stdout                   # nothing was trained
 
 
+def test_train_reads_mnist_idx_files_from_a_directory(tmp_path):
+    import gzip
+    import struct
+    rng = np.random.default_rng(0)
+
+    def idx(arr):
+        header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+        return header + arr.astype(np.uint8).tobytes()
+    files = {"train-images-idx3-ubyte": rng.integers(0, 256, (60, 28, 28)),
+             "train-labels-idx1-ubyte": rng.integers(0, 10, 60),
+             "t10k-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+             "t10k-labels-idx1-ubyte": rng.integers(0, 10, 20)}
+    for name, arr in files.items():
+        (tmp_path / name).write_bytes(idx(arr))
+    r = run("train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--hidden", "8",
+            "--no-progress", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "mnist: classification" in r.stdout and "/ 20 test samples, 784 features" in r.stdout
+
+
 def test_predict_with_a_corrupted_model_exits_2(tmp_path):
     (tmp_path / "m.npz").write_bytes(b"garbage")
     (tmp_path / "x.csv").write_text("a\n1\n")
