@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from bench.worker import activation_data, timed
 
 N = 1_000_000
 
 
 def median_ms(fn, repeats=15):
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return float(np.median(samples)) * 1e3
+    return float(np.median(timed(fn, repeats)[0])) * 1e3
 
 
 def data():
-    rng = np.random.default_rng(0)
-    return (rng.standard_normal(N) * 3).astype(np.float32), rng.standard_normal(N).astype(np.float32)
+    return activation_data(N)
 
 
 def silu_step_ms(tuned):

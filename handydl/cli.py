@@ -197,7 +197,7 @@ def cmd_predict(args) -> int:
     import csv
     import io
 
-    from . import checkpoint
+    from . import checkpoint, ops
     from ._io import write_text
     from .data import DataError, read_table
     from .train import predict
@@ -212,8 +212,7 @@ def cmd_predict(args) -> int:
     w = csv.writer(buf, lineterminator="\n")
     if meta.get("task") == "classification":
         classes = meta["classes"]
-        z = out - out.max(axis=1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        p = ops.softmax(out)
         w.writerow(["prediction"] + [f"p_{c}" for c in classes])
         for row, probs in zip(out.argmax(axis=1), p):
             w.writerow([classes[row]] + [f"{v:.6g}" for v in probs])

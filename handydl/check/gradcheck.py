@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..nn.loss import Loss
 from ..nn.module import Module
 from ..ops.registry import Op, check_choice
 
@@ -174,8 +173,7 @@ class _OpTarget(_Target):
 
     def vjp(self, u):
         y, saved = self.forward(*self.inputs, **self.params)
-        grads = self.backward(saved, u)
-        return [grads[i] for i in self.idx]
+        return _pick(self.backward(saved, u), self.idx)
 
     def backward_twice(self, u):
         y, saved = self.forward(*self.inputs, **self.params)
@@ -207,7 +205,6 @@ class _ModuleTarget(_Target):
         self.names = (["input"] if self.check_input else []) + [n for n, _ in self.model.named_parameters()]
         self.analytic = all(getattr(m, "op", None) is None or m.op.complex_step
                             for m in self.model.modules())
-        self.is_loss = isinstance(module, Loss)
 
     @property
     def arrays(self):
@@ -239,8 +236,8 @@ class _ModuleTarget(_Target):
         first = self._grads(m, m.backward(u))
         total = self._grads(m, m.backward(u))
         # parameter gradients accumulate: the second call adds its share
-        second = total[:1] + [t - f for t, f in zip(total[1:], first[1:])] if self.check_input \
-            else [t - f for t, f in zip(total, first)]
+        n = int(self.check_input)
+        second = total[:n] + [t - f for t, f in zip(total[n:], first[n:])]
         return first, second
 
 

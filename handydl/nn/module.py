@@ -139,9 +139,8 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self):
-        for mod_name, mod in self.named_modules():
-            for name in mod._buffers:
-                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+        for name, (mod, attr) in self._buffer_owners():
+            yield name, getattr(mod, attr)
 
     # -- state -------------------------------------------------------------------------
     def zero_grad(self):
@@ -163,9 +162,10 @@ class Module:
         return state
 
     def load_state_dict(self, state, strict=True):
-        """Load arrays by name; every name, shape and dtype is checked before anything changes."""
+        """Load arrays by name, cast to each array's dtype; every name and shape is
+        checked before anything changes."""
         targets = dict(self.named_parameters())
-        buffers = {n: mod for n, mod in self._buffer_owners()}
+        buffers = dict(self._buffer_owners())
         expected = set(targets) | set(buffers)
         missing, unexpected = expected - set(state), set(state) - expected
         if strict and (missing or unexpected):

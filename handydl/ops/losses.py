@@ -51,7 +51,7 @@ def _pair(input, target, who):
 
 
 def _weight(weight, n, dtype, who):
-    """A per-class weight vector of length n in the input's dtype (ones when None)."""
+    """A per-class weight vector of length n in the input's dtype (None stays None)."""
     if weight is None:
         return None
     w = np.asarray(weight, dtype=dtype)
@@ -240,14 +240,10 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
     w = _weight(weight, C, x.dtype, who)
     eps = label_smoothing
     t = np.asarray(target)
-    if t.ndim == 1 and w is None and not eps:
-        y, ignored = class_indices(t, n, C, who, ignore_index)
-        if not ignored:
-            return _plain_cross_entropy(x, y, reduction)
-    logp, _ = log_softmax.fn(x, 1)
     if t.ndim == 2:                                          # probability targets
         if t.shape != x.shape:
             raise ValueError(f"{who}: expected probability targets of shape {x.shape}, got shape {t.shape}")
+        logp, _ = log_softmax.fn(x, 1)
         a = t.astype(x.dtype, copy=False)
         if eps:
             a = a * (1 - eps) + eps / C
@@ -256,7 +252,10 @@ def cross_entropy(input, target, weight, ignore_index, label_smoothing, reductio
         per = -(a * logp).sum(axis=1)
         saved = (logp, a.sum(axis=1), a, None, None, n, reduction)
         return _reduce(per, reduction, n), saved
-    y, _ = class_indices(t, n, C, who, ignore_index)
+    y, ignored = class_indices(t, n, C, who, ignore_index)
+    if w is None and not eps and not ignored:
+        return _plain_cross_entropy(x, y, reduction)
+    logp, _ = log_softmax.fn(x, 1)
     keep = y != ignore_index
     y = np.where(keep, y, 0)                                  # any valid index; its weight is 0
     rows = np.arange(n)

@@ -91,12 +91,7 @@ class Op:
     # -- the contract ---------------------------------------------------------
     def forward(self, *inputs, **params):
         """Return ``(y, saved)``; see the module docstring."""
-        params = self.bind(params)
-        # Underflow to zero is the correctly rounded result (and what PyTorch
-        # returns): it must never raise, even under np.seterr(all="raise").
-        # Overflow, division by zero and invalid operations still do.
-        with np.errstate(under="ignore"):
-            return self.fn(*inputs, **params)
+        return self.run(inputs, self.bind(params))
 
     def backward(self, saved, gy, needs=None):
         """Return a tuple with one gradient per input (None if not differentiable).
@@ -115,7 +110,12 @@ class Op:
 
     def run(self, inputs, bound):
         """forward with parameters already bound (by a module at construction):
-        the hot path of training skips re-validating them on every call."""
+        the hot path of training skips re-validating them on every call.
+
+        Underflow to zero is the correctly rounded result (and what PyTorch
+        returns): it must never raise, even under np.seterr(all="raise").
+        Overflow, division by zero and invalid operations still do.
+        """
         with np.errstate(under="ignore"):
             return self.fn(*inputs, **bound)
 
