@@ -131,7 +131,6 @@ def test_train_errors_are_reported_before_training(tmp_path, args, message):
 
 
 def test_train_reads_mnist_idx_files_from_a_directory(tmp_path):
-    import gzip
     import struct
     rng = np.random.default_rng(0)
 
