@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .fused import exp, expm1, log1p, tanh as tanh_scalar
 from .registry import WIDE, as_float, register
 
 # Python floats, not np.float64: a NumPy float64 scalar would promote float32 work.
@@ -72,6 +73,14 @@ def _sigmoid_backward(y, gy):
     return gy * y * (1 - y)
 
 
+@sigmoid.set_kernel
+def _sigmoid_kernel(x):
+    e = exp(-abs(x))
+    s = 1 / (1 + e)                     # sigma(|x|)
+    y = s if x >= 0 else e * s          # e^x / (1 + e^x) for x < 0
+    return y, y * (1 - y)
+
+
 @register(
     "tanh", kind="activation",
     formula=r"\tanh(x) = \frac{e^{x} - e^{-x}}{e^{x} + e^{-x}}",
@@ -90,6 +99,12 @@ def tanh(x):
 @tanh.set_backward
 def _tanh_backward(y, gy):
     return gy * (1 - y * y)
+
+
+@tanh.set_kernel
+def _tanh_kernel(x):
+    y = tanh_scalar(x)
+    return y, 1 - y * y
 
 
 # -- the ReLU family -------------------------------------------------------------
@@ -115,6 +130,11 @@ def relu(x):
 @relu.set_backward
 def _relu_backward(mask, gy):
     return gy * mask
+
+
+@relu.set_kernel
+def _relu_kernel(x):
+    return (0.0 if x <= 0 else x), (1.0 if x > 0 else 0.0)      # NaN -> NaN, slope 0
 
 
 @register(
@@ -145,6 +165,11 @@ def leaky_relu(x, negative_slope):
 @leaky_relu.set_backward
 def _leaky_relu_backward(slope, gy):
     return gy * slope
+
+
+@leaky_relu.set_kernel
+def _leaky_relu_kernel(x, a):
+    return (x if x > 0 else a * x), (1.0 if x > 0 else a)      # slope a at 0 and NaN
 
 
 def _prelu_sample(rng, dtype, lo, hi):
@@ -240,6 +265,12 @@ def _elu_backward(d, gy):
     return gy * d
 
 
+@elu.set_kernel
+def _elu_kernel(x, alpha):
+    # NaN takes the x > 0 branch's derivative, as in _exponential_linear
+    return (alpha * expm1(x) if x <= 0 else x), (alpha * exp(x) if x <= 0 else 1.0)
+
+
 @register(
     "celu", kind="activation",
     formula=r"\mathrm{CELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x/\alpha} - 1) & x \le 0 \end{cases}",
@@ -262,6 +293,12 @@ def _celu_backward(d, gy):
     return gy * d
 
 
+@celu.set_kernel
+def _celu_kernel(x, alpha):
+    u = x / alpha
+    return (alpha * expm1(u) if x <= 0 else x), (exp(u) if x <= 0 else 1.0)
+
+
 @register(
     "selu", kind="activation",
     formula=r"\mathrm{SELU}(x) = \lambda \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases}",
@@ -279,6 +316,12 @@ def selu(x):
 @selu.set_backward
 def _selu_backward(d, gy):
     return gy * d
+
+
+@selu.set_kernel
+def _selu_kernel(x):
+    y = SELU_ALPHA * expm1(x) if x <= 0 else x
+    return SELU_SCALE * y, (SELU_SCALE * SELU_ALPHA * exp(x) if x <= 0 else SELU_SCALE)
 
 
 @register(
@@ -299,6 +342,12 @@ def relu6(x):
 @relu6.set_backward
 def _relu6_backward(inside, gy):
     return gy * inside
+
+
+@relu6.set_kernel
+def _relu6_kernel(x):
+    y = 0.0 if x <= 0 else (6.0 if x >= 6 else x)              # NaN -> NaN
+    return y, (1.0 if x > 0 else 0.0) * (1.0 if x < 6 else 0.0)
 
 
 # -- smooth ReLU relatives --------------------------------------------------------
@@ -344,6 +393,28 @@ def _gelu_backward(saved, gy):
     return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
 
 
+@gelu.set_kernel(approximate="none")
+def _gelu_kernel(x):
+    # Phi(-|x|) = erfc(|x| / sqrt 2) / 2 with the Chebyshev fit of normal_cdf
+    z = abs(x) * INV_SQRT_2
+    t = 1 / (1 + 0.5 * z)
+    poly = 0.0
+    for c in _ERFC_COEFFS:
+        poly = poly * t + c
+    tail = 0.5 * t * exp(poly - z * z)
+    cdf = tail if x < 0 else 1 - tail
+    pdf = exp(-0.5 * x * x) * INV_SQRT_2PI
+    return x * cdf, cdf + x * pdf
+
+
+@gelu.set_kernel(approximate="tanh")
+def _gelu_tanh_kernel(x):
+    xc = min(max(x, -1e4), 1e4)
+    t = tanh_scalar(SQRT_2_OVER_PI * (xc + GELU_TANH_C * xc * xc * xc))
+    du = SQRT_2_OVER_PI * (1 + 3 * GELU_TANH_C * xc * xc)
+    return 0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * xc * (1 - t * t) * du
+
+
 @register(
     "silu", kind="activation",
     formula=r"\mathrm{SiLU}(x) = x\,\sigma(x)",
@@ -363,6 +434,14 @@ def silu(x):
 def _silu_backward(saved, gy):
     x, s = saved
     return gy * s * (1 + x * (1 - s))
+
+
+@silu.set_kernel
+def _silu_kernel(x):
+    e = exp(-abs(x))
+    s = 1 / (1 + e)
+    s = s if x >= 0 else e * s                              # sigma(x), as in sigmoid
+    return x * s, s * (1 + x * (1 - s))
 
 
 # Chebyshev fit of erfc (Numerical Recipes, 2nd ed., 6.2): fractional error < 1.2e-7
@@ -427,6 +506,17 @@ def _mish_backward(saved, gy):
     return gy * (t + x * stable_sigmoid(x) * (1 - t * t))
 
 
+@mish.set_kernel
+def _mish_kernel(x):
+    # with n = e^x: tanh(log(1 + n)) = n (n + 2) / (n (n + 2) + 2), one exp for all;
+    # n is capped at e^20, where t is 1 in float32 and n^2 is still finite
+    n = exp(x if x < 20 else 20.0)
+    q = n * (n + 2)
+    t = q / (q + 2)
+    s = n / (1 + n)                                         # sigma(x), as n is e^x
+    return x * t, t + x * s * (1 - t * t)
+
+
 @register(
     "softplus", kind="activation",
     formula=r"\mathrm{softplus}(x) = \frac{1}{\beta}\ln\bigl(1 + e^{\beta x}\bigr)\ \ (= x \text{ when } \beta x > \text{threshold})",
@@ -440,24 +530,34 @@ def _mish_backward(saved, gy):
 def softplus(x, beta, threshold):
     """Smooth ReLU; reverts to the identity where beta * x > threshold (as PyTorch).
 
-    The switch is a blend with the 0/1 mask (y = s + [bx > t] (x - s)), not a
-    select: both sides are finite everywhere, and NaN stays NaN.
+    The switch is a masked copy, not a 0/1 blend: s + [bx > t] (x - s) would
+    give inf - inf = NaN at x = +inf, and 0 * -inf = NaN at -inf.  NaN stays NaN.
     """
     x = as_float(x)
     bx = x * beta
-    linear = _mask(bx > threshold, x.dtype)
+    linear = bx > threshold                        # rare, so a masked copy is cheap
     y = _softplus(bx)
     if beta != 1:
         y /= beta
-    y += linear * (x - y)
+    np.copyto(y, x, where=linear)
     d = stable_sigmoid(bx)                         # the derivative, 1 above the threshold
-    d += linear * (1 - d)
+    np.copyto(d, 1, where=linear)
     return y, d
 
 
 @softplus.set_backward
 def _softplus_backward(d, gy):
     return gy * d
+
+
+@softplus.set_kernel
+def _softplus_kernel(x, beta, threshold):
+    bx = beta * x
+    e = exp(-abs(bx))
+    y = ((bx if bx > 0 else 0.0) + log1p(e)) / beta
+    s = 1 / (1 + e)
+    s = s if bx >= 0 else e * s                             # sigma(beta x)
+    return (x if bx > threshold else y), (1.0 if bx > threshold else s)
 
 
 # -- the hard (piecewise linear) family --------------------------------------------
@@ -480,6 +580,13 @@ def hardsigmoid(x):
 @hardsigmoid.set_backward
 def _hardsigmoid_backward(inside, gy):
     return gy * inside / 6
+
+
+@hardsigmoid.set_kernel
+def _hardsigmoid_kernel(x):
+    v = x / 6 + 0.5
+    y = 0.0 if v <= 0 else (1.0 if v >= 1 else v)           # NaN -> NaN
+    return y, (1 / 6 if x > -3 else 0.0) * (1.0 if x < 3 else 0.0)
 
 
 @register(
@@ -508,6 +615,13 @@ def _hardswish_backward(x, gy):
     slope *= _mask((x > -3) & (x < 3), x.dtype)
     slope += _mask(~(x < 3), x.dtype)
     return gy * slope
+
+
+@hardswish.set_kernel
+def _hardswish_kernel(x):
+    c = x + 3
+    c = 0.0 if c <= 0 else (6.0 if c >= 6 else c)
+    return x * c / 6, (0.0 if x <= -3 else (x / 3 + 0.5 if x < 3 else 1.0))   # NaN -> slope 1
 
 
 @register(

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import fused
+
 REGISTRY: dict[str, "Op"] = {}
 
 # Extreme ranges where a naive exp/log overflows; every op is tested on them.
@@ -82,6 +84,7 @@ class Op:
     jacobian: Callable | None = None
     _backward: Callable | None = None
     _takes_needs: bool = False
+    _kernels: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.differentiable is None:
@@ -101,6 +104,8 @@ class Op:
         """
         if self._backward is None:
             raise NotImplementedError(f"op {self.name!r} has no backward")
+        if isinstance(saved, fused.Derivative):        # saved by a fused forward
+            return (fused.backward(saved, gy),)
         with np.errstate(under="ignore"):
             if needs is not None and self._takes_needs:
                 grads = self._backward(saved, gy, needs)
@@ -116,6 +121,10 @@ class Op:
         returns): it must never raise, even under np.seterr(all="raise").
         Overflow, division by zero and invalid operations still do.
         """
+        if self._kernels and fused.usable(inputs[0]):
+            kernel = self.kernel_for(bound)
+            if kernel is not None:
+                return fused.forward(kernel, inputs[0], [bound[k] for k in self.params if k not in self.choices])
         with np.errstate(under="ignore"):
             return self.fn(*inputs, **bound)
 
@@ -128,6 +137,22 @@ class Op:
         self._backward = fn
         self._takes_needs = fn.__code__.co_argcount >= 3
         return fn
+
+    def set_kernel(self, fn=None, **choice):
+        """Decorator that attaches a scalar kernel ``(x, *numeric params) -> (y, dy/dx)``,
+        fused into one loop when numba is installed (see :mod:`handydl.ops.fused`).
+        ``choice`` names the values of choice parameters it is for (gelu's approximate)."""
+        def attach(fn):
+            self._kernels.append((choice, fn))
+            return fn
+        return attach(fn) if fn is not None else attach
+
+    def kernel_for(self, bound):
+        """The scalar kernel for these bound parameters, or None."""
+        for choice, fn in self._kernels:
+            if all(bound[k] == v for k, v in choice.items()):
+                return fn
+        return None
 
     def set_jacobian(self, fn):
         """Decorator that attaches an explicit Jacobian builder."""

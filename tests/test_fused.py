@@ -1,0 +1,231 @@
+"""The fused float32 kernels (handydl.ops.fused, numba) against the NumPy paths
+of the same ops and against PyTorch: every kernel, every parameter set, every
+domain, the kinks, the extremes of float32, NaN and +-inf, on arrays large
+enough to be split across threads."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from handydl import data, nn, ops, optim
+from handydl.ops import fused
+from conftest import to_torch
+
+pytest.importorskip("numba")
+torch = pytest.importorskip("torch")
+
+FUSED_OPS = [op for op in ops.REGISTRY.values() if op._kernels]
+CASES = [pytest.param(op, op.bind(params), id=f"{op.name}{params or ''}")
+         for op in FUSED_OPS for params in ({},) + tuple(op.test_params)]
+SIZE = 3 * fused.CHUNK + 123            # several chunks, one of them ragged
+
+
+def special_values():
+    f32 = np.finfo(np.float32)
+    return np.array([0.0, -0.0, np.nan, np.inf, -np.inf, f32.max, -f32.max, f32.tiny, -f32.tiny,
+                     f32.smallest_subnormal, -1e-30, 1e-30, 1e-8, -1e-8, 1e-4, -1e-4, 0.5, -0.5,
+                     0.625, -0.625, 3.0, -3.0, 6.0, 20.0, -20.0, 40.0, 88.7, 89.0, -87.0, -104.0,
+                     -150.0, 709.0, 1e4, -1e4, 1e6, -1e6], np.float32)
+
+
+def inputs(op, size=SIZE, seed=0):
+    """Every domain the op's tests sample, its kinks (and their float32 neighbours)
+    and the special values, in one float32 array of ``size`` elements."""
+    rng = np.random.default_rng(seed)
+    kinks = np.array(op.kinks, np.float32)
+    near = np.concatenate([kinks, np.nextafter(kinks, np.inf), np.nextafter(kinks, -np.inf)])
+    parts = [special_values(), near] + [rng.uniform(lo, hi, 2000).astype(np.float32) for lo, hi in op.domains]
+    fixed = np.concatenate(parts)
+    x = (rng.standard_normal(size) * 4).astype(np.float32)
+    x[:fixed.size] = fixed
+    return x
+
+
+def forward_backward(op, x, params, gy):
+    y, saved = op.forward(x, **params)
+    return y, saved, op.backward(saved, gy)[0]
+
+
+def assert_as_accurate(fused_value, numpy_value, truth, what, scale):
+    """The fused float32 result is as accurate as the NumPy path's float32 result:
+    its error against the float64 truth exceeds NumPy's by at most 1e-6 relative
+    (8 float32 ulps) or 2.5e-7 * scale, two ulps of 1 at the element's scale:
+    values that come from a cancellation (1 - y^2 for y near 1) can be off by
+    that in either path.  NaN and the infinities must be where NumPy has them."""
+    assert fused_value.dtype == np.float32, what
+    finite = np.isfinite(numpy_value) & np.isfinite(truth)
+    np.testing.assert_array_equal(fused_value[~finite], numpy_value[~finite], err_msg=f"{what}: NaN/inf")
+    a, b, t = (v[finite].astype(np.float64) for v in (fused_value, numpy_value, truth))
+    scale = np.broadcast_to(scale, finite.shape)[finite]
+    excess = np.abs(a - t) - (np.abs(b - t) + 1e-6 * np.abs(t) + 2.5e-7 * scale)
+    worst = int(np.argmax(excess))
+    assert excess[worst] <= 0, (f"{what}: {a[worst]!r} where NumPy's float32 path gives {b[worst]!r} "
+                                f"and float64 gives {t[worst]!r}")
+
+
+@pytest.mark.parametrize("op,params", CASES)
+def test_kernel_is_as_accurate_as_the_numpy_path(op, params):
+    x = inputs(op)
+    gy = np.random.default_rng(1).standard_normal(x.size).astype(np.float32)
+    with np.errstate(all="raise"):               # the kernels raise no floating-point error
+        y, saved, gx = forward_backward(op, x, params, gy)
+    assert isinstance(saved, fused.Derivative), "the fused path was not taken"
+    with fused.disabled(), np.errstate(all="ignore"):
+        y32, saved32, gx32 = forward_backward(op, x, params, gy)
+        y64, _, gx64 = forward_backward(op, x.astype(np.float64), params, gy.astype(np.float64))
+    assert not isinstance(saved32, fused.Derivative)
+    assert_as_accurate(y, y32, y64, f"{op.name}{params} forward", scale=1.0)
+    assert_as_accurate(gx, gx32, gx64, f"{op.name}{params} backward", scale=np.abs(gy))
+
+
+@pytest.mark.parametrize("op,params", CASES)
+def test_kernel_is_accurate_near_zero(op, params):
+    """Near 0 every activation is smooth and no formula cancels: relative accuracy,
+    down to the smallest floats (this is where e^x - 1 would fail and expm1 not)."""
+    tiny = np.geomspace(1e-37, 1e-2, fused.MIN_SIZE // 2)
+    x = np.concatenate([tiny, -tiny]).astype(np.float32)
+    y, saved, d = forward_backward(op, x, params, np.ones_like(x))
+    assert isinstance(saved, fused.Derivative)
+    with fused.disabled():
+        y64, _, d64 = forward_backward(op, x.astype(np.float64), params, np.ones(x.shape))
+    np.testing.assert_allclose(y, y64, rtol=1e-6, atol=1e-44, err_msg=f"{op.name} forward")
+    np.testing.assert_allclose(d, d64, rtol=1e-6, atol=0, err_msg=f"{op.name} derivative")
+
+
+@pytest.mark.parametrize("op,params", CASES)
+def test_kernel_matches_torch(op, params):
+    x = inputs(op)
+    x = x[np.isfinite(x) & (np.abs(x) < 1e4)]              # torch's own float32 extremes differ
+    x = np.concatenate([x, np.zeros(SIZE - x.size, np.float32)])
+    gy = np.random.default_rng(2).standard_normal(x.size).astype(np.float32)
+    y, _, gx = forward_backward(op, x, params, gy)
+    tx = to_torch(torch, x, requires_grad=True)
+    ty = op.reference(torch, tx, **params)
+    tg, = torch.autograd.grad(ty, tx, torch.from_numpy(gy))
+    scale = float(np.max(np.abs(x)))                        # absolute error grows with |x|
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=2e-5, atol=2e-6 * scale, err_msg=op.name)
+    np.testing.assert_allclose(gx, tg.numpy(), rtol=2e-5, atol=2e-6 * scale, err_msg=op.name)
+
+
+@pytest.mark.parametrize("op", [op for op in FUSED_OPS if op.kinks], ids=lambda op: op.name)
+def test_kernel_keeps_the_conventions_at_kinks(op):
+    """Exactly the NumPy path's (= PyTorch's) values at every kink."""
+    x = np.zeros(fused.MIN_SIZE, np.float32)
+    x[:len(op.kinks)] = op.kinks
+    y, saved, g = forward_backward(op, x, {}, np.ones_like(x))
+    assert isinstance(saved, fused.Derivative)
+    with fused.disabled():
+        y_ref, _, g_ref = forward_backward(op, x, {}, np.ones_like(x))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(g, g_ref)
+
+
+# -- the vectorizable helpers against NumPy's float64 functions ---------------------------
+
+def compiled_helper(name):
+    helper = fused._compiled_helpers()[name]
+    return lambda xs: np.array([helper(v) for v in xs], np.float32)
+
+
+def ulps(actual, expected):
+    """|actual - expected| in units of the float32 spacing at expected."""
+    expected32 = expected.astype(np.float32)
+    return np.abs(actual.astype(np.float64) - expected) / np.spacing(np.abs(expected32)).astype(np.float64)
+
+
+@pytest.mark.parametrize("name,reference,lo,hi", [
+    ("exp", np.exp, -87.0, 88.7),
+    ("expm1", np.expm1, -20.0, 20.0),
+    ("log1p", np.log1p, 0.0, 1.0),
+    ("tanh", np.tanh, -12.0, 12.0),
+])
+def test_helpers_are_within_a_few_float32_ulps(name, reference, lo, hi):
+    x = np.concatenate([np.linspace(lo, hi, 4001), np.geomspace(1e-7, 0.7, 200),
+                        -np.geomspace(1e-7, 0.7, 200)]).astype(np.float32)
+    x = x[(x >= lo) & (x <= hi)]
+    err = ulps(compiled_helper(name)(x), reference(x.astype(np.float64)))
+    assert err.max() <= 3, f"{name}: {err.max():.1f} ulps at x = {x[err.argmax()]}"
+
+
+def test_exp_at_the_ends_of_float32():
+    exp = compiled_helper("exp")
+    x = np.array([np.nan, np.inf, -np.inf, 88.72, 88.73, 89.0, 1000.0, -87.3, -100.0, -103.0, -104.0,
+                  -1000.0], np.float32)
+    got = exp(x)
+    with np.errstate(over="ignore"):
+        expected = np.exp(x.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(got[:3], [np.nan, np.inf, 0.0])
+    np.testing.assert_array_equal(got[4:7], np.inf)
+    np.testing.assert_allclose(got, expected, rtol=3e-7, atol=2e-45)   # subnormals: within a step
+
+
+def test_helpers_run_as_plain_python_too():
+    """Called from Python (float64), the helpers still compute what their names say."""
+    for v in (-3.0, -0.01, 0.3, 2.5):
+        assert fused.exp(v) == pytest.approx(np.exp(v), rel=1e-7)
+        assert fused.expm1(v) == pytest.approx(np.expm1(v), rel=1e-7)
+        assert fused.tanh(v) == pytest.approx(np.tanh(v), rel=1e-7)
+    assert fused.log1p(0.25) == pytest.approx(np.log1p(0.25), rel=1e-9)
+
+
+# -- when the fused path is (not) taken --------------------------------------------------------
+
+def test_only_large_contiguous_float32_arrays_take_the_fused_path():
+    x = np.linspace(-3, 3, fused.MIN_SIZE, dtype=np.float32)
+    assert isinstance(ops.sigmoid.forward(x)[1], fused.Derivative)
+    for other in (x[:fused.MIN_SIZE - 1], x.astype(np.float64), x.reshape(64, -1)[:, ::2],
+                  list(x[:8])):
+        assert not isinstance(ops.sigmoid.forward(other)[1], fused.Derivative)
+
+
+def test_shape_and_dtype_are_kept_and_gy_of_another_dtype_falls_back():
+    x = np.linspace(-3, 3, 8192, dtype=np.float32).reshape(64, 128)
+    y, saved = ops.gelu.forward(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    g32 = ops.gelu.backward(saved, np.ones_like(y))[0]
+    g64 = ops.gelu.backward(saved, np.ones(y.shape))[0]          # NumPy's promotion, as unfused
+    assert g32.shape == x.shape and g32.dtype == np.float32 and g64.dtype == np.float64
+    np.testing.assert_array_equal(g32, g64.astype(np.float32))
+
+
+def test_a_missing_numba_falls_back_to_numpy(monkeypatch):
+    monkeypatch.setattr(fused, "_numba", False)
+    x = np.linspace(-3, 3, 8192, dtype=np.float32)
+    assert not fused.enabled()
+    assert not isinstance(ops.silu.forward(x)[1], fused.Derivative)
+
+
+def test_the_environment_switches_the_kernels_off():
+    code = "from handydl.ops import fused; print(fused.enabled())"
+    run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                     text=True, check=True).stdout.strip()
+    import os
+    assert run({**os.environ, "HANDYDL_FUSED": "0"}) == "False"
+    assert run({k: v for k, v in os.environ.items() if k != "HANDYDL_FUSED"}) == "True"
+
+
+def train(activation, steps=15):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((512, 20)).astype(np.float32)
+    y = rng.integers(0, 5, 512)
+    model = nn.Sequential(nn.Linear(20, 64, rng=1), nn.activation(activation), nn.Linear(64, 5, rng=2))
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = nn.CrossEntropyLoss()
+    for (xb, yb), _ in zip(data.DataLoader(X, y, 128), range(steps)):   # 128 x 64 = 8192 elements
+        loss_fn(model(xb), yb)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+    return [p.data for p in model.parameters()]
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "mish"])
+def test_training_with_kernels_equals_training_without(activation):
+    fast = train(activation)
+    with fused.disabled():
+        reference = train(activation)
+    for a, b in zip(fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
