@@ -84,3 +84,24 @@ def test_tune_malloc_is_harmless_and_idempotent():
     first = handydl.tune_malloc()
     assert handydl.tune_malloc() == first
     assert np.ones(10**6).sum() == 10**6
+
+
+def test_float32_normal_cdf_is_accurate_and_its_fit_reproduces():
+    """GELU's float32 Phi against SciPy's ndtr; the polynomial in it is what
+    tools/fit_erfcx.py fits (so a reader can regenerate and check it)."""
+    import importlib.util
+    from pathlib import Path
+
+    from scipy.special import ndtr
+
+    from handydl.ops.activations import _ERFCX_COEFFS, normal_cdf
+    x = np.linspace(-13, 8, 20001).astype(np.float32)
+    truth = ndtr(x.astype(np.float64))
+    rel = np.abs(normal_cdf(x) - truth) / truth
+    # e^{-x^2/2} inherits the rounding of x^2: the relative error grows like x^2 ulps
+    assert np.all(rel <= 4e-7 * (1 + x.astype(np.float64) ** 2)), float(rel.max())
+    spec = importlib.util.spec_from_file_location("fit_erfcx", Path(__file__).parents[1] / "tools" / "fit_erfcx.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    np.testing.assert_allclose(np.float32(tool.fit()), np.float32(_ERFCX_COEFFS), rtol=1e-5, atol=1e-7)
+    assert tool.float32_error(_ERFCX_COEFFS) < 2e-7

@@ -72,11 +72,11 @@ def test_kernel_is_as_accurate_as_the_numpy_path(op, params):
     gy = np.random.default_rng(1).standard_normal(x.size).astype(np.float32)
     with np.errstate(all="raise"):               # the kernels raise no floating-point error
         y, saved, gx = forward_backward(op, x, params, gy)
-    assert isinstance(saved, fused.Derivative), "the fused path was not taken"
+    assert isinstance(saved, fused.Saved), "the fused path was not taken"
     with fused.disabled(), np.errstate(all="ignore"):
         y32, saved32, gx32 = forward_backward(op, x, params, gy)
         y64, _, gx64 = forward_backward(op, x.astype(np.float64), params, gy.astype(np.float64))
-    assert not isinstance(saved32, fused.Derivative)
+    assert not isinstance(saved32, fused.Saved)
     assert_as_accurate(y, y32, y64, f"{op.name}{params} forward", scale=1.0)
     assert_as_accurate(gx, gx32, gx64, f"{op.name}{params} backward", scale=np.abs(gy))
 
@@ -88,7 +88,7 @@ def test_kernel_is_accurate_near_zero(op, params):
     tiny = np.geomspace(1e-37, 1e-2, fused.MIN_SIZE // 2)
     x = np.concatenate([tiny, -tiny]).astype(np.float32)
     y, saved, d = forward_backward(op, x, params, np.ones_like(x))
-    assert isinstance(saved, fused.Derivative)
+    assert isinstance(saved, fused.Saved)
     with fused.disabled():
         y64, _, d64 = forward_backward(op, x.astype(np.float64), params, np.ones(x.shape))
     np.testing.assert_allclose(y, y64, rtol=1e-6, atol=1e-44, err_msg=f"{op.name} forward")
@@ -116,7 +116,7 @@ def test_kernel_keeps_the_conventions_at_kinks(op):
     x = np.zeros(fused.MIN_SIZE, np.float32)
     x[:len(op.kinks)] = op.kinks
     y, saved, g = forward_backward(op, x, {}, np.ones_like(x))
-    assert isinstance(saved, fused.Derivative)
+    assert isinstance(saved, fused.Saved)
     with fused.disabled():
         y_ref, _, g_ref = forward_backward(op, x, {}, np.ones_like(x))
     np.testing.assert_array_equal(y, y_ref)
@@ -175,10 +175,10 @@ def test_helpers_run_as_plain_python_too():
 
 def test_only_large_contiguous_float32_arrays_take_the_fused_path():
     x = np.linspace(-3, 3, fused.MIN_SIZE, dtype=np.float32)
-    assert isinstance(ops.sigmoid.forward(x)[1], fused.Derivative)
+    assert isinstance(ops.sigmoid.forward(x)[1], fused.Saved)
     for other in (x[:fused.MIN_SIZE - 1], x.astype(np.float64), x.reshape(64, -1)[:, ::2],
                   list(x[:8])):
-        assert not isinstance(ops.sigmoid.forward(other)[1], fused.Derivative)
+        assert not isinstance(ops.sigmoid.forward(other)[1], fused.Saved)
 
 
 def test_shape_and_dtype_are_kept_and_gy_of_another_dtype_falls_back():
@@ -195,7 +195,7 @@ def test_a_missing_numba_falls_back_to_numpy(monkeypatch):
     monkeypatch.setattr(fused, "_numba", False)
     x = np.linspace(-3, 3, 8192, dtype=np.float32)
     assert not fused.enabled()
-    assert not isinstance(ops.silu.forward(x)[1], fused.Derivative)
+    assert not isinstance(ops.silu.forward(x)[1], fused.Saved)
 
 
 def test_the_environment_switches_the_kernels_off():

@@ -40,8 +40,7 @@ import types
 import numpy as np
 
 # Below MIN_SIZE elements a kernel call costs more than it saves.  Arrays are
-# split across threads only in chunks of at least CHUNK elements: a thread
-# hand-off costs ~10 us, a million float32 elements ~0.5 ms.
+# split across threads only in chunks of at least CHUNK elements (see _run).
 MIN_SIZE = 4096
 CHUNK = 1 << 16
 
@@ -61,25 +60,32 @@ LN2_HI = 0.693359375                # ln 2 = LN2_HI - LN2_LO; n * LN2_HI is exac
 LN2_LO = -2.12194440e-4
 
 
+def where(condition, a, b):
+    """a if condition else b, as a select: compiled, both sides are computed and
+    one is picked, with no branch (a ternary becomes a branch, and a loop with a
+    costly branch inside vectorizes badly: CELU ran at half speed)."""
+    return a if condition else b
+
+
 def exp(x):
     r"""e^x = 2^n e^r with n = round(x / ln 2), |r| <= ln(2)/2, and e^r from
     Cephes' minimax polynomial.  x is clamped to [-104, 89]: float32's e^x is 0
     below and inf above, which the clamped values still give."""
-    xc = x if x > -104.0 else -104.0          # NaN goes to -104 here and is put back last
-    xc = xc if xc < 89.0 else 89.0
+    xc = where(x > -104.0, x, -104.0)         # NaN goes to -104 here and is put back last
+    xc = where(xc < 89.0, xc, 89.0)
     n = np.floor(xc * LOG2E + 0.5)
     r = xc - n * LN2_HI - n * LN2_LO
     p = ((((1.9875691500e-4 * r + 1.3981999507e-3) * r + 8.3334519073e-3) * r
           + 4.1665795894e-2) * r + 1.6666665459e-1) * r + 5.0000001201e-1
     y = ldexp(p * (r * r) + r + 1.0, n)
-    return x if x != x else y
+    return where(x != x, x, y)
 
 
 def expm1(x):
     r"""e^x - 1 without cancellation near 0: Taylor to x^8/8! for |x| < 0.5
     (truncation < 6e-9 relative), e^x - 1 elsewhere (no digits lost there)."""
     p = x * (1.0 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (1 / 720 + x * (1 / 5040 + x / 40320)))))))
-    return p if abs(x) < 0.5 else exp(x) - 1.0
+    return where(abs(x) < 0.5, p, exp(x) - 1.0)
 
 
 def ldexp(m, n):
@@ -106,12 +112,11 @@ def tanh(u):
     small = ((((-5.70498872745e-3 * z + 2.06390887954e-2) * z - 5.37397155531e-2) * z
               + 1.33314422036e-1) * z - 3.33332819422e-1) * z * u + u
     big = 1.0 - 2.0 / (exp(2.0 * a) + 1.0)
-    big = big if u >= 0 else -big
-    t = small if a < 0.625 else big
-    return u if u != u else t
+    t = where(a < 0.625, small, where(u >= 0, big, -big))
+    return where(u != u, u, t)
 
 
-HELPERS = {"exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "ldexp": ldexp}
+HELPERS = {"where": where, "exp": exp, "expm1": expm1, "log1p": log1p, "tanh": tanh, "ldexp": ldexp}
 
 
 # -- switching the kernels on and off -----------------------------------------------------
@@ -153,15 +158,22 @@ def _load_numba():
 # -- compiling a scalar kernel into a loop ------------------------------------------------
 
 def _jit(fn, **options):
-    return _numba.njit(nogil=True, error_model="numpy", **options)(fn)
+    return _load_numba().njit(nogil=True, error_model="numpy", **options)(fn)
 
 
 def _compiled_helpers():
-    """The helpers as float32 numba functions, with ldexp as bit casts (a call does not vectorize)."""
+    """The helpers as float32 numba functions; where is LLVM's select, ldexp two bit
+    casts (a call to the C library's ldexp does not vectorize)."""
     if "helpers" not in _compiled:
         from llvmlite import ir
         from numba.core import types as nbtypes
         from numba.core.extending import intrinsic
+
+        @intrinsic
+        def select(typingctx, condition, a, b):
+            def codegen(context, builder, signature, args):
+                return builder.select(args[0], args[1], args[2])
+            return nbtypes.float32(nbtypes.boolean, nbtypes.float32, nbtypes.float32), codegen
 
         @intrinsic
         def bits_as_float32(typingctx, bits):
@@ -176,7 +188,7 @@ def _compiled_helpers():
             h = i >> 1
             return (m * bits_as_float32((h + 127) << 23)) * bits_as_float32((i - h + 127) << 23)
 
-        compiled = {"ldexp": _jit(fast_ldexp, inline="always")}
+        compiled = {"where": select, "ldexp": _jit(fast_ldexp, inline="always")}
         for name in ("exp", "expm1", "log1p", "tanh"):     # in dependency order
             compiled[name] = _jit(_float32(HELPERS[name], compiled), inline="always")
         _compiled["helpers"] = compiled
@@ -204,62 +216,84 @@ def _as_float32(value):
     return value
 
 
-def _loop(kernel):
-    """The compiled loop ``(x, y, d, params) -> None`` for a scalar kernel."""
+def _loops(kernel):
+    """The compiled loops of a scalar kernel ``f(x, *params) -> (y, dy/dx)``:
+
+    both(x, y, d, params)     y and dy/dx
+    value(x, y, params)       y alone (the compiler drops the derivative's arithmetic)
+    grad(x, gy, gx, params)   gx = gy * dy/dx, recomputed from x (drops y's)
+    """
     with _lock:
         if kernel not in _compiled:
             scalar = _jit(_float32(kernel, _compiled_helpers()), inline="always")
-
             arity = kernel.__code__.co_argcount - 1     # numba cannot call a closure with *params
             if arity == 0:
-                def loop(x, y, d, params):
-                    for i in range(x.size):
-                        y[i], d[i] = scalar(x[i])
+                def f(x, params):
+                    return scalar(x)
             elif arity == 1:
-                def loop(x, y, d, params):
-                    for i in range(x.size):
-                        y[i], d[i] = scalar(x[i], params[0])
+                def f(x, params):
+                    return scalar(x, params[0])
             else:
-                def loop(x, y, d, params):
-                    for i in range(x.size):
-                        y[i], d[i] = scalar(x[i], params[0], params[1])
-            _compiled[kernel] = _jit(loop)
+                def f(x, params):
+                    return scalar(x, params[0], params[1])
+            f = _jit(f, inline="always")
+
+            def both(x, y, d, params):
+                for i in range(x.size):
+                    y[i], d[i] = f(x[i], params)
+
+            def value(x, y, params):
+                for i in range(x.size):
+                    y[i] = f(x[i], params)[0]
+
+            def grad(x, gy, gx, params):
+                for i in range(x.size):
+                    gx[i] = gy[i] * f(x[i], params)[1]
+            _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad)}
         return _compiled[kernel]
 
 
 def _multiply_loop():
     with _lock:
         if "multiply" not in _compiled:
-            def multiply(a, b, out, params):
+            def multiply(a, b, out):
                 for i in range(a.size):
                     out[i] = a[i] * b[i]
             _compiled["multiply"] = _jit(multiply)
         return _compiled["multiply"]
 
 
-def _run(loop, arrays, params):
-    """loop over the flat arrays, split across the cores in chunks of >= CHUNK elements."""
+def _run(loop, arrays, *params, threads=False):
+    """loop over the flat arrays; with ``threads``, split across the cores in chunks
+    of >= CHUNK elements.  Only loops that compute exponentials gain from threads:
+    waking a pool thread costs ~0.1 ms here, about what one core takes to stream
+    a million float32 elements through a piecewise-linear kernel or a product."""
     global _pool
+    arrays = [a.reshape(-1) for a in arrays]
     n = arrays[0].size
-    parts = max(1, min(os.cpu_count() or 1, n // CHUNK))
+    parts = max(1, min(os.cpu_count() or 1, n // CHUNK)) if threads else 1
     if parts == 1:
-        loop(*arrays, params)
+        loop(*arrays, *params)
         return
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
         _pool = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="handydl-fused")
     bounds = np.linspace(0, n, parts + 1).astype(int)
-    futures = [_pool.submit(loop, *(a[lo:hi] for a in arrays), params)
+    futures = [_pool.submit(loop, *(a[lo:hi] for a in arrays), *params)
                for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    loop(*(a[:bounds[1]] for a in arrays), params)       # the first chunk on this thread
+    loop(*(a[:bounds[1]] for a in arrays), *params)       # the first chunk on this thread
     for f in futures:
         f.result()
 
 
 # -- what the registry calls ------------------------------------------------------------------
 
-class Derivative:
-    """What a fused forward saves for backward: dy/dx, as an array like y."""
+class Saved:
+    """What a fused forward keeps for backward."""
+
+
+class Derivative(Saved):
+    """dy/dx itself, computed with y: for kernels whose derivative is costly."""
 
     __slots__ = ("d",)
 
@@ -267,19 +301,46 @@ class Derivative:
         self.d = d
 
 
-def forward(kernel, x, params):
-    """(y, Derivative(dy/dx)) for a usable x, in one fused pass."""
+class Recompute(Saved):
+    """x, from which backward recomputes dy/dx: for kernels that cost less than
+    the memory traffic of storing dy/dx and reading it back (the piecewise-linear ones)."""
+
+    __slots__ = ("kernel", "x", "params")
+
+    def __init__(self, kernel, x, params):
+        self.kernel, self.x, self.params = kernel, x, params
+
+
+def forward(kernel, x, params, recompute=False):
+    """(y, saved) for a usable x in one fused pass: saved is Derivative(dy/dx), or
+    Recompute(x) when ``recompute``."""
+    params = tuple(np.float32(p) for p in params)
+    loops = _loops(kernel)
     y = np.empty_like(x)
+    if recompute:
+        _run(loops["value"], (x, y), params)
+        return y, Recompute(kernel, x, params)
     d = np.empty_like(x)
-    _run(_loop(kernel), (x.reshape(-1), y.reshape(-1), d.reshape(-1)), tuple(np.float32(p) for p in params))
+    _run(loops["both"], (x, y, d), params, threads=True)
     return y, Derivative(d)
 
 
 def backward(saved, gy):
-    """gx = gy * dy/dx: fused when gy is a usable float32 array of y's shape."""
-    d = saved.d
-    if not (usable(gy) and gy.shape == d.shape):
+    """gx = gy * dy/dx, fused when gy is a usable float32 array of y's shape."""
+    like = saved.d if isinstance(saved, Derivative) else saved.x
+    if not (usable(gy) and gy.shape == like.shape):
+        d = saved.d if isinstance(saved, Derivative) else _derivative(saved)
         return gy * d
-    gx = np.empty_like(d)
-    _run(_multiply_loop(), (gy.reshape(-1), d.reshape(-1), gx.reshape(-1)), ())
+    gx = np.empty_like(like)
+    if isinstance(saved, Derivative):
+        _run(_multiply_loop(), (gy, saved.d, gx))
+    else:
+        _run(_loops(saved.kernel)["grad"], (saved.x, gy, gx), saved.params)
     return gx
+
+
+def _derivative(saved):
+    """dy/dx from a Recompute, for a gy the fused loops do not take."""
+    ones = np.ones_like(saved.x)
+    _run(_loops(saved.kernel)["grad"], (saved.x, ones, ones), saved.params)
+    return ones

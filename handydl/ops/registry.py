@@ -104,7 +104,7 @@ class Op:
         """
         if self._backward is None:
             raise NotImplementedError(f"op {self.name!r} has no backward")
-        if isinstance(saved, fused.Derivative):        # saved by a fused forward
+        if isinstance(saved, fused.Saved):             # saved by a fused forward
             return (fused.backward(saved, gy),)
         with np.errstate(under="ignore"):
             if needs is not None and self._takes_needs:
@@ -122,9 +122,10 @@ class Op:
         Overflow, division by zero and invalid operations still do.
         """
         if self._kernels and fused.usable(inputs[0]):
-            kernel = self.kernel_for(bound)
+            kernel, recompute = self.kernel_for(bound)
             if kernel is not None:
-                return fused.forward(kernel, inputs[0], [bound[k] for k in self.params if k not in self.choices])
+                numeric = [bound[k] for k in self.params if k not in self.choices]
+                return fused.forward(kernel, inputs[0], numeric, recompute)
         with np.errstate(under="ignore"):
             return self.fn(*inputs, **bound)
 
@@ -138,21 +139,22 @@ class Op:
         self._takes_needs = fn.__code__.co_argcount >= 3
         return fn
 
-    def set_kernel(self, fn=None, **choice):
+    def set_kernel(self, fn=None, *, recompute=False, **choice):
         """Decorator that attaches a scalar kernel ``(x, *numeric params) -> (y, dy/dx)``,
         fused into one loop when numba is installed (see :mod:`handydl.ops.fused`).
+        ``recompute``: backward recomputes dy/dx from x instead of saving it.
         ``choice`` names the values of choice parameters it is for (gelu's approximate)."""
         def attach(fn):
-            self._kernels.append((choice, fn))
+            self._kernels.append((choice, fn, recompute))
             return fn
         return attach(fn) if fn is not None else attach
 
     def kernel_for(self, bound):
-        """The scalar kernel for these bound parameters, or None."""
-        for choice, fn in self._kernels:
+        """(scalar kernel, recompute) for these bound parameters, or (None, False)."""
+        for choice, fn, recompute in self._kernels:
             if all(bound[k] == v for k, v in choice.items()):
-                return fn
-        return None
+                return fn, recompute
+        return None, False
 
     def set_jacobian(self, fn):
         """Decorator that attaches an explicit Jacobian builder."""
