@@ -160,7 +160,7 @@ def machine():
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
-    for fw in ("torch", "jax"):
+    for fw in ("torch", "jax", "numba"):         # numba: handydl's fused activation kernels
         if importlib.util.find_spec(fw):
             info[fw] = subprocess.run([sys.executable, "-c", f"import {fw}; print({fw}.__version__)"],
                                       capture_output=True, text=True).stdout.strip()
@@ -200,6 +200,9 @@ def main(argv=None):
     for fw in FRAMEWORKS:
         if not have[fw]:
             print(f"skipping {fw}: not installed (pip install {'torch==2.13.0' if fw == 'torch' else 'jax jaxlib'})")
+    if importlib.util.find_spec("numba") is None:
+        print("note: numba is not installed, so handydl runs its NumPy paths "
+              "(pip install 'handydl[fast]' for the fused activation kernels)")
     start = time.perf_counter()
     results = measure(args.quick, frameworks, args.cycles or (1 if args.quick else 2))
     rows, checks = report(results, frameworks)

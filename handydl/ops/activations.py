@@ -556,7 +556,7 @@ def _softplus_backward(d, gy):
 def _softplus_kernel(x, beta, threshold):
     bx = beta * x
     e = exp(-abs(bx))
-    y = (where(bx > 0, bx, 0.0) + log1p(e)) / beta
+    y = (where(bx > 0, bx, 0.0) + log1p(e)) * (1 / beta)   # 1/beta once, not a division each
     s = 1 / (1 + e)
     s = where(bx >= 0, s, e * s)                            # sigma(beta x)
     return where(bx > threshold, x, y), where(bx > threshold, 1.0, s)

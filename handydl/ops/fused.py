@@ -95,11 +95,12 @@ def ldexp(m, n):
 
 def log1p(u):
     r"""ln(1 + u) for 0 <= u <= 1, as 2 atanh(s) with s = u / (2 + u) <= 1/3:
-    2 (s + s^3/3 + ... + s^17/17), truncation error < 1e-9 relative."""
+    2 (s + s^3/3 + ... + s^13/13), truncation error < 2e-8 relative (a sixth of
+    float32's epsilon)."""
     s = u / (2.0 + u)
     s2 = s * s
-    p = 1.0 / 17.0
-    for k in (15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0):
+    p = 1.0 / 13.0
+    for k in (11.0, 9.0, 7.0, 5.0, 3.0):
         p = p * s2 + 1.0 / k
     return 2.0 * s * (p * s2 + 1.0)
 
