@@ -3,10 +3,12 @@
     python -m bench.micro
 
 1. a select (np.where) on a random sign pattern vs the branch-free max(x, a x);
-2. float32 normal CDF: SciPy's erf vs handydl's Chebyshev fit of erfc;
+2. float32 normal CDF: SciPy's erf vs handydl's fit of erfc;
    (1 and 2 with handydl.tune_malloc(), as in the benchmark)
 3. silu forward + backward with glibc's default allocator vs handydl.tune_malloc()
-   (each in a fresh process: the setting is process-wide and cannot be undone).
+   (each in a fresh process: the setting is process-wide and cannot be undone);
+4. forward + backward of each activation with a fused kernel: its NumPy path
+   vs the fused kernel (needs numba).
 """
 from __future__ import annotations
 
@@ -58,6 +60,27 @@ def main():
         ms = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
         print(f"silu fwd+bwd, {'tune_malloc()' if tuned else 'default malloc'}:" + " " * (14 - 2 * tuned)
               + f"{ms:6.2f} ms")
+    fused_vs_numpy()
+
+
+def fused_vs_numpy():
+    from handydl import ops
+    from handydl.ops import fused
+    if not fused.enabled():
+        print("fused kernels: numba is not installed (pip install 'handydl[fast]')")
+        return
+    x, g = data()
+    print("fwd+bwd per 1M float32     NumPy path    fused")
+    for op in ops.REGISTRY.values():
+        if not op._kernels:
+            continue
+
+        def step():
+            y, saved = op.forward(x)
+            op.backward(saved, g)
+        with fused.disabled():
+            plain = median_ms(step)
+        print(f"  {op.name:<24}{plain:8.2f} ms {median_ms(step):8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ def peak_mb():
 
 def timed(fn, repeats, warmup=1):
     """Median-ready samples of fn() after warm-up, and the extra peak memory it needed
-    (peak resident memory while running, minus the resident memory before)."""
+    (peak resident memory while running, minus the resident memory before).
+
+    A first call before any of that compiles what the frameworks compile on first
+    use (XLA for JAX, numba for handydl's fused kernels): the compilers' memory
+    is not the step's."""
+    fn()
     reset_peak()
     base = rss_mb()
     for _ in range(warmup):
