@@ -5,7 +5,7 @@
 1. a select (np.where) on a random sign pattern vs the branch-free max(x, a x);
 2. float32 normal CDF: SciPy's erf vs handydl's fit of erfc;
    (1 and 2 with handydl.tune_malloc(), as in the benchmark)
-3. silu forward + backward with glibc's default allocator vs handydl.tune_malloc()
+3. silu forward + backward (NumPy path) with glibc's default allocator vs handydl.tune_malloc()
    (each in a fresh process: the setting is process-wide and cannot be undone);
 4. forward + backward of each activation with a fused kernel: its NumPy path
    vs the fused kernel (needs numba).
@@ -31,8 +31,10 @@ def data():
 
 
 def silu_step_ms(tuned):
+    """silu's NumPy path (five temporaries a step); the fused kernel allocates far less."""
     import handydl
     from handydl import ops
+    from handydl.ops import fused
     if tuned:
         handydl.tune_malloc()
     x, g = data()
@@ -40,7 +42,8 @@ def silu_step_ms(tuned):
     def step():
         y, saved = ops.silu.forward(x)
         ops.silu.backward(saved, g)
-    return median_ms(step)
+    with fused.disabled():
+        return median_ms(step)
 
 
 def main():

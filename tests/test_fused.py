@@ -231,3 +231,56 @@ def test_training_with_kernels_equals_training_without(activation):
         reference = train(activation)
     for a, b in zip(fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- softmax cross-entropy, fused row by row -------------------------------------------------
+
+def logits(rows=1500, classes=100, seed=5):
+    """Rows split over threads (CHUNK elements per chunk), with extreme and NaN rows."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, classes)) * 5).astype(np.float32)
+    x[0] = rng.uniform(-1000, 1000, classes)             # no overflow: max is subtracted first
+    x[1] = -1000.0
+    x[2, 7] = np.nan                                     # a NaN row stays NaN
+    return x, rng.integers(0, classes, rows)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_cross_entropy_is_as_accurate_as_the_numpy_path(reduction):
+    x, y = logits()
+    gy = np.random.default_rng(6).standard_normal(len(y)).astype(np.float32) if reduction == "none" else 0.7
+    with np.errstate(all="raise"):
+        loss, saved = ops.cross_entropy.forward(x, y, reduction=reduction)
+        gx = ops.cross_entropy.backward(saved, gy)[0]
+    assert saved[0] == "fused" and gx.dtype == np.float32
+    with fused.disabled(), np.errstate(all="ignore"):
+        loss32, saved32 = ops.cross_entropy.forward(x, y, reduction=reduction)
+        gx32 = ops.cross_entropy.backward(saved32, gy)[0]
+        loss64, saved64 = ops.cross_entropy.forward(x.astype(np.float64), y, reduction=reduction)
+        gx64 = ops.cross_entropy.backward(saved64, gy)[0]
+    assert saved32[0] == "plain"
+    if reduction == "none":
+        assert_as_accurate(loss, loss32, loss64, "per-row losses", scale=1.0)
+    else:
+        assert np.isnan(loss) and np.isnan(loss32)             # the NaN row
+        keep = np.ones(len(y), bool)
+        keep[2] = False
+        with fused.disabled():
+            ref = ops.cross_entropy(x[keep].astype(np.float64), y[keep], reduction=reduction)
+        fast = ops.cross_entropy(x[keep], y[keep], reduction=reduction)
+        np.testing.assert_allclose(fast, ref, rtol=2e-6)
+    assert_as_accurate(gx.astype(np.float32), gx32.astype(np.float32), gx64, "gradient",
+                       scale=np.abs(np.broadcast_to(np.reshape(gy, (-1, 1)), x.shape)) / (len(y) if reduction == "mean" else 1))
+
+
+def test_fused_cross_entropy_matches_torch():
+    x, y = logits()
+    x = x[3:]                                             # finite rows
+    y = y[3:]
+    loss, saved = ops.cross_entropy.forward(x, y)
+    gx = ops.cross_entropy.backward(saved, 1.0)[0]
+    tx = torch.from_numpy(x).requires_grad_()
+    tl = torch.nn.functional.cross_entropy(tx, torch.from_numpy(y))
+    tg, = torch.autograd.grad(tl, tx)
+    np.testing.assert_allclose(loss, tl.item(), rtol=1e-6)
+    np.testing.assert_allclose(gx, tg.numpy(), rtol=1e-5, atol=1e-9)

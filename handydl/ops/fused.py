@@ -266,7 +266,7 @@ def _multiply_loop():
         return _compiled["multiply"]
 
 
-def _run(loop, arrays, *params, threads=False):
+def _run(loop, arrays, *params, threads=False, chunk=None):
     """loop over the flat arrays; with ``threads``, in chunks of CHUNK elements that
     this thread and the pool's threads take in turn until none is left.
 
@@ -277,9 +277,9 @@ def _run(loop, arrays, *params, threads=False):
     product gy * dy/dx stream memory as fast on one core.
     """
     global _pool
-    arrays = [a.reshape(-1) for a in arrays]
-    n = arrays[0].size
-    workers = min(os.cpu_count() or 1, n // CHUNK) if threads else 1
+    chunk = chunk or CHUNK                    # along the first axis: elements, or rows
+    n = len(arrays[0])
+    workers = min(os.cpu_count() or 1, n // chunk) if threads else 1
     if workers <= 1:
         loop(*arrays, *params)
         return
@@ -289,8 +289,8 @@ def _run(loop, arrays, *params, threads=False):
     chunks = itertools.count()                # next() on it is atomic under the GIL
 
     def work():
-        while (lo := next(chunks) * CHUNK) < n:
-            loop(*(a[lo:lo + CHUNK] for a in arrays), *params)
+        while (lo := next(chunks) * chunk) < n:
+            loop(*(a[lo:lo + chunk] for a in arrays), *params)
     helpers = [_pool.submit(work) for _ in range(workers - 1)]
     work()
     for h in helpers:
@@ -329,11 +329,15 @@ def forward(kernel, x, params, recompute=False):
     loops = _loops(kernel)
     y = np.empty_like(x)
     if recompute:
-        _run(loops["value"], (x, y), params)
+        _run(loops["value"], _flat(x, y), params)
         return y, Recompute(kernel, x, params)
     d = np.empty_like(x)
-    _run(loops["both"], (x, y, d), params, threads=True)
+    _run(loops["both"], _flat(x, y, d), params, threads=True)
     return y, Derivative(d)
+
+
+def _flat(*arrays):
+    return [a.reshape(-1) for a in arrays]
 
 
 def backward(saved, gy):
@@ -344,14 +348,70 @@ def backward(saved, gy):
         return gy * d
     gx = np.empty_like(like)
     if isinstance(saved, Derivative):
-        _run(_multiply_loop(), (gy, saved.d, gx))
+        _run(_multiply_loop(), _flat(gy, saved.d, gx))
     else:
-        _run(_loops(saved.kernel)["grad"], (saved.x, gy, gx), saved.params)
+        _run(_loops(saved.kernel)["grad"], _flat(saved.x, gy, gx), saved.params)
     return gx
 
 
 def _derivative(saved):
     """dy/dx from a Recompute, for a gy the fused loops do not take."""
     ones = np.ones_like(saved.x)
-    _run(_loops(saved.kernel)["grad"], (saved.x, ones, ones), saved.params)
+    _run(_loops(saved.kernel)["grad"], _flat(saved.x, ones, ones), saved.params)
     return ones
+
+
+# -- softmax cross-entropy, row by row ---------------------------------------------------------
+
+def _ce_forward(x, m, y, per, logs):
+    """Per row n, with m_n = max_c x_nc: log S_n = log sum_c e^{x_nc - m_n} and
+    L_n = log S_n - (x_{n,y_n} - m_n).  x - m is formed first, as in the NumPy
+    path: adding m back (log-sum-exp) would round at the scale of |x|."""
+    rows, classes = x.shape                  # (not x.shape[0]: _float32 makes literals floats)
+    for i in range(rows):
+        s = np.float64(0)                     # summed in double: 1000 terms lose no digits
+        for c in range(classes):
+            s += exp(x[i, c] - m[i])
+        logs[i] = np.log(s)
+        per[i] = logs[i] - (x[i, y[i]] - m[i])
+
+
+def _ce_backward(x, y, m, logs, scale, gx):
+    """gx_n = (softmax(x_n) - onehot(y_n)) scale_n, softmax(x_n)_c = e^{(x_nc - m_n) - log S_n}."""
+    rows, classes = x.shape
+    for i in range(rows):
+        for c in range(classes):
+            gx[i, c] = exp((x[i, c] - m[i]) - logs[i]) * scale[i]
+        gx[i, y[i]] -= scale[i]
+
+
+def _ce_loops():
+    with _lock:
+        if "cross_entropy" not in _compiled:
+            helpers = _compiled_helpers()
+            # reassoc lets the compiler vectorize the row sums (in 8 partial sums)
+            _compiled["cross_entropy"] = [
+                _load_numba().njit(nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})(
+                    _float32(f, helpers)) for f in (_ce_forward, _ce_backward)]
+        return _compiled["cross_entropy"]
+
+
+def cross_entropy_rows(x, y):
+    """(per-row losses, (m, log S)) of softmax cross-entropy with class indices y,
+    for a usable 2-D float32 x: NumPy's SIMD row max, then one fused pass per row."""
+    m = x.max(axis=1)
+    per = np.empty(len(x), np.float32)
+    logs = np.empty(len(x), np.float32)
+    rows = max(1, CHUNK // x.shape[1])
+    _run(_ce_loops()[0], (x, m, y, per, logs), threads=True, chunk=rows)
+    return per, (m, logs)
+
+
+def cross_entropy_grad(x, y, m_logs, scale):
+    """dL/dx = (softmax(x) - onehot(y)) * scale (one scale, or one per row), in one pass."""
+    m, logs = m_logs
+    gx = np.empty_like(x)
+    rows = max(1, CHUNK // x.shape[1])
+    scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (len(x),)))
+    _run(_ce_loops()[1], (x, y, m, logs, scale, gx), threads=True, chunk=rows)
+    return gx

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fused
 from .activations import stable_sigmoid
 from .registry import as_float, register
 from .softmax import log_softmax
@@ -278,6 +279,9 @@ def _plain_cross_entropy(x, y, reduction):
     L_n = log S_n - z_{n, y_n} with z = x - max and S = sum_c e^{z_c}.  Backward
     is (e^z / S - onehot(y)) * scale; the division by S is folded into the
     backward's one pass, so forward makes two passes over the logits."""
+    if fused.usable(x):                                    # large float32 logits
+        per, m_logs = fused.cross_entropy_rows(x, y)
+        return _reduce(per, reduction), ("fused", x, m_logs, y, reduction)
     rows = np.arange(len(y))
     z = x - x.max(axis=1, keepdims=True)
     per = -z[rows, y]
@@ -289,7 +293,10 @@ def _plain_cross_entropy(x, y, reduction):
 
 @cross_entropy.set_backward
 def _cross_entropy_backward(saved, gy):
-    if isinstance(saved[0], str):                        # the plain fast path
+    if isinstance(saved[0], str) and saved[0] == "fused":  # the plain path, fused (numba)
+        _, x, m_logs, y, reduction = saved
+        return fused.cross_entropy_grad(x, y, m_logs, _grad_scale(gy, reduction, len(y))), None
+    if isinstance(saved[0], str):                        # the plain path in NumPy
         _, e, s, y, reduction = saved
         scale = _grad_scale(gy, reduction, len(y), (-1, 1))
         gx = e * (scale / s[:, None])                      # p * scale in one pass, p = e / S
