@@ -7,8 +7,9 @@
    (1 and 2 with handydl.tune_malloc(), as in the benchmark)
 3. silu forward + backward (NumPy path) with glibc's default allocator vs handydl.tune_malloc()
    (each in a fresh process: the setting is process-wide and cannot be undone);
-4. forward + backward of each activation with a fused kernel: its NumPy path
-   vs the fused kernel (needs numba).
+4. forward + backward of each activation with a fused kernel, and of softmax
+   cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel
+   (needs numba).
 """
 from __future__ import annotations
 
@@ -78,12 +79,21 @@ def fused_vs_numpy():
         if not op._kernels:
             continue
 
-        def step():
+        def step(op=op):
             y, saved = op.forward(x)
             op.backward(saved, g)
         with fused.disabled():
             plain = median_ms(step)
         print(f"  {op.name:<24}{plain:8.2f} ms {median_ms(step):8.2f} ms")
+    from bench.worker import ce_data
+    z, y = ce_data(4096, 1000)
+
+    def ce_step():
+        loss, saved = ops.cross_entropy.forward(z, y)
+        ops.cross_entropy.backward(saved, 1.0)
+    with fused.disabled():
+        plain = median_ms(ce_step)
+    print(f"  {'cross_entropy 4096x1000':<24}{plain:8.2f} ms {median_ms(ce_step):8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_kink_values_equal_torch(op, dtype):
         np.testing.assert_array_equal(g, tg.numpy(), err_msg=f"{op.name}{params} at {op.kinks}")
         if dtype is np.float64:
             h = 1e-7
-            f = lambda v: op(v, *inputs[1:], **params)  # noqa: E731
+            f = lambda v, inputs=inputs, params=params: op(v, *inputs[1:], **params)  # noqa: E731
             left, right = (f(x) - f(x - h)) / h, (f(x + h) - f(x)) / h
             lo, hi = np.minimum(left, right), np.maximum(left, right)
             assert np.all((lo - 1e-6 <= g) & (g <= hi + 1e-6)), f"{op.name}: {g} not in [{lo}, {hi}]"
