@@ -284,3 +284,21 @@ def test_fused_cross_entropy_matches_torch():
     tg, = torch.autograd.grad(tl, tx)
     np.testing.assert_allclose(loss, tl.item(), rtol=1e-6)
     np.testing.assert_allclose(gx, tg.numpy(), rtol=1e-5, atol=1e-9)
+
+
+def test_invalid_parameters_fail_before_any_kernel_runs():
+    x = np.ones(fused.MIN_SIZE, np.float32)
+    for args in ((x,), (x[:3].astype(np.float64),)):       # fused-size and NumPy-path inputs
+        with pytest.raises(ValueError, match="alpha=0"):
+            ops.celu(*args, alpha=0)
+    with pytest.raises(ValueError, match="alpha=0"):
+        nn.CELU(alpha=0)                                    # at construction, not first use
+
+
+@pytest.mark.parametrize("op", FUSED_OPS, ids=lambda op: op.name)
+def test_kernels_take_the_numeric_parameters_in_declaration_order(op):
+    """The registry passes numeric parameters positionally, in the order of op.params."""
+    numeric = tuple(k for k in op.params if k not in op.choices)
+    for _, kernel, _ in op._kernels:
+        code = kernel.__code__
+        assert code.co_varnames[1:code.co_argcount] == numeric, kernel.__name__

@@ -62,6 +62,12 @@ class Op:
     test_params       parameter sets the tests run besides the defaults.
     jacobian          optional explicit Jacobian builder, for people who want
                       to see the matrix.
+    check_params      optional ``(bound params) -> None`` that raises ValueError
+                      for invalid values, run by ``bind`` (so a module fails at
+                      construction, and the fused path never sees them).
+
+    ``set_kernel`` attaches a scalar kernel for the fused float32 path
+    (:mod:`handydl.ops.fused`); the op's own function stays the reference.
     """
 
     name: str
@@ -82,6 +88,7 @@ class Op:
     sample: Callable = elementwise_sample
     test_params: tuple = ()
     jacobian: Callable | None = None
+    check_params: Callable | None = None
     _backward: Callable | None = None
     _takes_needs: bool = False
     _kernels: list = field(default_factory=list)
@@ -172,6 +179,8 @@ class Op:
         bound = {**self.params, **params}
         for key, valid in self.choices.items():
             check_choice(f"{self.name}: {key}", bound[key], valid)
+        if self.check_params is not None:
+            self.check_params(bound)
         return bound
 
     @property
