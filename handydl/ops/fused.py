@@ -333,11 +333,18 @@ def forward(kernel, x, params, recompute=False):
     loops = _loops(kernel)
     y = np.empty_like(x)
     if recompute:
-        _run(loops["value"], _flat(x, y), params)
+        _run(loops["value"], _flat(x, y), params, threads=_costly(kernel))
         return y, Recompute(kernel, x, params)
     d = np.empty_like(x)
-    _run(loops["both"], _flat(x, y, d), params, threads=True)
+    _run(loops["both"], _flat(x, y, d), params, threads=_costly(kernel))
     return y, Derivative(d)
+
+
+def _costly(kernel):
+    """Whether the kernel computes an exponential (or log1p, tanh): then its loops
+    have enough arithmetic per element to gain from threads."""
+    transcendental = {id(HELPERS[name]) for name in ("exp", "expm1", "log1p", "tanh")}
+    return any(id(kernel.__globals__.get(name)) in transcendental for name in kernel.__code__.co_names)
 
 
 def _flat(*arrays):
@@ -354,7 +361,8 @@ def backward(saved, gy):
     if isinstance(saved, Derivative):
         _run(_multiply_loop(), _flat(gy, saved.d, gx))
     else:
-        _run(_loops(saved.kernel)["grad"], _flat(saved.x, gy, gx), saved.params)
+        _run(_loops(saved.kernel)["grad"], _flat(saved.x, gy, gx), saved.params,
+             threads=_costly(saved.kernel))
     return gx
 
 
