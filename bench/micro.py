@@ -8,8 +8,8 @@
 3. silu forward + backward (NumPy path) with glibc's default allocator vs handydl.tune_malloc()
    (each in a fresh process: the setting is process-wide and cannot be undone);
 4. forward + backward of each activation with a fused kernel, and of softmax
-   cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel
-   (needs numba).
+   cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel,
+   and the benchmark's MLP epoch with the kernels on and off (needs numba).
 """
 from __future__ import annotations
 
@@ -94,6 +94,39 @@ def fused_vs_numpy():
     with fused.disabled():
         plain = median_ms(ce_step)
     print(f"  {'cross_entropy 4096x1000':<24}{plain:8.2f} ms {median_ms(ce_step):8.2f} ms")
+    mlp_fused_on_off()
+
+
+def mlp_fused_on_off(n=30000, batch=128, rounds=6):
+    """The benchmark's MLP epoch (784-256-10 ReLU, SGD) with the kernels on and off,
+    alternating in one process: whether the fused path changes the training step."""
+    from bench.worker import mlp_data, mlp_weights
+    from handydl import data, nn, optim
+    from handydl.ops import fused
+    X, y = mlp_data(n)
+    (W1, b1), (W2, b2) = mlp_weights([784, 256, 10])
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    for lin, (W, b) in ((model[0], (W1, b1)), (model[2], (W2, b2))):
+        lin.weight.data[...], lin.bias.data[...] = W, b
+    loss_fn, opt = nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01)
+    loader = data.DataLoader(X, y, batch_size=batch)
+
+    def epoch():
+        for xb, yb in loader:
+            loss_fn(model(xb), yb)
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for on in (True, False):
+            if on:
+                times[on] += timed(epoch, 1)[0]
+            else:
+                with fused.disabled():
+                    times[on] += timed(epoch, 1)[0]
+    print(f"MLP epoch, {n} samples, batch {batch}: kernels on {np.median(times[True]) * 1e3:6.1f} ms, "
+          f"off {np.median(times[False]) * 1e3:6.1f} ms")
 
 
 if __name__ == "__main__":
