@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -75,6 +76,7 @@ def fused_vs_numpy():
         return
     x, g = data()
     print("fwd+bwd per 1M float32     NumPy path    fused")
+    compile_s = []
     for op in ops.REGISTRY.values():
         if not op._kernels:
             continue
@@ -82,6 +84,9 @@ def fused_vs_numpy():
         def step(op=op):
             y, saved = op.forward(x)
             op.backward(saved, g)
+        start = time.perf_counter()
+        step()                                   # the first fused call compiles the kernel
+        compile_s.append(time.perf_counter() - start)
         with fused.disabled():
             plain = median_ms(step)
         print(f"  {op.name:<24}{plain:8.2f} ms {median_ms(step):8.2f} ms")
@@ -94,6 +99,7 @@ def fused_vs_numpy():
     with fused.disabled():
         plain = median_ms(ce_step)
     print(f"  {'cross_entropy 4096x1000':<24}{plain:8.2f} ms {median_ms(ce_step):8.2f} ms")
+    print(f"first fused call of each activation (compiling): {min(compile_s):.2f} to {max(compile_s):.2f} s")
     mlp_fused_on_off()
 
 

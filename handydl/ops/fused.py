@@ -30,7 +30,7 @@ number at a time.
 
 ``HANDYDL_FUSED=0`` in the environment, or ``with fused.disabled():``, turns
 the kernels off (the tests use it to compare both paths).  The first call of
-each kernel compiles it (0.1 to 1 s).
+each kernel compiles it (up to about a second).
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ LN2_LO = -2.12194440e-4
 def where(condition, a, b):
     """a if condition else b, as a select: compiled, both sides are computed and
     one is picked, with no branch (a ternary becomes a branch, and a loop with a
-    costly branch inside vectorizes badly: CELU's kernel ran several times slower)."""
+    costly branch inside vectorizes badly; CELU's kernel showed it)."""
     return a if condition else b
 
 
