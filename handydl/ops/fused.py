@@ -57,7 +57,8 @@ _compiled = {}         # scalar kernel -> its compiled loops; also the helpers, 
 
 
 # -- vectorizable helpers -------------------------------------------------------------------
-# Cephes' single-precision algorithms (Moshier), each within a few float32 ulps.
+# exp and tanh after Cephes' single-precision algorithms (Moshier), expm1 and log1p from
+# their series; each within 3 float32 ulps (tests/test_fused.py).
 # Compiled, every literal is float32 (see _float32); called from Python they run in float64.
 
 LOG2E = 1.44269504088896341
