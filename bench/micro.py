@@ -33,7 +33,7 @@ def data():
 
 
 def silu_step_ms(tuned):
-    """silu's NumPy path (five temporaries a step); the fused kernel allocates far less."""
+    """silu's NumPy path, whose temporaries the allocator setting is about."""
     import handydl
     from handydl import ops
     from handydl.ops import fused
@@ -106,23 +106,11 @@ def fused_vs_numpy():
 def mlp_fused_on_off(n=30000, batch=128, rounds=6):
     """The benchmark's MLP epoch (784-256-10 ReLU, SGD) with the kernels on and off,
     alternating in one process: whether the fused path changes the training step."""
-    from bench.worker import mlp_data, mlp_weights
-    from handydl import data, nn, optim
+    from bench.worker import handydl_training, mlp_data
     from handydl.ops import fused
     X, y = mlp_data(n)
-    (W1, b1), (W2, b2) = mlp_weights([784, 256, 10])
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    for lin, (W, b) in ((model[0], (W1, b1)), (model[2], (W2, b2))):
-        lin.weight.data[...], lin.bias.data[...] = W, b
-    loss_fn, opt = nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01)
-    loader = data.DataLoader(X, y, batch_size=batch)
-
-    def epoch():
-        for xb, yb in loader:
-            loss_fn(model(xb), yb)
-            opt.zero_grad()
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
+    p = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", batch=batch)
+    _, _, epoch = handydl_training(p, X, y)
     times = {True: [], False: []}
     for _ in range(rounds):
         for on in (True, False):

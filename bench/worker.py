@@ -89,9 +89,17 @@ def mlp_weights(sizes, seed=1):
 
 def handydl_mlp(p):
     import handydl
-    from handydl import data, nn, optim
     handydl.tune_malloc()                 # what the README tells a user to call once
     X, y = mlp_data(p["n"])
+    model, loss_fn, epoch = handydl_training(p, X, y)
+    samples, mem = timed(epoch, p["repeats"])
+    floor = matmul_floor(X, p, model)
+    return {"samples": samples, "peak_mb": mem, "floor": floor, "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+
+
+def handydl_training(p, X, y):
+    """(model, loss, epoch()) of the MLP workload p, with the shared initial weights."""
+    from handydl import data, nn, optim
     layers = []
     for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
         lin = nn.Linear(*W.shape)
@@ -111,9 +119,7 @@ def handydl_mlp(p):
             opt.zero_grad()
             model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
-    samples, mem = timed(epoch, p["repeats"])
-    floor = matmul_floor(X, p, model)
-    return {"samples": samples, "peak_mb": mem, "floor": floor, "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+    return model, loss_fn, epoch
 
 
 def matmul_floor(X, p, model):

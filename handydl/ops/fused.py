@@ -164,9 +164,9 @@ def _load_numba():
 
 # -- compiling a scalar kernel into a loop ------------------------------------------------
 
-def _jit(fn, **options):
+def _jit(fn, fastmath=frozenset({"contract"}), **options):
     # contract: a * b + c becomes one fused multiply-add (faster, and rounded once)
-    return _load_numba().njit(nogil=True, error_model="numpy", fastmath={"contract"}, **options)(fn)
+    return _load_numba().njit(nogil=True, error_model="numpy", fastmath=set(fastmath), **options)(fn)
 
 
 def _compiled_helpers():
@@ -230,6 +230,8 @@ def _loops(kernel):
     both(x, y, d, params)     y and dy/dx
     value(x, y, params)       y alone (the compiler drops the derivative's arithmetic)
     grad(x, gy, gx, params)   gx = gy * dy/dx, recomputed from x (drops y's)
+
+    and "threads": whether they are worth splitting across cores (_costly).
     """
     with _lock:
         if kernel not in _compiled:
@@ -257,7 +259,8 @@ def _loops(kernel):
             def grad(x, gy, gx, params):
                 for i in range(x.size):
                     gx[i] = gy[i] * f(x[i], params)[1]
-            _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad)}
+            _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad),
+                                 "threads": _costly(kernel)}
         return _compiled[kernel]
 
 
@@ -334,10 +337,10 @@ def forward(kernel, x, params, recompute=False):
     loops = _loops(kernel)
     y = np.empty_like(x)
     if recompute:
-        _run(loops["value"], _flat(x, y), params, threads=_costly(kernel))
+        _run(loops["value"], _flat(x, y), params, threads=loops["threads"])
         return y, Recompute(kernel, x, params)
     d = np.empty_like(x)
-    _run(loops["both"], _flat(x, y, d), params, threads=_costly(kernel))
+    _run(loops["both"], _flat(x, y, d), params, threads=loops["threads"])
     return y, Derivative(d)
 
 
@@ -362,8 +365,8 @@ def backward(saved, gy):
     if isinstance(saved, Derivative):
         _run(_multiply_loop(), _flat(gy, saved.d, gx))
     else:
-        _run(_loops(saved.kernel)["grad"], _flat(saved.x, gy, gx), saved.params,
-             threads=_costly(saved.kernel))
+        loops = _loops(saved.kernel)
+        _run(loops["grad"], _flat(saved.x, gy, gx), saved.params, threads=loops["threads"])
     return gx
 
 
@@ -403,9 +406,8 @@ def _ce_loops():
         if "cross_entropy" not in _compiled:
             helpers = _compiled_helpers()
             # reassoc lets the compiler vectorize the row sums (in 8 partial sums)
-            _compiled["cross_entropy"] = [
-                _load_numba().njit(nogil=True, error_model="numpy", fastmath={"contract", "reassoc"})(
-                    _float32(f, helpers)) for f in (_ce_forward, _ce_backward)]
+            _compiled["cross_entropy"] = [_jit(_float32(f, helpers), fastmath={"contract", "reassoc"})
+                                          for f in (_ce_forward, _ce_backward)]
         return _compiled["cross_entropy"]
 
 
