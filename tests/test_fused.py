@@ -181,14 +181,22 @@ def test_only_large_contiguous_float32_arrays_take_the_fused_path():
         assert not isinstance(ops.sigmoid.forward(other)[1], fused.Saved)
 
 
-def test_shape_and_dtype_are_kept_and_gy_of_another_dtype_falls_back():
+@pytest.mark.parametrize("name,kept", [("gelu", fused.Derivative), ("relu", fused.Recompute),
+                                       ("sigmoid", fused.FromOutput)])
+def test_shape_and_dtype_are_kept_and_gy_of_another_dtype_falls_back(name, kept):
+    """For each way of saving: a gy the loops do not take (float64, a scalar) gets
+    NumPy's promotion and broadcasting, as on the unfused path."""
+    op = ops.get(name)
     x = np.linspace(-3, 3, 8192, dtype=np.float32).reshape(64, 128)
-    y, saved = ops.gelu.forward(x)
+    y, saved = op.forward(x)
+    assert isinstance(saved, kept)
     assert y.shape == x.shape and y.dtype == np.float32
-    g32 = ops.gelu.backward(saved, np.ones_like(y))[0]
-    g64 = ops.gelu.backward(saved, np.ones(y.shape))[0]          # NumPy's promotion, as unfused
+    g32 = op.backward(saved, np.ones_like(y))[0]
+    g64 = op.backward(saved, np.ones(y.shape))[0]
+    g_scalar = op.backward(saved, np.float32(1))[0]
     assert g32.shape == x.shape and g32.dtype == np.float32 and g64.dtype == np.float64
     np.testing.assert_array_equal(g32, g64.astype(np.float32))
+    np.testing.assert_array_equal(g32, g_scalar)
 
 
 def test_a_missing_numba_falls_back_to_numpy(monkeypatch):
@@ -299,6 +307,34 @@ def test_invalid_parameters_fail_before_any_kernel_runs():
 def test_kernels_take_the_numeric_parameters_in_declaration_order(op):
     """The registry passes numeric parameters positionally, in the order of op.params."""
     numeric = tuple(k for k in op.params if k not in op.choices)
-    for _, kernel, _ in op._kernels:
-        code = kernel.__code__
-        assert code.co_varnames[1:code.co_argcount] == numeric, kernel.__name__
+    for _, kernel in op._kernels:
+        for fn in filter(None, (kernel.f, kernel.slope)):
+            code = fn.__code__
+            assert code.co_varnames[1:code.co_argcount] == numeric, fn.__name__
+
+
+@pytest.mark.parametrize("op", [op for op in FUSED_OPS if any(k.save == "output" for _, k in op._kernels)],
+                         ids=lambda op: op.name)
+def test_a_slope_from_the_output_agrees_with_the_kernels_derivative(op):
+    """save="output" takes dy/dx = slope(y) in backward: it must be the derivative the
+    kernel itself writes (both forms are hand-written; this keeps them one)."""
+    x = inputs(op)
+    for choice, kernel in op._kernels:
+        params = op.bind(choice)
+        numeric = tuple(np.float32(params[k]) for k in op.params if k not in op.choices)
+        loops = fused._loops(kernel.f)
+        y, d = np.empty_like(x), np.empty_like(x)
+        loops["both"](x, y, d, numeric)
+        from_y = np.empty_like(x)
+        fused._slope_loop(kernel.slope)["grad"](y, np.ones_like(x), from_y, numeric)
+        np.testing.assert_array_equal(from_y, d)
+
+
+def test_set_kernel_says_what_is_wrong():
+    op = ops.get("sigmoid")
+    for kwargs, match in [(dict(save="outputs"), "save='outputs' is not valid; expected one of"),
+                          (dict(save="output"), "a slope"),
+                          (dict(slope=abs), "a slope")]:
+        with pytest.raises(ValueError, match=match):
+            op.set_kernel(**kwargs)
+    assert len(op._kernels) == 1                        # nothing was attached

@@ -7,15 +7,16 @@ SIMD loop per op.  When numba is installed (``pip install "handydl[fast]"``),
 an activation that declares a *scalar kernel* gets the same: numba compiles
 the kernel into one vectorized float32 loop that writes y and dy/dx together
 (split across the cores when it computes exponentials); backward is then
-``gx = gy * dy/dx``.  Piecewise-linear kernels declare ``recompute=True``:
-their forward writes y alone and backward recomputes dy/dx from x, which moves
-less memory.  Without numba, or for anything but large contiguous float32
+``gx = gy * dy/dx``.  Two other ways to save move less memory:
+piecewise-linear kernels declare ``save="input"`` (forward writes y alone,
+backward recomputes dy/dx from x), and sigmoid ``save="output"`` with its
+slope y (1 - y) (forward writes y alone, backward reads y).  Without numba, or for anything but large contiguous float32
 arrays, the op's NumPy code runs instead; tests/test_fused.py holds both paths
 to the same accuracy, on every domain, at the kinks, at NaN and at +-inf.
 
 A scalar kernel is plain Python, the derivation written for one number::
 
-    @sigmoid.set_kernel
+    @sigmoid.set_kernel(save="output", slope=_sigmoid_slope)
     def _sigmoid_kernel(x):
         e = exp(-abs(x))
         s = 1 / (1 + e)                     # sigma(|x|)
@@ -40,6 +41,7 @@ import math
 import os
 import threading
 import types
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -224,6 +226,23 @@ def _as_float32(value):
     return value
 
 
+def _with_params(scalar):
+    """scalar(x, *params) compiled as f(x, params): numba cannot call a closure with
+    *params, so the arity is spelled out."""
+    scalar = _jit(_float32(scalar, _compiled_helpers()), inline="always")
+    arity = scalar.py_func.__code__.co_argcount - 1
+    if arity == 0:
+        def f(x, params):
+            return scalar(x)
+    elif arity == 1:
+        def f(x, params):
+            return scalar(x, params[0])
+    else:
+        def f(x, params):
+            return scalar(x, params[0], params[1])
+    return _jit(f, inline="always")
+
+
 def _loops(kernel):
     """The compiled loops of a scalar kernel ``f(x, *params) -> (y, dy/dx)``:
 
@@ -235,18 +254,7 @@ def _loops(kernel):
     """
     with _lock:
         if kernel not in _compiled:
-            scalar = _jit(_float32(kernel, _compiled_helpers()), inline="always")
-            arity = kernel.__code__.co_argcount - 1     # numba cannot call a closure with *params
-            if arity == 0:
-                def f(x, params):
-                    return scalar(x)
-            elif arity == 1:
-                def f(x, params):
-                    return scalar(x, params[0])
-            else:
-                def f(x, params):
-                    return scalar(x, params[0], params[1])
-            f = _jit(f, inline="always")
+            f = _with_params(kernel)
 
             def both(x, y, d, params):
                 for i in range(x.size):
@@ -262,6 +270,19 @@ def _loops(kernel):
             _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad),
                                  "threads": _costly(kernel)}
         return _compiled[kernel]
+
+
+def _slope_loop(slope):
+    """The compiled loop gx = gy * slope(y, *params), and whether to thread it."""
+    with _lock:
+        if slope not in _compiled:
+            f = _with_params(slope)
+
+            def grad(y, gy, gx, params):
+                for i in range(y.size):
+                    gx[i] = gy[i] * f(y[i], params)
+            _compiled[slope] = {"grad": _jit(grad), "threads": _costly(slope)}
+        return _compiled[slope]
 
 
 def _multiply_loop():
@@ -307,6 +328,27 @@ def _run(loop, arrays, *params, threads=False, chunk=None):
 
 # -- what the registry calls ------------------------------------------------------------------
 
+SAVES = ("derivative", "input", "output")
+
+
+class Kernel(NamedTuple):
+    """A scalar kernel ``f(x, *params) -> (y, dy/dx)`` and what its forward saves
+    (see Op.set_kernel); ``slope(y, *params) -> dy/dx`` for save="output"."""
+
+    f: Callable
+    save: str = "derivative"
+    slope: Callable | None = None
+
+
+def check_save(save, slope, name):
+    """ValueError unless ``save`` is one of SAVES, with a slope exactly for "output"."""
+    if save not in SAVES:
+        raise ValueError(f"{name}: save={save!r} is not valid; expected one of {', '.join(map(repr, SAVES))}")
+    if (save == "output") != (slope is not None):
+        raise ValueError(f"{name}: save={save!r} with slope={slope!r}; a slope (dy/dx from y) "
+                         "goes with save='output' and only with it")
+
+
 class Saved:
     """What a fused forward keeps for backward."""
 
@@ -330,18 +372,29 @@ class Recompute(Saved):
         self.kernel, self.x, self.params = kernel, x, params
 
 
-def forward(kernel, x, params, recompute=False):
-    """(y, saved) for a usable x in one fused pass: saved is Derivative(dy/dx), or
-    Recompute(x) when ``recompute``."""
+class FromOutput(Saved):
+    """y, from which backward computes dy/dx = slope(y): the forward writes one
+    array instead of two, and backward reads two instead of two plus x."""
+
+    __slots__ = ("slope", "y", "params")
+
+    def __init__(self, slope, y, params):
+        self.slope, self.y, self.params = slope, y, params
+
+
+def forward(kernel, x, params):
+    """(y, saved) for a usable x in one fused pass; saved as ``kernel.save`` says."""
     params = tuple(np.float32(p) for p in params)
-    loops = _loops(kernel)
+    loops = _loops(kernel.f)
     y = np.empty_like(x)
-    if recompute:
-        _run(loops["value"], _flat(x, y), params, threads=loops["threads"])
-        return y, Recompute(kernel, x, params)
-    d = np.empty_like(x)
-    _run(loops["both"], _flat(x, y, d), params, threads=loops["threads"])
-    return y, Derivative(d)
+    if kernel.save == "derivative":
+        d = np.empty_like(x)
+        _run(loops["both"], _flat(x, y, d), params, threads=loops["threads"])
+        return y, Derivative(d)
+    _run(loops["value"], _flat(x, y), params, threads=loops["threads"])
+    if kernel.save == "input":
+        return y, Recompute(kernel.f, x, params)
+    return y, FromOutput(kernel.slope, y, params)
 
 
 def _costly(kernel):
@@ -356,24 +409,34 @@ def _flat(*arrays):
 
 
 def backward(saved, gy):
-    """gx = gy * dy/dx, fused when gy is a usable float32 array of y's shape."""
-    like = saved.d if isinstance(saved, Derivative) else saved.x
-    if not (usable(gy) and gy.shape == like.shape):
-        d = saved.d if isinstance(saved, Derivative) else _derivative(saved)
-        return gy * d
-    gx = np.empty_like(like)
+    """gx = gy * dy/dx, fused when gy is a usable float32 array of x's shape."""
     if isinstance(saved, Derivative):
+        if not (usable(gy) and gy.shape == saved.d.shape):
+            return gy * saved.d
+        gx = np.empty_like(saved.d)
         _run(_multiply_loop(), _flat(gy, saved.d, gx))
-    else:
-        loops = _loops(saved.kernel)
-        _run(loops["grad"], _flat(saved.x, gy, gx), saved.params, threads=loops["threads"])
+        return gx
+    source, loops = _slope_source(saved)
+    if not (usable(gy) and gy.shape == source.shape):
+        return gy * _derivative(saved)
+    gx = np.empty_like(source)
+    _run(loops["grad"], _flat(source, gy, gx), saved.params, threads=loops["threads"])
     return gx
 
 
+def _slope_source(saved):
+    """(the array a Recompute or FromOutput keeps, the loops that give gy * dy/dx from it)."""
+    if isinstance(saved, Recompute):
+        return saved.x, _loops(saved.kernel)
+    return saved.y, _slope_loop(saved.slope)
+
+
 def _derivative(saved):
-    """dy/dx from a Recompute, for a gy the fused loops do not take."""
-    ones = np.ones_like(saved.x)
-    _run(_loops(saved.kernel)["grad"], _flat(saved.x, ones, ones), saved.params)
+    """dy/dx alone from a Recompute or FromOutput, for a gy the fused loops do not
+    take (another shape or dtype)."""
+    source, loops = _slope_source(saved)
+    ones = np.ones_like(source)
+    _run(loops["grad"], _flat(source, ones, ones), saved.params)
     return ones
 
 

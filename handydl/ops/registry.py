@@ -129,10 +129,10 @@ class Op:
         Overflow, division by zero and invalid operations still do.
         """
         if self._kernels and fused.usable(inputs[0]):
-            kernel, recompute = self.kernel_for(bound)
+            kernel = self.kernel_for(bound)
             if kernel is not None:
                 numeric = [bound[k] for k in self.params if k not in self.choices]
-                return fused.forward(kernel, inputs[0], numeric, recompute)
+                return fused.forward(kernel, inputs[0], numeric)
         with np.errstate(under="ignore"):
             return self.fn(*inputs, **bound)
 
@@ -146,22 +146,28 @@ class Op:
         self._takes_needs = fn.__code__.co_argcount >= 3
         return fn
 
-    def set_kernel(self, fn=None, *, recompute=False, **choice):
+    def set_kernel(self, fn=None, *, save="derivative", slope=None, **choice):
         """Decorator that attaches a scalar kernel ``(x, *numeric params) -> (y, dy/dx)``,
         fused into one loop when numba is installed (see :mod:`handydl.ops.fused`).
-        ``recompute``: backward recomputes dy/dx from x instead of saving it.
+
+        ``save``: what the fused forward keeps for backward.  "derivative" (dy/dx,
+        computed with y), "input" (x; backward recomputes dy/dx: for cheap
+        piecewise-linear kernels), or "output" (y; backward takes dy/dx =
+        ``slope(y, *numeric params)``, as sigmoid's y (1 - y)).
         ``choice`` names the values of choice parameters it is for (gelu's approximate)."""
+        fused.check_save(save, slope, self.name)
+
         def attach(fn):
-            self._kernels.append((choice, fn, recompute))
+            self._kernels.append((choice, fused.Kernel(fn, save, slope)))
             return fn
         return attach(fn) if fn is not None else attach
 
     def kernel_for(self, bound):
-        """(scalar kernel, recompute) for these bound parameters, or (None, False)."""
-        for choice, fn, recompute in self._kernels:
+        """The fused.Kernel for these bound parameters, or None."""
+        for choice, kernel in self._kernels:
             if all(bound[k] == v for k, v in choice.items()):
-                return fn, recompute
-        return None, False
+                return kernel
+        return None
 
     def set_jacobian(self, fn):
         """Decorator that attaches an explicit Jacobian builder."""
