@@ -43,6 +43,32 @@ def test_fast_training_step_equals_the_reference_within_float32_rounding(opt_nam
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("n", [10, optimizer_module.AXPY_MIN - 1, optimizer_module.AXPY_MIN, 70001])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axpy_adds_a_x_in_place_on_either_path(n, dtype, monkeypatch):
+    """Small arrays take two NumPy passes, large ones one BLAS call: both give
+    y + a x rounded in y's dtype, in place."""
+    if optimizer_module._AXPY is None:
+        pytest.skip("NumPy's OpenBLAS is not loadable here")
+    calls = []
+    blas = optimizer_module._AXPY
+
+    def counting(*args, f=None):
+        calls.append(args[0])
+        return f(*args)
+    monkeypatch.setattr(optimizer_module, "_AXPY",
+                        {dt: (lambda *args, f=f: counting(*args, f=f)) for dt, f in blas.items()})
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    y64, ax64 = y.astype(np.float64), -0.3 * x.astype(np.float64)
+    target = y
+    optimizer_module.axpy(-0.3, x, y, np.empty_like(y))
+    assert y is target and y.dtype == dtype
+    assert calls == ([n] if n >= optimizer_module.AXPY_MIN else [])
+    # three roundings at most (a to y's dtype, a x, the sum), each within eps/2 of the operands
+    assert np.all(np.abs(y - (y64 + ax64)) <= 2 * np.finfo(dtype).eps * (np.abs(y64) + np.abs(ax64)))
+
+
 def test_plain_cross_entropy_equals_the_general_path():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((64, 7)).astype(np.float32) * 5
