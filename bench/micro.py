@@ -7,7 +7,9 @@
    (1 and 2 with handydl.tune_malloc(), as in the benchmark)
 3. silu forward + backward (NumPy path) with glibc's default allocator vs handydl.tune_malloc()
    (each in a fresh process: the setting is process-wide and cannot be undone);
-4. forward + backward of each activation with a fused kernel, and of softmax
+4. an optimizer update y += a x of 10 and of 32768 float32 (optimizer.AXPY_MIN):
+   one BLAS call through ctypes vs two NumPy passes;
+5. forward + backward of each activation with a fused kernel, and of softmax
    cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel,
    and the benchmark's MLP epoch with the kernels on and off (needs numba).
 """
@@ -65,7 +67,32 @@ def main():
         ms = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
         print(f"silu fwd+bwd, {'tune_malloc()' if tuned else 'default malloc'}:" + " " * (14 - 2 * tuned)
               + f"{ms:6.2f} ms")
+    axpy_blas_vs_numpy()
     fused_vs_numpy()
+
+
+def axpy_blas_vs_numpy(calls=2000):
+    """optimizer.axpy per call, made to take BLAS (AXPY_MIN = 0) or NumPy (AXPY_MIN past n)."""
+    from handydl.optim import optimizer
+    if optimizer._AXPY is None:
+        print("axpy: NumPy's OpenBLAS is not loadable here")
+        return
+    threshold = optimizer.AXPY_MIN
+    for n in (10, threshold):
+        x, y = np.ones(n, np.float32), np.zeros(n, np.float32)
+        buf = np.empty_like(y)
+
+        def update(x=x, y=y, buf=buf):
+            for _ in range(calls):
+                optimizer.axpy(-0.01, x, y, buf)
+        us = {}
+        try:
+            for path, minimum in (("BLAS", 0), ("NumPy", n + 1)):
+                optimizer.AXPY_MIN = minimum
+                us[path] = median_ms(update, repeats=7) * 1e3 / calls
+        finally:
+            optimizer.AXPY_MIN = threshold
+        print(f"axpy of {n:>5} float32: BLAS (ctypes) {us['BLAS']:5.2f} us, NumPy {us['NumPy']:5.2f} us")
 
 
 def fused_vs_numpy():

@@ -45,3 +45,15 @@ def test_handydl_worker_runs_the_public_api_and_measures_the_floor():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["samples"]) == 2 and len(out["floor"]) == 2 and out["loss"] > 0
+
+
+def test_micro_times_both_axpy_paths_and_restores_the_threshold(capsys):
+    micro = pytest.importorskip("bench.micro")
+    from handydl.optim import optimizer
+    if optimizer._AXPY is None:
+        pytest.skip("NumPy's OpenBLAS is not loadable here")
+    before = optimizer.AXPY_MIN
+    micro.axpy_blas_vs_numpy(calls=10)
+    assert optimizer.AXPY_MIN == before
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"axpy of {n:>5} float32" for n in (10, before)]
