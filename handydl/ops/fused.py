@@ -10,9 +10,10 @@ the kernel into one vectorized float32 loop that writes y and dy/dx together
 ``gx = gy * dy/dx``.  Two other ways to save move less memory:
 piecewise-linear kernels declare ``save="input"`` (forward writes y alone,
 backward recomputes dy/dx from x), and sigmoid ``save="output"`` with its
-slope y (1 - y) (forward writes y alone, backward reads y).  Without numba, or for anything but large contiguous float32
-arrays, the op's NumPy code runs instead; tests/test_fused.py holds both paths
-to the same accuracy, on every domain, at the kinks, at NaN and at +-inf.
+slope y (1 - y) (forward writes y alone, backward reads y).  Without numba,
+or for anything but large contiguous float32 arrays, the op's NumPy code runs
+instead; tests/test_fused.py holds both paths to the same accuracy, on every
+domain, at the kinks, at NaN and at +-inf.
 
 A scalar kernel is plain Python, the derivation written for one number::
 
@@ -374,7 +375,8 @@ class Recompute(Saved):
 
 class FromOutput(Saved):
     """y, from which backward computes dy/dx = slope(y): the forward writes one
-    array instead of two, and backward reads two instead of two plus x."""
+    array instead of two (y and dy/dx), and backward reads as much as from a
+    Derivative (gy and y instead of gy and dy/dx)."""
 
     __slots__ = ("slope", "y", "params")
 
