@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 FUSED_OPS = [op for op in ops.REGISTRY.values() if op._kernels]
 CASES = [pytest.param(op, op.bind(params), id=f"{op.name}{params or ''}")
          for op in FUSED_OPS for params in ({},) + tuple(op.test_params)]
-SIZE = 3 * fused.CHUNK + 123            # several chunks, one of them ragged
+SIZE = 2 * fused.CHEAP_CHUNK + 123     # two chunks or more for every loop, one of them ragged
 
 
 def special_values():
@@ -239,6 +239,20 @@ def test_training_with_kernels_equals_training_without(activation):
         reference = train(activation)
     for a, b in zip(fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,params", CASES)
+def test_threads_give_the_bits_of_one_thread(op, params, monkeypatch):
+    """The team's chunks (ragged last one included) compute what one loop over the
+    whole array computes, bit for bit, y and gx (a chunk boundary off by one, or a
+    chunk done twice or never, would show)."""
+    x = inputs(op)
+    gy = np.random.default_rng(2).standard_normal(x.size).astype(np.float32)
+    y, _, gx = forward_backward(op, x, params, gy)
+    monkeypatch.setattr(fused._threads, "team", lambda: None)
+    y1, _, gx1 = forward_backward(op, x, params, gy)
+    np.testing.assert_array_equal(y, y1)
+    np.testing.assert_array_equal(gx, gx1)
 
 
 # -- softmax cross-entropy, fused row by row -------------------------------------------------

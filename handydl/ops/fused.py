@@ -37,7 +37,6 @@ each kernel compiles it (up to about a second).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import threading
@@ -46,15 +45,19 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from . import threads as _threads
+
 # Below MIN_SIZE elements a kernel call costs more than it saves.  Threads take
-# CHUNK elements at a time (see _run).
+# CHUNK elements at a time from loops that compute exponentials, CHEAP_CHUNK from
+# the others (memory-bound: they gain from a second core only on larger arrays);
+# a loop is split when it has two chunks or more (see _run).
 MIN_SIZE = 4096
 CHUNK = 1 << 16
+CHEAP_CHUNK = 1 << 17
 
 _enabled = os.environ.get("HANDYDL_FUSED", "1") != "0"
 _lock = threading.Lock()
 _numba = None          # the module, False when it is not installed
-_pool = None           # threads that take chunks beside the calling thread
 _compiled = {}         # scalar kernel -> its compiled loops; also the helpers, the products
                        # and the cross-entropy loops, under names
 
@@ -251,7 +254,7 @@ def _loops(kernel):
     value(x, y, params)       y alone (the compiler drops the derivative's arithmetic)
     grad(x, gy, gx, params)   gx = gy * dy/dx, recomputed from x (drops y's)
 
-    and "threads": whether they are worth splitting across cores (_costly).
+    and "chunk": how many elements the threads take at a time (_chunk).
     """
     with _lock:
         if kernel not in _compiled:
@@ -269,12 +272,12 @@ def _loops(kernel):
                 for i in range(x.size):
                     gx[i] = gy[i] * f(x[i], params)[1]
             _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad),
-                                 "threads": _costly(kernel)}
+                                 "chunk": _chunk(kernel)}
         return _compiled[kernel]
 
 
 def _slope_loop(slope):
-    """The compiled loop gx = gy * slope(y, *params), and whether to thread it."""
+    """The compiled loop gx = gy * slope(y, *params), and the threads' chunk."""
     with _lock:
         if slope not in _compiled:
             f = _with_params(slope)
@@ -282,7 +285,7 @@ def _slope_loop(slope):
             def grad(y, gy, gx, params):
                 for i in range(y.size):
                     gx[i] = gy[i] * f(y[i], params)
-            _compiled[slope] = {"grad": _jit(grad), "threads": _costly(slope)}
+            _compiled[slope] = {"grad": _jit(grad), "chunk": _chunk(slope)}
         return _compiled[slope]
 
 
@@ -296,35 +299,18 @@ def _multiply_loop():
         return _compiled["multiply"]
 
 
-def _run(loop, arrays, *params, threads=False, chunk=None):
-    """loop over the flat arrays; with ``threads``, in chunks of CHUNK elements that
-    this thread and the pool's threads take in turn until none is left.
-
-    Taking chunks from a shared counter, rather than giving each thread a fixed
-    half, keeps a late thread from stalling the call: waking a pool thread costs
-    ~0.05 ms here, and on a shared machine sometimes far more.  Only loops that
-    compute exponentials gain from threads; the piecewise-linear kernels and the
-    product gy * dy/dx stream memory as fast on one core.
-    """
-    global _pool
-    chunk = chunk or CHUNK                    # along the first axis: elements, or rows
+def _run(loop, arrays, *params, chunk=None, layout=None):
+    """loop(*arrays, *params) over the rows of the arrays; split among the cores
+    by the team of threads.py, ``chunk`` rows at a time, when there are two
+    chunks or more.  layout names the arrays' kinds for the team (threads.part);
+    the default is all float32 vectors."""
     n = len(arrays[0])
-    workers = min(os.cpu_count() or 1, n // chunk) if threads else 1
-    if workers <= 1:
+    team = _threads.team() if chunk and n >= 2 * chunk else None
+    if team is None:
         loop(*arrays, *params)
         return
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(os.cpu_count(), thread_name_prefix="handydl-fused")
-    chunks = itertools.count()                # next() on it is atomic under the GIL
-
-    def work():
-        while (lo := next(chunks) * chunk) < n:
-            loop(*(a[lo:lo + chunk] for a in arrays), *params)
-    helpers = [_pool.submit(work) for _ in range(workers - 1)]
-    work()
-    for h in helpers:
-        h.result()
+    part = _threads.part(loop, layout or "v" * len(arrays), len(params[0]) if params else None)
+    team.run(part, arrays, chunk, *params)
 
 
 # -- what the registry calls ------------------------------------------------------------------
@@ -391,19 +377,20 @@ def forward(kernel, x, params):
     y = np.empty_like(x)
     if kernel.save == "derivative":
         d = np.empty_like(x)
-        _run(loops["both"], _flat(x, y, d), params, threads=loops["threads"])
+        _run(loops["both"], _flat(x, y, d), params, chunk=loops["chunk"])
         return y, Derivative(d)
-    _run(loops["value"], _flat(x, y), params, threads=loops["threads"])
+    _run(loops["value"], _flat(x, y), params, chunk=loops["chunk"])
     if kernel.save == "input":
         return y, Recompute(kernel.f, x, params)
     return y, FromOutput(kernel.slope, y, params)
 
 
-def _costly(kernel):
-    """Whether the kernel computes an exponential (or log1p, tanh): then its loops
-    have enough arithmetic per element to gain from threads."""
+def _chunk(kernel):
+    """The threads' chunk for a kernel's loops: CHUNK when it computes an
+    exponential (or log1p, tanh), CHEAP_CHUNK when its loops are memory-bound."""
     transcendental = {id(HELPERS[name]) for name in ("exp", "expm1", "log1p", "tanh")}
-    return any(id(kernel.__globals__.get(name)) in transcendental for name in kernel.__code__.co_names)
+    costly = any(id(kernel.__globals__.get(name)) in transcendental for name in kernel.__code__.co_names)
+    return CHUNK if costly else CHEAP_CHUNK
 
 
 def _flat(*arrays):
@@ -416,13 +403,13 @@ def backward(saved, gy):
         if not (usable(gy) and gy.shape == saved.d.shape):
             return gy * saved.d
         gx = np.empty_like(saved.d)
-        _run(_multiply_loop(), _flat(gy, saved.d, gx))
+        _run(_multiply_loop(), _flat(gy, saved.d, gx), chunk=CHEAP_CHUNK)
         return gx
     source, loops = _slope_source(saved)
     if not (usable(gy) and gy.shape == source.shape):
         return gy * _derivative(saved)
     gx = np.empty_like(source)
-    _run(loops["grad"], _flat(source, gy, gx), saved.params, threads=loops["threads"])
+    _run(loops["grad"], _flat(source, gy, gx), saved.params, chunk=loops["chunk"])
     return gx
 
 
@@ -480,18 +467,20 @@ def cross_entropy_rows(x, y):
     """(per-row losses, (m, log S)) of softmax cross-entropy with class indices y,
     for a usable 2-D float32 x: NumPy's SIMD row max, then one fused pass per row."""
     m = x.max(axis=1)
+    y = np.ascontiguousarray(y, np.int64)     # the threads' view of the labels is int64
     per = np.empty(len(x), np.float32)
     logs = np.empty(len(x), np.float32)
     rows = max(1, CHUNK // x.shape[1])
-    _run(_ce_loops()[0], (x, m, y, per, logs), threads=True, chunk=rows)
+    _run(_ce_loops()[0], (x, m, y, per, logs), chunk=rows, layout="mvivv")
     return per, (m, logs)
 
 
 def cross_entropy_grad(x, y, m_logs, scale):
     """dL/dx = (softmax(x) - onehot(y)) * scale (one scale, or one per row), in one pass."""
     m, logs = m_logs
+    y = np.ascontiguousarray(y, np.int64)
     gx = np.empty_like(x)
     rows = max(1, CHUNK // x.shape[1])
     scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (len(x),)))
-    _run(_ce_loops()[1], (x, y, m, logs, scale, gx), threads=True, chunk=rows)
+    _run(_ce_loops()[1], (x, y, m, logs, scale, gx), chunk=rows, layout="mivvvm")
     return gx
