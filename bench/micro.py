@@ -11,7 +11,10 @@
    one BLAS call through ctypes vs two NumPy passes;
 5. forward + backward of each activation with a fused kernel, and of softmax
    cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel,
-   and the benchmark's MLP epoch with the kernels on and off (needs numba).
+   and the benchmark's MLP epoch with the kernels on and off (needs numba);
+6. the team of threads (handydl.ops.threads) on and off: fused forward + backward
+   of a few activations, and an epoch of the benchmark's deep GELU MLP, whose
+   activations are just large enough to be split.
 """
 from __future__ import annotations
 
@@ -128,6 +131,7 @@ def fused_vs_numpy():
     print(f"  {'cross_entropy 4096x1000':<24}{plain:8.2f} ms {median_ms(ce_step):8.2f} ms")
     print(f"first fused call of each activation (compiling): {min(compile_s):.2f} to {max(compile_s):.2f} s")
     mlp_fused_on_off()
+    team_on_off()
 
 
 def mlp_fused_on_off(n=30000, batch=128, rounds=6):
@@ -148,6 +152,46 @@ def mlp_fused_on_off(n=30000, batch=128, rounds=6):
                     times[on] += timed(epoch, 1)[0]
     print(f"MLP epoch, {n} samples, batch {batch}: kernels on {np.median(times[True]) * 1e3:6.1f} ms, "
           f"off {np.median(times[False]) * 1e3:6.1f} ms")
+
+
+def on_off(fn, rounds, switch):
+    """Median ms of fn with switch(True) and switch(False), alternating in blocks."""
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for on in (True, False):
+            switch(on)
+            times[on] += timed(fn, 5)[0]
+    switch(True)
+    return {on: float(np.median(t)) * 1e3 for on, t in times.items()}
+
+
+def team_on_off():
+    """Fused loops split by the team vs one core (threads.team() made to return None)."""
+    from bench.worker import handydl_training, mlp_data
+    from handydl import ops
+    from handydl.ops import fused, threads
+    real = threads.team
+    if real() is None:
+        print("team of threads: one core here")
+        return
+
+    def switch(on):
+        fused._threads.team = real if on else (lambda: None)
+    x, g = data()
+    print("fwd+bwd per 1M float32     one core     team")
+    for name in ("sigmoid", "silu", "gelu", "relu", "hardswish"):
+        op = ops.get(name)
+
+        def step(op=op):
+            y, saved = op.forward(x)
+            op.backward(saved, g)
+        ms = on_off(step, 6, switch)
+        print(f"  {name:<24}{ms[False]:8.2f} ms {ms[True]:8.2f} ms")
+    X, y = mlp_data(2000)
+    p = dict(sizes=[784, 1024, 1024, 10], activation="gelu", optimizer="adam", batch=128)
+    _, _, epoch = handydl_training(p, X, y)
+    ms = on_off(epoch, 3, switch)
+    print(f"deep GELU MLP epoch, 2000 samples, batch 128: one core {ms[False]:6.1f} ms, team {ms[True]:6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ glibc serves big allocations (above a threshold that starts at 128 KiB) with
 mmap and gives them back with munmap on free.  NumPy code that allocates the
 same multi-megabyte temporaries on every step then spends most of its time in
 page faults, the kernel zeroing fresh pages: silu forward + backward on a
-million float32 elements took 15.2 ms that way and 4.9 ms with the blocks
-reused (``python -m bench.micro``, 2 cores).  ``tune_malloc()`` raises glibc's mmap and trim thresholds
-so that freed blocks are reused.  The cost: memory freed stays in the
-process (its RSS does not shrink back) up to the threshold per block.
+million float32 elements takes about three times as long that way as with
+the blocks reused (``python -m bench.micro`` prints both).  ``tune_malloc()``
+raises glibc's mmap and trim thresholds so that freed blocks are reused.  The
+cost: memory freed stays in the process (its RSS does not shrink back) up to
+the threshold per block.
 
 It changes the allocator of the whole process, so it is opt-in: ``fit()``,
 ``handydl train`` and the benchmark call it; a library user calls it once.

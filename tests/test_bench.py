@@ -57,3 +57,11 @@ def test_micro_times_both_axpy_paths_and_restores_the_threshold(capsys):
     assert optimizer.AXPY_MIN == before
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [f"axpy of {n:>5} float32" for n in (10, before)]
+
+
+def test_micro_on_off_times_both_settings_and_ends_switched_on():
+    micro = pytest.importorskip("bench.micro")
+    calls = []
+    ms = micro.on_off(lambda: None, rounds=2, switch=calls.append)
+    assert set(ms) == {True, False} and all(v >= 0 for v in ms.values())
+    assert calls == [True, False, True, False, True]     # alternating, and left on

@@ -6,7 +6,7 @@ each single-threaded and each allocating.  PyTorch and XLA instead run one
 SIMD loop per op.  When numba is installed (``pip install "handydl[fast]"``),
 an activation that declares a *scalar kernel* gets the same: numba compiles
 the kernel into one vectorized float32 loop that writes y and dy/dx together
-(split across the cores when it computes exponentials); backward is then
+(split across the cores on large arrays, by threads.py); backward is then
 ``gx = gy * dy/dx``.  Two other ways to save move less memory:
 piecewise-linear kernels declare ``save="input"`` (forward writes y alone,
 backward recomputes dy/dx from x), and sigmoid ``save="output"`` with its

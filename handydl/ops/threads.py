@@ -1,10 +1,10 @@
 r"""A team of threads that split one compiled loop into chunks, handed over in
 microseconds.
 
-Waking a sleeping thread costs ~0.05 ms on this project's machine (more on a
-busy one), and joining it through Python as much again: about what one core
-needs to stream a million floats.  So a loop split over a sleeping thread pool
-gains little, and the memory-bound ones lose.  PyTorch's OpenMP threads
+Waking a sleeping thread and joining it through Python costs about as much,
+on this project's machine, as one core needs to stream a million floats (the
+notes of issue 5 have the measurements).  So a loop split over a sleeping
+thread pool gains little, and the memory-bound ones lose.  PyTorch's OpenMP threads
 instead spin for a while after each job and take the next one at once.  This
 team does the same, in compiled code and without the GIL:
 
