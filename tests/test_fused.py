@@ -267,6 +267,19 @@ def logits(rows=1500, classes=100, seed=5):
     return x, rng.integers(0, classes, rows)
 
 
+def test_cross_entropy_threads_give_the_bits_of_one_thread(monkeypatch):
+    x, y = logits()
+    y = y.astype(np.int32)                    # labels of another integer dtype are converted
+
+    def loss_and_grad():
+        loss, saved = ops.cross_entropy.forward(x, y, reduction="none")
+        return loss, ops.cross_entropy.backward(saved, 1.0)[0]
+    split = loss_and_grad()
+    monkeypatch.setattr(fused._threads, "team", lambda: None)
+    for a, b in zip(split, loss_and_grad()):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_fused_cross_entropy_is_as_accurate_as_the_numpy_path(reduction):
     x, y = logits()

@@ -121,3 +121,25 @@ def test_bad_arrays_are_refused_before_anything_runs(arrays, params, message):
         team.run(threads.part(axpy_once, "vv", 1), arrays, 4, params)
     np.testing.assert_array_equal(team.ctrl, before)
     assert all(not a.any() for a in arrays)
+
+
+@pytest.mark.parametrize("layout", ["vx", "v" * (threads.SLOTS - threads.ADDRESS + 1)])
+def test_a_part_names_a_bad_layout(layout):
+    with pytest.raises(ValueError, match="layout"):
+        threads.part(axpy_once, layout, 1)
+
+
+def test_a_matrix_after_a_vector_and_mismatched_columns():
+    @numba.njit(nogil=True)
+    def row_sums(s, x):
+        for i in range(s.size):
+            s[i] = x[i].sum()
+    x = np.arange(3000 * 5, dtype=np.float32).reshape(3000, 5)
+    s = np.zeros(3000, np.float32)
+    team.run(threads.part(row_sums, "vm"), [s, x], 100)
+    np.testing.assert_array_equal(s, x.sum(axis=1))
+    @numba.njit(nogil=True)
+    def copy(a, b):
+        b[:] = a
+    with pytest.raises(ValueError, match=r"\[4, 5\]"):
+        team.run(threads.part(copy, "mm"), [x, np.zeros((3000, 4), np.float32)], 100)

@@ -109,7 +109,7 @@ class _Team:
         the helpers ran.  The arrays must match the part's layout and stay alive
         until it returns (the caller holds them).  While another Python thread
         uses the team, the loop runs on this thread alone."""
-        _check(part, arrays, params)
+        columns = _check(part, arrays, params)
         if not self.busy.acquire(blocking=False):
             part.loop(*arrays, *(() if part.params is None else (tuple(params),)))
             return 0
@@ -117,7 +117,7 @@ class _Team:
             c = self.ctrl
             n = len(arrays[0])
             c[N], c[SIZE], c[DONE], c[PART] = n, size, 0, part.cfunc.address
-            c[COLS] = arrays[0].shape[1] if arrays[0].ndim == 2 else 1
+            c[COLS] = columns
             for k, a in enumerate(arrays):
                 c[ADDRESS + k] = a.ctypes.data
             self.params[:len(params)] = params
@@ -134,7 +134,8 @@ KINDS = {"v": (np.float32, 1), "m": (np.float32, 2), "i": (np.int64, 1)}
 
 
 def _check(part, arrays, params):
-    """ValueError unless the arrays are what the part reads through raw addresses."""
+    """ValueError unless the arrays are what the part reads through raw addresses;
+    else the matrices' number of columns (1 without matrices)."""
     if len(arrays) != len(part.layout) or len(params) != (part.params or 0):
         raise ValueError(f"part for layout {part.layout!r} with {part.params} params got "
                          f"{len(arrays)} arrays and {len(params)} params")
@@ -145,9 +146,10 @@ def _check(part, arrays, params):
             raise ValueError(f"array {k} of layout {part.layout!r} must be a C-contiguous {ndim}-D "
                              f"{np.dtype(dtype).name} array of {len(arrays[0])} rows; got "
                              f"{getattr(a, 'dtype', type(a).__name__)} of shape {getattr(a, 'shape', None)}")
-    if "m" in part.layout and any(a.shape[1] != arrays[0].shape[1] for a, kind in zip(arrays, part.layout)
-                                  if kind == "m"):
-        raise ValueError("the matrices of a part must have the same number of columns")
+    columns = {a.shape[1] for a, kind in zip(arrays, part.layout) if kind == "m"}
+    if len(columns) > 1:
+        raise ValueError(f"the matrices of a part must have one number of columns; got {sorted(columns)}")
+    return columns.pop() if columns else 1
 
 
 # -- the compiled pieces ---------------------------------------------------------------------
