@@ -205,8 +205,11 @@ def _build():
 
     machine = platform.machine().lower()
     hint = "pause" if machine in ("x86_64", "amd64", "i686") else "yield" if machine in ("aarch64", "arm64") else ""
-    if hint:
-        llvmlite.binding.initialize_native_asmparser()   # inline asm needs it
+    parser = getattr(llvmlite.binding, "initialize_native_asmparser", None)
+    if hint and parser is not None:
+        parser()                                   # inline asm needs it
+    else:                                          # a plain spin: correct, a little less polite
+        hint = ""
 
     @intrinsic
     def pause(typingctx):
