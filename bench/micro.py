@@ -10,11 +10,13 @@
 4. an optimizer update y += a x of 10 and of 32768 float32 (optimizer.AXPY_MIN):
    one BLAS call through ctypes vs two NumPy passes;
 5. forward + backward of each activation with a fused kernel, and of softmax
-   cross-entropy on 4096 x 1000 logits: the NumPy path vs the fused kernel,
+   cross-entropy on 4096 x 1000 logits and on the MLP's batches of 10 classes:
+   the NumPy path vs the fused kernel,
    and the benchmark's MLP epoch with the kernels on and off (needs numba);
 6. the team of threads (handydl.ops.threads) on and off: fused forward + backward
-   of a few activations, and an epoch of the benchmark's deep GELU MLP, whose
-   activations are just large enough to be split.
+   of a few activations, and epochs of the benchmark's deep GELU MLP: at batch
+   512, whose activations are split, and at batch 128, whose activations
+   (131,072 elements) fused.SPLIT keeps on one core, split anyway.
 """
 from __future__ import annotations
 
@@ -129,6 +131,19 @@ def fused_vs_numpy():
     with fused.disabled():
         plain = median_ms(ce_step)
     print(f"  {'cross_entropy 4096x1000':<24}{plain:8.2f} ms {median_ms(ce_step):8.2f} ms")
+    print("the MLP's loss step (CrossEntropyLoss forward + backward), 10 classes:")
+    from handydl import nn
+    for rows in (32, 128, 512):
+        z, y = ce_data(rows, 10)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def loss_step(z=z, y=y, loss_fn=loss_fn, calls=100):
+            for _ in range(calls):
+                loss_fn(z, y)
+                loss_fn.backward()
+        with fused.disabled():
+            plain = median_ms(loss_step) * 10           # us per call
+        print(f"  batch {rows:<18}{plain:8.1f} us {median_ms(loss_step) * 10:8.1f} us")
     print(f"first fused call of each activation (compiling): {min(compile_s):.2f} to {max(compile_s):.2f} s")
     mlp_fused_on_off()
     team_on_off()
@@ -196,11 +211,24 @@ def team_on_off():
             op.backward(saved, g)
         ms = on_off(step, 6, switch)
         print(f"  {name:<24}{ms[False]:8.2f} ms {ms[True]:8.2f} ms")
-    X, y = mlp_data(2000)
-    p = dict(sizes=[784, 1024, 1024, 10], activation="gelu", optimizer="adam", batch=128)
-    _, _, epoch = handydl_training(p, X, y)
+    # in training, where the activations come right after matrix products
+    deep = dict(sizes=[784, 1024, 1024, 10], activation="gelu", optimizer="adam")
+    X, y = mlp_data(2048)
+    _, _, epoch = handydl_training({**deep, "batch": 512}, X, y)
     ms = on_off(epoch, 3, switch)
-    print(f"deep GELU MLP epoch, 2000 samples, batch 128: one core {ms[False]:6.1f} ms, team {ms[True]:6.1f} ms")
+    print(f"deep GELU MLP epoch, batch 512 (activations of 524,288, split): one core {ms[False]:6.1f} ms, "
+          f"team {ms[True]:6.1f} ms")
+    split = fused.SPLIT
+
+    def split_at_two(on):
+        fused.SPLIT = 2 if on else split
+    _, _, epoch = handydl_training({**deep, "batch": 128}, X, y)
+    try:
+        ms = on_off(epoch, 3, split_at_two)
+    finally:
+        fused.SPLIT = split
+    print(f"deep GELU MLP epoch, batch 128 (activations of 131,072): split at 2 chunks {ms[True]:6.1f} ms, "
+          f"at fused.SPLIT = {split} (not split) {ms[False]:6.1f} ms")
 
 
 if __name__ == "__main__":

@@ -47,13 +47,22 @@ import numpy as np
 
 from . import threads as _threads
 
-# Below MIN_SIZE elements a kernel call costs more than it saves.  Threads take
-# CHUNK elements at a time from loops that compute exponentials, CHEAP_CHUNK from
-# the others (memory-bound: they gain from a second core only on larger arrays);
-# a loop is split when it has two chunks or more (see _run).
+# Below MIN_SIZE elements a kernel call costs more than it saves.
 MIN_SIZE = 4096
+# Softmax cross-entropy replaces a chain of NumPy calls with two compiled ones
+# and pays off from far smaller inputs; rows of up to NARROW classes find their
+# max inside the fused pass.
+CE_MIN_SIZE = 256
+NARROW = 64
+# Threads take CHUNK elements at a time from loops that compute exponentials,
+# CHEAP_CHUNK from the others (memory-bound: they gain from a second core only
+# on larger arrays); a loop is split when it has SPLIT chunks or more.  Fewer
+# would split the activations of MLPs of a few hundred units at batch 512,
+# which run right after matrix products, while OpenBLAS's threads still spin on
+# the other core: there the split made the epoch slower (python -m bench.micro).
 CHUNK = 1 << 16
 CHEAP_CHUNK = 1 << 17
+SPLIT = 4
 
 _enabled = os.environ.get("HANDYDL_FUSED", "1") != "0"
 _lock = threading.Lock()
@@ -150,10 +159,11 @@ def disabled():
         _enabled = before
 
 
-def usable(x) -> bool:
-    """Whether the fused path applies to x: a large contiguous float32 array."""
+def usable(x, min_size=MIN_SIZE) -> bool:
+    """Whether the fused path applies to x: a contiguous float32 array of at
+    least ``min_size`` elements."""
     return (_enabled and isinstance(x, np.ndarray) and x.dtype == np.float32
-            and x.size >= MIN_SIZE and x.flags.c_contiguous and _load_numba() is not None)
+            and x.size >= min_size and x.flags.c_contiguous and _load_numba() is not None)
 
 
 def _load_numba():
@@ -301,11 +311,11 @@ def _multiply_loop():
 
 def _run(loop, arrays, *params, chunk=None, layout=None):
     """loop(*arrays, *params) over the rows of the arrays; split among the cores
-    by the team of threads.py, ``chunk`` rows at a time, when there are two
+    by the team of threads.py, ``chunk`` rows at a time, when there are SPLIT
     chunks or more.  layout names the arrays' kinds for the team (threads.part);
     the default is all float32 vectors."""
     n = len(arrays[0])
-    team = _threads.team() if chunk and n >= 2 * chunk else None
+    team = _threads.team() if chunk and n >= SPLIT * chunk else None
     if team is None:
         loop(*arrays, *params)
         return
@@ -434,9 +444,15 @@ def _derivative(saved):
 def _ce_forward(x, m, y, per, logs):
     """Per row n, with m_n = max_c x_nc: log S_n = log sum_c e^{x_nc - m_n} and
     L_n = log S_n - (x_{n,y_n} - m_n).  x - m is formed first, as in the NumPy
-    path: adding m back (log-sum-exp) would round at the scale of |x|."""
+    path: adding m back (log-sum-exp) would round at the scale of |x|.  Rows of
+    at most NARROW classes find m_n here; wider ones come with it in m."""
     rows, classes = x.shape                  # (not x.shape[0]: _float32 makes literals floats)
     for i in range(rows):
+        if classes <= NARROW:
+            m[i] = -np.inf
+            for c in range(classes):
+                # NaN never wins the max, but its e^{x - m} makes the row NaN below
+                m[i] = where(x[i, c] > m[i], x[i, c], m[i])
         s = np.float64(0)                     # summed in double: 1000 terms lose no digits
         for c in range(classes):
             s += exp(x[i, c] - m[i])
@@ -465,8 +481,10 @@ def _ce_loops():
 
 def cross_entropy_rows(x, y):
     """(per-row losses, (m, log S)) of softmax cross-entropy with class indices y,
-    for a usable 2-D float32 x: NumPy's SIMD row max, then one fused pass per row."""
-    m = x.max(axis=1)
+    for a 2-D float32 x usable with CE_MIN_SIZE: one fused pass per row, after
+    NumPy's SIMD row max for rows of more than NARROW classes (on narrower rows
+    NumPy's reduction costs more per row than the fused pass finding the max)."""
+    m = np.empty(len(x), np.float32) if x.shape[1] <= NARROW else x.max(axis=1)
     y = np.ascontiguousarray(y, np.int64)     # the threads' view of the labels is int64
     per = np.empty(len(x), np.float32)
     logs = np.empty(len(x), np.float32)

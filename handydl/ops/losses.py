@@ -279,7 +279,7 @@ def _plain_cross_entropy(x, y, reduction):
     L_n = log S_n - z_{n, y_n} with z = x - max and S = sum_c e^{z_c}.  Backward
     is (e^z / S - onehot(y)) * scale; the division by S is folded into the
     backward's one pass, so forward makes two passes over the logits."""
-    if fused.usable(x):                                    # large float32 logits
+    if fused.usable(x, fused.CE_MIN_SIZE):                 # float32 logits
         per, m_logs = fused.cross_entropy_rows(x, y)
         return _reduce(per, reduction), ("fused", x, m_logs, y, reduction)
     rows = np.arange(len(y))
