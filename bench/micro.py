@@ -197,9 +197,9 @@ def team_on_off():
         pool.submit(int).result()
         us = median_ms(lambda: [pool.submit(int).result() for _ in range(100)]) * 10
     print(f"a sleeping thread pool: submit a no-op and join it: {us:6.1f} us")
-    # OpenBLAS's threads keep spinning for a while after the last matrix product
-    # (the MLP epochs above) and share the second core with the team's helper;
-    # the activation rows measure the activations alone, as the benchmark does
+    # OpenBLAS's threads may keep spinning for a while after the last matrix
+    # product (the MLP epochs above) and share the second core with the team's
+    # helper; the activation rows measure the activations alone, as the benchmark does
     time.sleep(0.5)
     x, g = data()
     print("fwd+bwd per 1M float32     one core     team")

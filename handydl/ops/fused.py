@@ -58,9 +58,9 @@ NARROW = 64
 # CHEAP_CHUNK from the others (memory-bound: they gain from a second core only
 # on larger arrays); a loop is split when it has SPLIT chunks or more.  Two
 # would split training-sized activations (131,072 elements: 1024 units at batch
-# 128), which run right after matrix products while OpenBLAS's threads still
-# spin on the other core: there the split made the epoch slower (python -m
-# bench.micro).
+# 128), which run right after matrix products (whose OpenBLAS threads, we think,
+# still spin on the other core): there the split made the epoch slower
+# (python -m bench.micro).
 CHUNK = 1 << 16
 CHEAP_CHUNK = 1 << 17
 SPLIT = 4

@@ -1,10 +1,11 @@
 r"""A team of threads that split one compiled loop into chunks, handed over in
 microseconds.
 
-Waking a sleeping thread and joining it through Python costs about as much,
-on this project's machine, as one core needs to stream a million floats (the
-notes of issue 5 have the measurements).  So a loop split over a sleeping
-thread pool gains little, and the memory-bound ones lose.  PyTorch's OpenMP threads
+Waking a sleeping thread and joining it through Python costs tens of
+microseconds (``python -m bench.micro`` times a no-op round trip), twice per
+forward + backward: a sizable part of the 0.2 to 0.5 ms one core needs for a
+piecewise-linear activation on a million floats.  So a loop split over a
+sleeping thread pool gains little, and the memory-bound ones lose.  PyTorch's OpenMP threads
 instead spin for a while after each job and take the next one at once.  This
 team does the same, in compiled code and without the GIL:
 
@@ -84,7 +85,7 @@ class _Team:
         self.ctrl[PARAMS] = self.params.ctypes.data
         self.ctrl[TICKET] = LOW                      # job 0, closed
         self.seq = 0
-        self.spins = c["spins_per_second"] * SPIN
+        self.spins = int(c["spins_per_second"] * SPIN)
         self.helpers = helpers
         self.wake = threading.Condition()
         self.sleeping = 0                            # helpers waiting on self.wake
@@ -96,7 +97,7 @@ class _Team:
         serve = _compiled()["serve"]
         seen = 0
         while True:
-            seen = serve(self.ctrl, seen, int(self.spins))
+            seen = serve(self.ctrl, seen, self.spins)
             with self.wake:
                 if self.ctrl[TICKET] >> 32 == seen:   # nothing new: sleep until run() calls
                     self.sleeping += 1
