@@ -4,6 +4,7 @@ domain, the kinks, the extremes of float32, NaN and +-inf, on arrays large
 enough to be split across threads."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -253,6 +254,94 @@ def test_threads_give_the_bits_of_one_thread(op, params, monkeypatch):
     y1, _, gx1 = forward_backward(op, x, params, gy)
     np.testing.assert_array_equal(y, y1)
     np.testing.assert_array_equal(gx, gx1)
+
+
+# -- PReLU with one slope: leaky ReLU's kernel, and a fused dL/da -------------------------------
+
+PRELU_SLOPES = [0.25, 1.5, -0.3, 0.0]
+
+
+def prelu_both_ways(x, weight, gy):
+    """(y, gx, dL/da) fused, unfused in float32, and unfused in float64."""
+    op = ops.prelu
+    with np.errstate(all="raise"):
+        y, saved = op.forward(x, weight)
+        gx, ga = op.backward(saved, gy)
+    assert isinstance(saved[0], str), "the fused path was not taken"
+    with fused.disabled(), np.errstate(all="ignore"):
+        y32, saved32 = op.forward(x, weight)
+        gx32, ga32 = op.backward(saved32, gy)
+        y64, saved64 = op.forward(x.astype(np.float64), weight.astype(np.float64))
+        gx64, ga64 = op.backward(saved64, gy.astype(np.float64))
+    assert not isinstance(saved32[0], str)
+    return (y, gx, ga), (y32, gx32, ga32), (y64, gx64, ga64)
+
+
+@pytest.mark.parametrize("a", PRELU_SLOPES)
+def test_prelu_with_one_slope_is_as_accurate_as_the_numpy_path(a):
+    x = inputs(ops.prelu)
+    x = x[np.isfinite(x)]                      # +-inf: below; a NaN makes dL/da NaN (below)
+    gy = np.random.default_rng(3).standard_normal(x.size).astype(np.float32)
+    weight = np.array([a], np.float32)
+    (y, gx, ga), (y32, gx32, ga32), (y64, gx64, ga64) = prelu_both_ways(x, weight, gy)
+    assert_as_accurate(y, y32, y64, f"prelu a={a} forward", scale=1.0)
+    assert_as_accurate(gx, gx32, gx64, f"prelu a={a} backward", scale=np.abs(gy))
+    assert ga.shape == (1,) and ga.dtype == np.float32
+    # summed in double, the fused dL/da is at least as close to float64's as NumPy's float32 sum
+    assert abs(ga[0] - ga64[0]) <= abs(ga32[0] - ga64[0]) + 1e-6 * abs(ga64[0])
+
+
+def test_prelu_with_one_slope_at_nan_and_infinities():
+    x = inputs(ops.prelu)
+    gy = np.random.default_rng(4).standard_normal(x.size).astype(np.float32)
+    gy[np.isinf(x)] = 1.0                      # gy * -inf with gy = 0 would be NaN
+    weight = np.array([0.25], np.float32)
+    (y, gx, ga), (y32, gx32, ga32), _ = prelu_both_ways(x, weight, gy)
+    np.testing.assert_array_equal(y, y32)
+    np.testing.assert_array_equal(gx, gx32)
+    assert np.isnan(ga[0]) and np.isnan(ga32[0])
+    finite = np.isfinite(x) | (x == np.inf)    # +inf adds 0 to dL/da, -inf adds -inf
+    _, (ga_pos,) = ops.prelu.backward(ops.prelu.forward(np.where(finite, x, 0), weight)[1], gy)
+    assert np.isfinite(ga_pos)
+    _, (ga_neg,) = ops.prelu.backward(ops.prelu.forward(np.where(np.isnan(x), 0, x), weight)[1], gy)
+    assert ga_neg == -np.inf
+
+
+def test_prelu_with_one_slope_matches_torch_and_falls_back_where_it_must():
+    x = inputs(ops.prelu)
+    x = x[np.isfinite(x) & (np.abs(x) < 1e4)]
+    gy = np.random.default_rng(5).standard_normal(x.size).astype(np.float32)
+    weight = np.array([0.25], np.float32)
+    y, saved = ops.prelu.forward(x, weight)
+    gx, ga = ops.prelu.backward(saved, gy)
+    tx, tw = to_torch(torch, x, requires_grad=True), to_torch(torch, weight, requires_grad=True)
+    ty = torch.nn.functional.prelu(tx, tw)
+    tgx, tga = torch.autograd.grad(ty, (tx, tw), torch.from_numpy(gy))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(gx, tgx.numpy())
+    np.testing.assert_allclose(ga, tga.numpy(), rtol=1e-5)
+    # a float64 gy, a per-channel slope and a float64 slope take the NumPy path's rules
+    gx64, ga64 = ops.prelu.backward(saved, gy.astype(np.float64))
+    assert gx64.dtype == np.float64 and ga64.shape == (1,)
+    np.testing.assert_allclose(ga64, ga, rtol=1e-5)
+    x2 = x[:4096 * 4].reshape(4096, 4)
+    assert not isinstance(ops.prelu.forward(x2, np.full(4, 0.25, np.float32))[1][0], str)
+    assert not isinstance(ops.prelu.forward(x, weight.astype(np.float64))[1][0], str)
+
+
+def test_prelu_module_trains_the_same_with_and_without_kernels():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((512, 16)).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    grads = []
+    for enabled in (True, False):
+        m = nn.PReLU()
+        with (contextlib.nullcontext() if enabled else fused.disabled()):
+            m(x)
+            gx = m.backward(gy)
+        grads.append((gx, m.weight.grad.copy()))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5)
 
 
 # -- softmax cross-entropy, fused row by row -------------------------------------------------

@@ -7,8 +7,8 @@ tests check the values there, and at NaN, against it).  Piecewise ops blend
 with 0/1 masks instead of selecting with np.where: exact, and free of the
 branch mispredictions a select suffers on random signs.
 
-Each activation but tanh (NumPy's tanh is already one SIMD loop), prelu and
-identity also has a scalar kernel, the same
+Each activation but tanh (NumPy's tanh is already one SIMD loop), prelu (with
+one slope it runs leaky ReLU's) and identity also has a scalar kernel, the same
 f and f' written for one number (``@op.set_kernel``): with numba installed,
 large float32 arrays run it as one fused loop (see :mod:`handydl.ops.fused`).
 The NumPy code above each kernel is the reference the tests hold it to.
@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from . import fused
 from .fused import exp, expm1, log1p, tanh as tanh_scalar, where
 from .registry import WIDE, as_float, register
 
@@ -207,10 +208,15 @@ def _channel_shape(x, weight):
 def prelu(x, weight):
     """Leaky ReLU with a learned slope ``weight``: one per channel (dim 1) or one in all.
 
-    y = max(x, 0) + a min(x, 0): exact on both sides, and no select.
+    y = max(x, 0) + a min(x, 0): exact on both sides, and no select.  With one
+    slope on a large float32 array this is leaky ReLU with negative_slope = a,
+    and runs leaky ReLU's fused kernel (dL/da then takes one more fused pass).
     """
     x, weight = as_float(x), as_float(weight)
     a = weight.reshape(_channel_shape(x, weight))
+    if weight.size == 1 and weight.dtype == x.dtype and fused.usable(x):
+        y, kept = fused.forward(leaky_relu.kernel_for({}), x, (weight.item(),))
+        return y, ("fused", kept, weight.shape)
     negative_part = np.minimum(x, 0)
     y = np.maximum(x, 0)
     y += a * negative_part
@@ -219,6 +225,14 @@ def prelu(x, weight):
 
 @prelu.set_backward
 def _prelu_backward(saved, gy):
+    if isinstance(saved[0], str):                   # one slope, leaky ReLU's kernel
+        _, kept, weight_shape = saved
+        x = kept.x
+        if fused.usable(gy) and gy.shape == x.shape:
+            ga = np.full(weight_shape, fused.negative_dot(x, gy), x.dtype)
+        else:                                       # gy of another dtype or shape
+            ga = (gy * np.minimum(x, 0)).sum().reshape(weight_shape)
+        return fused.backward(kept, gy), ga
     negative_part, a, positive, weight_shape = saved
     gx = gy * (positive + a * (1 - positive))        # 1 for x > 0, a otherwise (and at NaN)
     # dL/da_c = sum of gy * min(x, 0) over every axis the slope was broadcast along

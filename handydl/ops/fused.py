@@ -310,6 +310,26 @@ def _multiply_loop():
         return _compiled["multiply"]
 
 
+def _negative_dot(x, gy):
+    """sum of gy_i x_i over x_i <= 0 (and NaN), summed in double."""
+    s = np.float64(0)
+    for i in range(x.size):
+        s += where(x[i] > 0, 0.0, gy[i] * x[i])
+    return s
+
+
+def negative_dot(x, gy):
+    r"""PReLU's dL/da for one slope a: :math:`\sum_{x_i \le 0} g_{y,i} x_i`, in one pass
+    over usable float32 x and gy of one shape (one thread: it is a reduction).
+    A NaN in x makes it NaN, as in NumPy's ``(gy * np.minimum(x, 0)).sum()``."""
+    with _lock:
+        if "negative_dot" not in _compiled:
+            # reassoc lets the compiler vectorize the sum (in partial sums)
+            _compiled["negative_dot"] = _jit(_float32(_negative_dot, _compiled_helpers()),
+                                             fastmath={"contract", "reassoc"})
+    return float(_compiled["negative_dot"](x.reshape(-1), gy.reshape(-1)))
+
+
 def _run(loop, arrays, *params, chunk=None, layout=None):
     """loop(*arrays, *params) over the rows of the arrays; split among the cores
     by the team of threads.py, ``chunk`` rows at a time, when there are SPLIT
