@@ -94,7 +94,8 @@ def handydl_mlp(p):
     model, loss_fn, epoch = handydl_training(p, X, y)
     samples, mem = timed(epoch, p["repeats"])
     floor = matmul_floor(X, p, model)
-    return {"samples": samples, "peak_mb": mem, "floor": floor, "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+    return {"samples": samples, "peak_mb": mem, "floor": floor, "sgemm_gflops": sgemm_rates(),
+            "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
 
 
 def handydl_training(p, X, y):
@@ -139,6 +140,21 @@ def matmul_floor(X, p, model):
                     g = g @ Ws[k].T               # dL/dx (not for the first layer: its input is data)
     samples, _ = timed(products, p["repeats"])
     return samples
+
+
+def sgemm_rates(n=2048, repeats=3):
+    """GFLOP/s of a large float32 product (2 n^3 flops) on all cores, NumPy's BLAS:
+    what this machine's products reach at best, against which an MLP epoch's
+    time is bounded below (bench/__main__.py)."""
+    A = np.random.default_rng(2).standard_normal((n, n)).astype(np.float32)
+    out = np.empty_like(A)
+    np.matmul(A, A, out=out)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.matmul(A, A, out=out)
+        rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return rates
 
 
 def each_op(p, make_step):

@@ -38,6 +38,37 @@ def test_ratios_floor_and_targets():
     assert verdict["activation relu: handydl / torch <= 1.0"] is False
 
 
+def test_mlp_flops_count_the_products_of_a_training_step():
+    # 3-2-1, one sample: forward 3*2 + 2*1 multiply-adds, dL/dW 3*2 + 2*1, dL/dx of the
+    # second layer 2*1 (the first layer's input is data): 18 multiply-adds, 36 flops
+    assert bench.mlp_flops({"sizes": [3, 2, 1], "n": 1}) == 36
+    assert bench.mlp_flops({"sizes": [3, 2, 1], "n": 10}) == 360
+
+
+def test_a_target_beyond_the_products_or_the_machine_says_so():
+    params = {"sizes": [784, 256, 10], "n": 60000}
+    flops = bench.mlp_flops(params)
+    results = {"mlp_epoch_b512": {"kind": "mlp", "params": params,
+                                  "handydl": {**fake(0.35, floor=0.3), "sgemm_gflops": [150.0, 180.0]},
+                                  "torch": fake(0.45), "jax": fake(0.30)}}
+    rows, checks = bench.report(results, ("handydl", "torch", "jax"))
+    row = rows[0]
+    assert row["sgemm_gflops"] == 180.0                        # the best rate of the run
+    assert row["jax"]["gflops"] == pytest.approx(flops / 0.30 / 1e9)
+    assert row["floor_gflops"] == pytest.approx(flops / 0.3 / 1e9)          # ~164 GFLOP/s
+    c = next(c for c in checks if "fastest" in c["target"])
+    assert c["needs_gflops"] == pytest.approx(flops / (0.8 * 0.30) / 1e9)    # ~205 GFLOP/s
+    assert c["beyond_machine"] and c["beyond_floor"] and not c["pass"]
+    assert "faster than the best sgemm" in bench.check_line(c)
+    results["mlp_epoch_b512"]["jax"] = fake(0.36)              # needs ~170 GFLOP/s
+    c = next(c for c in bench.report(results, ("handydl", "torch", "jax"))[1] if "fastest" in c["target"])
+    assert c["beyond_floor"] and not c["beyond_machine"]
+    assert "faster than the step's products alone" in bench.check_line(c)
+    results["mlp_epoch_b512"]["jax"] = fake(0.40)              # needs ~154 GFLOP/s: reachable
+    c = next(c for c in bench.report(results, ("handydl", "torch", "jax"))[1] if "fastest" in c["target"])
+    assert not c["beyond_machine"] and not c["beyond_floor"] and "faster than" not in bench.check_line(c)
+
+
 def test_handydl_worker_runs_the_public_api_and_measures_the_floor():
     params = dict(sizes=[784, 32, 10], activation="relu", optimizer="sgd", n=512, batch=128, repeats=2)
     r = subprocess.run([sys.executable, "-m", "bench.worker", "handydl", "mlp", json.dumps(params)],
@@ -45,6 +76,7 @@ def test_handydl_worker_runs_the_public_api_and_measures_the_floor():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["samples"]) == 2 and len(out["floor"]) == 2 and out["loss"] > 0
+    assert len(out["sgemm_gflops"]) == 3 and min(out["sgemm_gflops"]) > 0
 
 
 def test_micro_times_both_axpy_paths_and_restores_the_threshold(capsys):
