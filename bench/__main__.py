@@ -49,12 +49,13 @@ def workloads(quick):
     return out
 
 
-def run_worker(fw, kind, params):
+def run_worker(fw, jobs):
+    """Results of [(kind, params), ...], run in order in one process of framework fw."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "bench.worker", fw, kind, json.dumps(params)],
+    r = subprocess.run([sys.executable, "-m", "bench.worker", fw, json.dumps(jobs)],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
     if r.returncode != 0:
-        raise RuntimeError(f"{fw} {kind} failed:\n{r.stderr[-2000:]}")
+        raise RuntimeError(f"{fw} {[kind for kind, _ in jobs]} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -78,16 +79,23 @@ def summary(samples):
 
 
 def measure(quick, frameworks, cycles):
-    results = {}
-    for name, kind, params in workloads(quick):
-        runs = {fw: [] for fw in frameworks}
-        for cycle in range(cycles):                  # interleaved: A B C A B C
-            order = frameworks if cycle % 2 == 0 else frameworks[::-1]
-            for fw in order:
-                runs[fw].append(run_worker(fw, kind, params))
-        results[name] = {"kind": kind, "params": params, **{fw: merge(r) for fw, r in runs.items()}}
-        print(f"  measured {name}", file=sys.stderr)
-    return results
+    """{workload: {"kind", "params", fw: merged results}}, in cycles that alternate
+    the frameworks' order (A B C, C B A, ...).  A full run starts a process per
+    workload and framework, interleaved workload by workload; a quick run one
+    process per framework for all workloads, because starting processes
+    (importing torch, compiling handydl's kernels) is most of its time."""
+    jobs = workloads(quick)
+    groups = [[job] for job in jobs] if not quick else [jobs]
+    runs = {name: {fw: [] for fw in frameworks} for name, _, _ in jobs}
+    for group in groups:
+        for cycle in range(cycles):
+            for fw in frameworks if cycle % 2 == 0 else frameworks[::-1]:
+                results = run_worker(fw, [(kind, params) for _, kind, params in group])
+                for (name, _, _), result in zip(group, results):
+                    runs[name][fw].append(result)
+        print(f"  measured {', '.join(name for name, _, _ in group)}", file=sys.stderr)
+    return {name: {"kind": kind, "params": params, **{fw: merge(r) for fw, r in runs[name].items()}}
+            for name, kind, params in jobs}
 
 
 TARGETS = [  # (workload, what, limit): handydl / peer or / floor must be <= limit

@@ -1,4 +1,4 @@
-"""One framework, one workload, in a process of its own; prints one JSON line.
+"""One framework, its workloads, in a process of its own; prints one JSON line.
 
 Each framework gets its own process so that thread pools cannot interfere
 (OpenBLAS's threads, PyTorch's OpenMP threads and XLA's thread pool all spin
@@ -6,7 +6,11 @@ after work; in one process on 2 cores they slow each other down).  The
 runner (bench/__main__.py) interleaves the workers in cycles, so slow phases of
 a shared machine hit every framework alike.
 
-    python -m bench.worker FRAMEWORK WORKLOAD '{"batch": 128, "n": 60000, "repeats": 3}'
+    python -m bench.worker FRAMEWORK '[["mlp", {"sizes": [784, 256, 10], "activation": "relu",
+        "optimizer": "sgd", "batch": 128, "n": 60000, "repeats": 3}]]'
+
+runs a list of [kind, params] jobs in order and prints a JSON list of their
+results (a quick run gives one process all workloads).
 """
 from __future__ import annotations
 
@@ -378,9 +382,8 @@ WORKERS = {(fw, kind): globals()[f"{fw}_{kind}"]
 
 
 def main():
-    fw, kind, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    result = WORKERS[(fw, kind)](params)
-    print(json.dumps(result))
+    fw, jobs = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps([WORKERS[(fw, kind)](params) for kind, params in jobs]))
 
 
 if __name__ == "__main__":

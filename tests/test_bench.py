@@ -71,10 +71,10 @@ def test_a_target_beyond_the_products_or_the_machine_says_so():
 
 def test_handydl_worker_runs_the_public_api_and_measures_the_floor():
     params = dict(sizes=[784, 32, 10], activation="relu", optimizer="sgd", n=512, batch=128, repeats=2)
-    r = subprocess.run([sys.executable, "-m", "bench.worker", "handydl", "mlp", json.dumps(params)],
+    r = subprocess.run([sys.executable, "-m", "bench.worker", "handydl", json.dumps([["mlp", params]])],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, = json.loads(r.stdout)
     assert len(out["samples"]) == 2 and len(out["floor"]) == 2 and out["loss"] > 0
     assert len(out["sgemm_gflops"]) == 3 and min(out["sgemm_gflops"]) > 0
 
