@@ -1,12 +1,13 @@
 """handydl vs PyTorch (eager) vs JAX (jit) on the CPU, side by side in one run.
 
-    python -m bench            # the full run (a few minutes on 2 cores)
-    python -m bench --quick    # the same workloads, smaller (under a minute)
+    python -m bench            # the full run (about 6 minutes on 2 cores)
+    python -m bench --quick    # the same workloads, smaller (about 35 s)
 
 Writes bench/results/bench.json and bench/results/bench.png and prints a table
 with the median time, the min-max spread, handydl's ratio to each peer, the
 fraction of the matmul floor for the MLPs, the peak memory of the step, and
-PASS/FAIL against the targets of issue 5.
+PASS/FAIL against the targets of issue 5, each MLP target with the rate of
+product flops it needs.
 """
 from __future__ import annotations
 
