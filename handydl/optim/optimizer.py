@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import math
+import numbers
 import os
 
 import numpy as np
@@ -55,18 +56,29 @@ def axpy(a, x, y, buf):
 
 
 class Optimizer:
-    """Holds the parameters, their per-parameter state and the hyper-parameters."""
+    """Holds the parameters, their per-parameter state and the hyper-parameters.
+
+    Every hyper-parameter is checked when the optimizer is made (and when the
+    learning rate is set or a state is loaded): a finite number in the range of
+    ``RANGES``, never a bool.
+    """
+
+    RANGES = {"lr": (0.0, None)}          # name -> (low, high or None); see check_number
+    SHOWN = {}                            # hyper-parameter -> the argument a user passed it as
 
     def __init__(self, params, defaults):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        for name, value in defaults.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"{type(self).__name__}: {name}={value!r} is not valid; expected >= 0")
-        self.defaults = dict(defaults)
+        self.params = _parameter_list(type(self).__name__, params)
+        self.defaults = self._checked(defaults)
         self.state = [{} for _ in self.params]
         self.steps = 0
+
+    def _checked(self, values):
+        """``values`` with every hyper-parameter checked against RANGES, as floats."""
+        owner = type(self).__name__
+        unknown = sorted(set(values) - set(self.RANGES))
+        if unknown:
+            raise ValueError(f"{owner}: unknown hyper-parameter(s) {unknown}; expected {sorted(self.RANGES)}")
+        return {k: check_number(owner, self.SHOWN.get(k, k), v, *self.RANGES[k]) for k, v in values.items()}
 
     @property
     def lr(self):
@@ -74,7 +86,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self.defaults["lr"] = float(value)
+        self.defaults["lr"] = check_number(type(self).__name__, "lr", value, *self.RANGES["lr"])
 
     def zero_grad(self):
         for p in self.params:
@@ -95,18 +107,66 @@ class Optimizer:
                            if k != "tmp"} for s in self.state]}
 
     def load_state_dict(self, state):
+        """Restore a ``state_dict()``; everything is checked before anything changes."""
+        owner = f"{type(self).__name__}.load_state_dict"
         if len(state["state"]) != len(self.params):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state for {len(state['state'])} "
+            raise ValueError(f"{owner}: state for {len(state['state'])} "
                              f"parameters, but the optimizer has {len(self.params)}")
         for p, s in zip(self.params, state["state"]):
             for k, v in s.items():
                 if isinstance(v, np.ndarray) and v.shape != p.shape:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: state {k!r} has shape "
-                                     f"{v.shape}, expected {p.shape}")
-        self.defaults.update(state["defaults"])
-        self.steps = state["steps"]
+                    raise ValueError(f"{owner}: state {k!r} has shape {v.shape}, expected {p.shape}")
+        steps = state["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"{owner}: steps={steps!r} is not valid; expected an integer >= 0")
+        self.defaults = {**self.defaults, **self._checked(state["defaults"])}
+        self.steps = int(steps)
         self.state = [{k: (v.astype(p.dtype) if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                       for p, s in zip(self.params, state["state"])]
+
+
+def check_number(owner, name, value, low=0.0, high=None, high_open=True):
+    """``value`` as a float, or a ValueError naming ``owner``, the argument and the range.
+
+    The range is ``[low, high)`` (``[low, high]`` with ``high_open=False``;
+    unbounded above for ``high=None``).  NaN, inf and bools are refused: True
+    is not a learning rate.
+    """
+    if high is None:
+        expected = f"a finite number >= {low:g}"
+    else:
+        expected = f"a finite number in [{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{owner}: {name}={value!r} is not valid; expected {expected}, "
+                         f"got {type(value).__name__}")
+    v = float(value)
+    above = high is not None and (v >= high if high_open else v > high)
+    if not math.isfinite(v) or v < low or above:
+        raise ValueError(f"{owner}: {name}={value!r} is not valid; expected {expected}")
+    return v
+
+
+def _parameter_list(owner, params):
+    """``params`` as a list of distinct parameters (objects with ``data`` and ``grad``)."""
+    if hasattr(params, "data") and hasattr(params, "grad"):
+        raise TypeError(f"{owner}: params should be an iterable of Parameters (e.g. model.parameters()), "
+                        "got one Parameter; wrap it in a list")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"{owner}: params should be an iterable of Parameters (e.g. model.parameters()), "
+                        f"got {type(params).__name__}") from None
+    if not params:
+        raise ValueError(f"{owner}: got an empty parameter list")
+    seen = {}
+    for i, p in enumerate(params):
+        if not (hasattr(p, "data") and hasattr(p, "grad")):
+            raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, expected a Parameter")
+        if id(p) in seen:
+            raise ValueError(f"{owner}: parameter {i} is the same object as parameter {seen[id(p)]}; "
+                             "each parameter must appear once")
+        seen[id(p)] = i
+    return params
 
 
 class SGD(Optimizer):
@@ -114,14 +174,22 @@ class SGD(Optimizer):
 
     g = grad + wd p;  b = mu b + (1 - dampening) g  (b = g at the first step);
     g = g + mu b (Nesterov) or b;  p = p - lr g.
+    lr, momentum and weight_decay are finite and >= 0, dampening in [0, 1];
+    Nesterov momentum needs momentum > 0 and dampening = 0 (as torch.optim.SGD).
     """
 
+    RANGES = {"lr": (0.0, None), "momentum": (0.0, None), "dampening": (0.0, 1.0, False),
+              "weight_decay": (0.0, None)}
+
     def __init__(self, params, lr=0.01, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise ValueError(f"SGD: nesterov={nesterov!r} is not valid; expected True or False")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay))
-        self.nesterov = nesterov
+        if nesterov and (self.defaults["momentum"] <= 0 or self.defaults["dampening"] != 0):
+            raise ValueError(f"SGD: nesterov=True needs momentum > 0 and dampening = 0, got "
+                             f"momentum={momentum!r}, dampening={dampening!r}")
+        self.nesterov = bool(nesterov)
 
     def _update(self, p, state, hp):
         lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
@@ -152,14 +220,19 @@ class Adam(Optimizer):
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     ``weight_decay`` adds wd p to g (L2); AdamW decays the weights instead.
+    lr, eps and weight_decay are finite and >= 0, each beta in [0, 1).
     """
 
     decoupled = False
+    RANGES = {"lr": (0.0, None), "beta1": (0.0, 1.0), "beta2": (0.0, 1.0), "eps": (0.0, None),
+              "weight_decay": (0.0, None)}
+    SHOWN = {"beta1": "betas[0]", "beta2": "betas[1]"}
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"{type(self).__name__}: betas={betas!r} is not valid; expected a pair "
+                             "(beta1, beta2), each a finite number in [0, 1)")
         b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise ValueError(f"{type(self).__name__}: betas={betas!r} is not valid; expected each in [0, 1)")
         super().__init__(params, dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay))
 
     def _update(self, p, state, hp):
