@@ -1,5 +1,6 @@
-"""Optimizers refuse bad hyper-parameters when they are made (issue 14:
-validate at the boundary)."""
+"""Optimizers refuse bad hyper-parameters when they are made, and a step that
+fails on any parameter changes nothing (issue 14: validate at the boundary;
+all or nothing)."""
 from __future__ import annotations
 
 import math
@@ -107,3 +108,93 @@ def test_load_state_dict_checks_hyperparameters_before_changing_anything():
     with pytest.raises(ValueError, match="steps=-1 is not valid"):
         opt.load_state_dict(state)
     assert opt.lr == 0.01 and opt.steps == 0
+
+
+# -- all-or-nothing steps --------------------------------------------------------------------
+
+def snapshot(opt):
+    """Bytes of every parameter, every state array (scratch buffers aside) and the step count."""
+    state = [{k: (v.tobytes(), v.dtype.str, v.shape) if isinstance(v, np.ndarray) else v
+              for k, v in s.items() if k != "tmp"} for s in opt.state]
+    return [p.data.tobytes() for p in opt.params], state, opt.steps, dict(opt.defaults)
+
+
+MAKERS = {
+    "sgd": lambda p: optim.SGD(p, lr=0.1),
+    "sgd-momentum": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
+    "sgd-nesterov": lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
+    "adamw": lambda p: optim.AdamW(p, lr=0.01),
+}
+BAD_GRADS = {
+    "shape": (lambda p: np.ones((4, 3)), ValueError, r"parameter 1 has a gradient of shape \(4, 3\), "
+                                                     r"expected \(3, 4\)"),
+    "broadcastable shape": (lambda p: np.ones((1, 4)), ValueError, r"gradient of shape \(1, 4\)"),
+    "int dtype": (lambda p: np.ones((3, 4), np.int64), ValueError, "gradient of dtype int64"),
+    "complex into real": (lambda p: np.ones((3, 4), np.complex128), ValueError, "gradient of dtype complex128"),
+    "not an array": (lambda p: [[1.0] * 4] * 3, TypeError, "gradient of type list"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_GRADS)
+@pytest.mark.parametrize("name", MAKERS)
+@pytest.mark.parametrize("warm", [False, True], ids=["first-step", "later-step"])
+def test_a_step_failing_on_the_second_parameter_changes_nothing(name, bad, warm):
+    ps = params((4,), (3, 4), (2,))
+    opt = MAKERS[name](ps)
+    for p in ps:
+        p.grad[...] = 0.5
+    if warm:
+        opt.step()
+    before = snapshot(opt)
+    make_grad, error, message = BAD_GRADS[bad]
+    ps[0].grad[...] = 1.0
+    ps[1].grad = make_grad(ps[1])
+    with pytest.raises(error, match=message) as info:
+        opt.step()
+    assert "no parameter was updated" in str(info.value)
+    assert snapshot(opt) == before
+    # and the optimizer still works once the gradient is right
+    ps[1].grad = np.ones((3, 4))
+    opt.step()
+    assert opt.steps == before[2] + 1 and ps[0].data.tobytes() != before[0][0]
+
+
+def test_a_read_only_or_integer_parameter_fails_before_any_update():
+    ps = params((4,), (3,))
+    opt = optim.AdamW(ps, lr=0.1)
+    for p in ps:
+        p.grad[...] = 1.0
+    ps[1].data.flags.writeable = False
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="AdamW.step: parameter 1 is read-only"):
+        opt.step()
+    assert snapshot(opt) == before
+    ps[1].data = np.arange(3)
+    before = snapshot(opt)
+    with pytest.raises(TypeError, match="parameter 1 has data of type int64 array"):
+        opt.step()
+    assert snapshot(opt) == before
+
+
+def test_adam_refuses_complex_parameters_sgd_takes_them():
+    def make():
+        p = nn.Parameter(np.array([1 + 1j, 2 - 1j]))
+        p.grad[...] = np.array([1j, 1.0])
+        return p
+    p = make()
+    with pytest.raises(TypeError, match="expected a real float NumPy array"):
+        optim.Adam([p]).step()
+    np.testing.assert_array_equal(p.data, [1 + 1j, 2 - 1j])
+    p = make()
+    optim.SGD([p], lr=0.5).step()
+    np.testing.assert_array_equal(p.data, [1 + 0.5j, 1.5 - 1j])
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_nan_gradients_propagate_and_are_not_refused(name):
+    ps = params((3,))
+    opt = MAKERS[name](ps)
+    ps[0].grad[...] = [np.nan, 1.0, np.inf]
+    opt.step()
+    assert np.isnan(ps[0].data[0]) and np.isfinite(ps[0].data[1])

@@ -60,7 +60,10 @@ class Optimizer:
 
     Every hyper-parameter is checked when the optimizer is made (and when the
     learning rate is set or a state is loaded): a finite number in the range of
-    ``RANGES``, never a bool.
+    ``RANGES``, never a bool.  ``step()`` is all or nothing: every parameter and
+    gradient is checked, and every new state array allocated, before the first
+    parameter changes, so a step that raises leaves parameters, state and
+    ``steps`` exactly as they were.
     """
 
     RANGES = {"lr": (0.0, None)}          # name -> (low, high or None); see check_number
@@ -93,12 +96,48 @@ class Optimizer:
             p.zero_grad()
 
     def step(self):
-        self.steps += 1
-        hp = {k: float(v) for k, v in self.defaults.items()}
-        for p, state in zip(self.params, self.state):
-            self._update(p, state, hp)
+        """Update every parameter from its ``grad``; on any error, change nothing.
 
-    def _update(self, p, state, hp):
+        NaN and inf gradients are not errors: they propagate into the weights,
+        as in PyTorch (a training loop notices the loss).
+        """
+        for i, p in enumerate(self.params):
+            self._check_parameter(i, p)
+        fresh = [self._allocate(p, state) for p, state in zip(self.params, self.state)]
+        hp = dict(self.defaults)
+        self.steps += 1
+        for p, state, new in zip(self.params, self.state, fresh):
+            self._update(p, state, new, hp)
+
+    def _check_parameter(self, i, p):
+        """ValueError (TypeError) naming parameter ``i`` if its update could fail part-way."""
+        where = f"{type(self).__name__}.step: parameter {i}"
+        data, g = p.data, p.grad
+        if not (isinstance(data, np.ndarray) and data.dtype.kind in self._kinds()):
+            raise TypeError(f"{where} has data of type {_describe(data)}; expected a "
+                            f"{' or '.join(_KIND_NAMES[k] for k in self._kinds())} NumPy array; "
+                            "no parameter was updated")
+        if not data.flags.writeable:
+            raise ValueError(f"{where} is read-only; no parameter was updated")
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{where} has a gradient of type {type(g).__name__}; expected a NumPy array; "
+                            "no parameter was updated")
+        if g.shape != data.shape:
+            raise ValueError(f"{where} has a gradient of shape {g.shape}, expected {data.shape} "
+                             "(its data's shape); no parameter was updated")
+        if g.dtype.kind not in "fc" or not np.can_cast(g.dtype, data.dtype, "same_kind"):
+            raise ValueError(f"{where} has a gradient of dtype {g.dtype}, expected a float dtype that "
+                             f"casts to its data's {data.dtype}; no parameter was updated")
+
+    def _kinds(self):
+        """The dtype kinds a parameter may have: real or complex floats."""
+        return "fc"
+
+    def _allocate(self, p, state):
+        """The state arrays this step creates for ``p`` (allocated before anything changes)."""
+        return {} if "tmp" in state else {"tmp": np.empty_like(p.data)}
+
+    def _update(self, p, state, new, hp):
         raise NotImplementedError
 
     def state_dict(self):
@@ -123,6 +162,14 @@ class Optimizer:
         self.steps = int(steps)
         self.state = [{k: (v.astype(p.dtype) if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                       for p, s in zip(self.params, state["state"])]
+
+
+_KIND_NAMES = {"f": "real float", "c": "complex float"}
+
+
+def _describe(value):
+    """'float32 array' for arrays, else the type's name (for messages)."""
+    return f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
 
 
 def check_number(owner, name, value, low=0.0, high=None, high_open=True):
@@ -191,18 +238,23 @@ class SGD(Optimizer):
                              f"momentum={momentum!r}, dampening={dampening!r}")
         self.nesterov = bool(nesterov)
 
-    def _update(self, p, state, hp):
+    def _allocate(self, p, state):
+        new = super()._allocate(p, state)
+        if self.defaults["momentum"] and "momentum_buffer" not in state:
+            new["momentum_buffer"] = np.empty_like(p.data)
+        return new
+
+    def _update(self, p, state, new, hp):
         lr, mu, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
-        tmp = state.get("tmp")
-        if tmp is None:
-            tmp = state["tmp"] = np.empty_like(p.data)
+        state.update(new)
+        tmp = state["tmp"]
         g = p.grad
         if wd:
             g = g + wd * p.data
         if mu:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = np.array(g, dtype=p.dtype, copy=True)
+            buf = state["momentum_buffer"]
+            if "momentum_buffer" in new:             # the first step: b = g
+                np.copyto(buf, g, casting="same_kind")
             else:
                 buf *= mu
                 axpy(1 - damp, g, buf, tmp)
@@ -221,6 +273,7 @@ class Adam(Optimizer):
     p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     ``weight_decay`` adds wd p to g (L2); AdamW decays the weights instead.
     lr, eps and weight_decay are finite and >= 0, each beta in [0, 1).
+    Parameters must be real: g^2 is not |g|^2 for a complex g.
     """
 
     decoupled = False
@@ -235,18 +288,25 @@ class Adam(Optimizer):
         b1, b2 = betas
         super().__init__(params, dict(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, state, hp):
-        lr, b1, b2, eps, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
+    def _kinds(self):
+        return "f"
+
+    def _allocate(self, p, state):
+        new = super()._allocate(p, state)
         if "m" not in state:
-            state["m"], state["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
+            new["m"], new["v"] = np.zeros_like(p.data), np.zeros_like(p.data)
+        return new
+
+    def _update(self, p, state, new, hp):
+        lr, b1, b2, eps, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
+        state.update(new)
         t = self.steps
         g = p.grad
         if wd and self.decoupled:
             p.data *= 1 - lr * wd
         elif wd:
             g = g + wd * p.data
-        m, v = state["m"], state["v"]
-        tmp = state.setdefault("tmp", np.empty_like(p.data))     # one buffer reused every step
+        m, v, tmp = state["m"], state["v"], state["tmp"]         # tmp: one buffer reused every step
         m *= b1
         axpy(1 - b1, g, m, tmp)
         v *= b2
