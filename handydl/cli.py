@@ -96,6 +96,8 @@ def _writable_dir(path):
 
 
 def _load_data(args):
+    """The Dataset the flags name, checked completely (data.check_dataset);
+    any problem with it is a UsageError naming the file."""
     from .data import DataError, load_dataset, load_table
     if args.data:
         if not args.target:
@@ -108,8 +110,20 @@ def _load_data(args):
         raise UsageError("--target goes with --data FILE")
     try:
         return load_dataset(args.dataset, seed=args.seed, root=args.data_dir, download=args.download)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataError) as e:
         raise UsageError(str(e)) from None
+
+
+def _train_loader(args, X, y):
+    """Shuffled mini-batches.  With --batch-norm the last batch of an epoch is
+    dropped when it would hold a single row (batch statistics of one row are
+    undefined); the shuffle makes it a different row each epoch."""
+    from .data import DataLoader
+    if args.batch_norm and (args.batch_size < 2 or len(X) < 2):
+        raise UsageError(f"--batch-norm needs batches of at least 2 rows; got --batch-size "
+                         f"{args.batch_size} and {len(X)} training rows")
+    drop_last = args.batch_norm and len(X) % args.batch_size == 1
+    return DataLoader(X, y, args.batch_size, shuffle=True, seed=args.seed, drop_last=drop_last)
 
 
 def _gradcheck_line(model, loss_fn, X, y, task):
@@ -138,7 +152,7 @@ def cmd_train(args) -> int:
 
     from . import checkpoint, manual_seed, nn, optim
     from ._io import write_text
-    from .data import DataLoader, split
+    from .data import split
     from .train import evaluate, fit
 
     _choose("activation", args.activation, list(nn.ACTIVATIONS))
@@ -149,6 +163,7 @@ def cmd_train(args) -> int:
     manual_seed(args.seed)
     Xtr, ytr, Xval, yval = split(data.X_train, data.y_train, test_size=0.1, seed=args.seed,
                                  stratify=data.task == "classification")
+    loader = _train_loader(args, Xtr, ytr)
     model = nn.Sequential(nn.Standardize.fit(Xtr),
                           nn.MLP([data.n_features, *args.hidden, data.n_outputs], activation=args.activation,
                                  dropout=args.dropout, batch_norm=args.batch_norm, rng=args.seed))
@@ -166,8 +181,9 @@ def cmd_train(args) -> int:
     if args.optimizer == "sgd":
         opt_kwargs["momentum"] = 0.9
     optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), **opt_kwargs)
-    history = fit(model, loss_fn, optimizer, DataLoader(Xtr, ytr, args.batch_size, shuffle=True, seed=args.seed),
-                  args.epochs, val_data=(Xval, yval), scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
+    history = fit(model, loss_fn, optimizer, loader, args.epochs,
+                  val_data=(Xval, yval) if len(Xval) else None,      # a tiny file may leave no validation rows
+                  scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
                   progress=False if args.no_progress else None)
     test = evaluate(model, loss_fn, data.X_test, data.y_test)
     if data.task == "classification":
@@ -347,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
     p.add_argument("--activation", default="relu", help="any registered activation (default relu)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (0.2)")
-    p.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each hidden Linear")
+    p.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each hidden Linear (an epoch's last batch is "
+                        "dropped when it would hold a single row)")
     p.add_argument("--optimizer", default="adamw", help="sgd (momentum 0.9), adam, adamw (default)")
     p.add_argument("--lr", type=_positive(float, "--lr"), default=2e-3, help="learning rate (2e-3)")
     p.add_argument("--epochs", type=_positive(int, "--epochs"), default=60, help="epochs (60)")

@@ -11,9 +11,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class DataError(ValueError):
+    """A problem with a user's data, naming the file (or dataset), the row and the column."""
+
+
 @dataclass
 class Dataset:
-    """A train/test split.  ``task`` is "classification" or "regression"."""
+    """A train/test split.  ``task`` is "classification" or "regression".
+
+    Checked completely when it is made, so that nothing fails after an epoch
+    of training: 2-D feature matrices of one width with at least one row,
+    one target per row, finite features and targets, class labels in
+    ``range(len(classes))``.  A problem raises DataError naming the dataset.
+    """
     name: str
     X_train: np.ndarray
     y_train: np.ndarray
@@ -23,6 +33,9 @@ class Dataset:
     classes: list = field(default_factory=list)
     feature_names: list = field(default_factory=list)
 
+    def __post_init__(self):
+        check_dataset(self)
+
     @property
     def n_features(self):
         return self.X_train.shape[1]
@@ -30,6 +43,60 @@ class Dataset:
     @property
     def n_outputs(self):
         return len(self.classes) if self.task == "classification" else 1
+
+
+TASKS = ("classification", "regression")
+
+
+def check_dataset(d):
+    """DataError naming ``d.name`` unless ``d`` can be trained on and evaluated as it is."""
+    if d.task not in TASKS:
+        raise DataError(f"{d.name}: task={d.task!r} is not valid; expected one of {', '.join(TASKS)}")
+    for part in ("train", "test"):
+        X, y = getattr(d, f"X_{part}"), getattr(d, f"y_{part}")
+        _check_features(d.name, part, X)
+        if not isinstance(y, np.ndarray) or y.ndim != 1 or len(y) != len(X):
+            raise DataError(f"{d.name}: y_{part} has shape {np.shape(y)}; expected ({len(X)},), "
+                            f"one target per row of X_{part}")
+        _check_targets(d, part, y)
+    if d.X_test.shape[1] != d.X_train.shape[1]:
+        raise DataError(f"{d.name}: the test set has {d.X_test.shape[1]} features per row, the training "
+                        f"set {d.X_train.shape[1]}")
+    if d.feature_names and len(d.feature_names) != d.X_train.shape[1]:
+        raise DataError(f"{d.name}: {len(d.feature_names)} feature names for {d.X_train.shape[1]} features")
+
+
+def _check_features(name, part, X):
+    if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f"):
+        raise DataError(f"{name}: X_{part} is {_what(X)}; expected a 2-D float array (rows, features)")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise DataError(f"{name}: X_{part} has shape {X.shape}; expected at least one row and one feature")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{name}: X_{part} has a non-finite value {X[row, col]} (row {row + 1}, "
+                        f"feature {col + 1})")
+
+
+def _check_targets(d, part, y):
+    if d.task == "classification":
+        if y.dtype.kind not in "iu":
+            raise DataError(f"{d.name}: y_{part} has dtype {y.dtype}; class labels must be integers")
+        bad = (y < 0) | (y >= len(d.classes))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{d.name}: y_{part} has label {y[i]} (row {i + 1}); expected 0 to "
+                            f"{len(d.classes) - 1} for {len(d.classes)} classes")
+    else:
+        if y.dtype.kind != "f" or not np.isfinite(y).all():
+            raise DataError(f"{d.name}: y_{part} must hold finite float targets for regression")
+
+
+def _what(x):
+    """'a float64 array of shape (3,)' or the type's name, for messages."""
+    if isinstance(x, np.ndarray):
+        return f"a {x.dtype} array of shape {x.shape}"
+    return f"a {type(x).__name__}"
 
 
 def split(X, y, test_size=0.2, seed=0, stratify=True):
@@ -140,4 +207,4 @@ def load_dataset(name, seed=0, root=None, download=False):
         return DATASETS[name](seed=seed)
     except KeyError:
         valid = ", ".join(list(DATASETS) + ["mnist", "fashion_mnist"])
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {valid}") from None
+        raise DataError(f"unknown dataset {name!r}; valid datasets: {valid}") from None

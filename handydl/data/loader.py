@@ -13,11 +13,16 @@ class DataLoader:
     shuffling, each epoch gathers the permuted rows once into a new array and
     yields views of it, so every batch is contiguous.  ``seed`` makes the order
     reproducible: epoch k of two loaders with the same seed is the same.
+    ``drop_last`` drops the incomplete last batch (with shuffling, a different
+    few rows each epoch): BatchNorm cannot train on a batch of one row.
     """
 
     def __init__(self, X, y=None, batch_size=32, shuffle=False, seed=None, drop_last=False):
         self.X = np.asarray(X)
         self.y = None if y is None else np.asarray(y)
+        for name, a in (("X", self.X), ("y", self.y)):
+            if a is not None and a.ndim == 0:
+                raise ValueError(f"DataLoader: {name} is a 0-d array; expected rows along the first axis")
         if self.y is not None and len(self.y) != len(self.X):
             raise ValueError(f"DataLoader: X has {len(self.X)} rows but y has {len(self.y)}")
         if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import tempfile
 import urllib.request
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset
+from .datasets import DataError, Dataset
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -39,7 +40,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def read_idx(path) -> np.ndarray:
-    """Read an IDX file (gzipped or raw) into an array; ValueError naming the file if malformed."""
+    """Read an IDX file (gzipped or raw) into an array; DataError (a ValueError)
+    naming the file if malformed."""
     path = Path(path)
     with open(path, "rb") as f:
         raw = f.read()
@@ -47,17 +49,17 @@ def read_idx(path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise ValueError(f"{path}: corrupted gzip data ({e})") from None
+            raise DataError(f"{path}: corrupted gzip data ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize         # Python ints: no overflow for huge headers
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX data has {len(raw) - header} bytes, expected {expected} "
+        raise DataError(f"{path}: IDX data has {len(raw) - header} bytes, expected {expected} "
                          f"for shape {shape}")
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
@@ -105,12 +107,13 @@ def load_mnist(root=None, kind="mnist", download_missing=False, opener=urllib.re
         raise ValueError(f"kind={kind!r} is not valid; expected one of {', '.join(SOURCES)}")
     base, hashes = SOURCES[kind]
     root = Path(root) if root is not None else default_cache() / kind
-    arrays = []
+    paths, arrays = [], []
     for name in FILES:
         path = root / name
         if not path.exists():
             raw = root / name[:-3]                    # an uncompressed copy is fine too
             if raw.exists():
+                paths.append(raw)
                 arrays.append(read_idx(raw))
                 continue
             if not download_missing:
@@ -118,11 +121,36 @@ def load_mnist(root=None, kind="mnist", download_missing=False, opener=urllib.re
                                         f"to fetch it from {base}")
             download(base + name, path, hashes[name], opener)
         elif sha256(path) != hashes[name]:
-            raise ValueError(f"{path}: SHA-256 does not match the published {kind} file")
+            raise DataError(f"{path}: SHA-256 does not match the published {kind} file")
+        paths.append(path)
         arrays.append(read_idx(path))
+    check_mnist(paths, arrays)
     Xtr, ytr, Xte, yte = arrays
     scale = np.float32(1 / 255)
     classes = FASHION_CLASSES if kind == "fashion_mnist" else [str(i) for i in range(10)]
     return Dataset(kind, Xtr.reshape(len(Xtr), -1).astype(np.float32) * scale, ytr.astype(np.int64),
                    Xte.reshape(len(Xte), -1).astype(np.float32) * scale, yte.astype(np.int64),
                    "classification", classes, [f"pixel{i}" for i in range(Xtr[0].size)])
+
+
+def check_mnist(paths, arrays):
+    """DataError naming the file unless the four arrays (train images, train labels,
+    test images, test labels) are a usable MNIST: images (n, rows, cols) of bytes,
+    n labels from 0 to 9 for n images, test images of the training images' size."""
+    for images, labels, ipath, lpath in ((arrays[0], arrays[1], paths[0], paths[1]),
+                                         (arrays[2], arrays[3], paths[2], paths[3])):
+        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+            raise DataError(f"{ipath}: expected images of unsigned bytes with shape (n, rows, cols), "
+                            f"n >= 1; got {images.dtype} of shape {images.shape}")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(f"{lpath}: expected integer labels of shape (n,); got {labels.dtype} "
+                            f"of shape {labels.shape}")
+        if len(labels) != len(images):
+            raise DataError(f"{lpath}: {len(labels)} labels, but {ipath.name} has {len(images)} images")
+        bad = (labels < 0) | (labels > 9)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{lpath}: label {labels[i]} at index {i} is not valid; expected 0 to 9")
+    if arrays[2].shape[1:] != arrays[0].shape[1:]:
+        raise DataError(f"{paths[2]}: test images are {'x'.join(map(str, arrays[2].shape[1:]))}, but the "
+                        f"training images ({paths[0].name}) are {'x'.join(map(str, arrays[0].shape[1:]))}")

@@ -1,7 +1,10 @@
 """User data: a CSV or .npz file with a named target column.
 
-Every problem is reported with the file and the column before any training
-starts: a missing file or target, a non-numeric feature, a missing or NaN value.
+Every problem is reported with the file, the row and the column before any
+training starts: a missing file or target, a file that is not UTF-8 or not
+CSV, a header with an empty or repeated column name, no data rows, a
+non-numeric feature, a missing, NaN or infinite value (or one too large for
+float32, such as 1e400), a complex or otherwise unusable .npz array.
 """
 from __future__ import annotations
 
@@ -11,22 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset, split
+from .datasets import TASKS, DataError, Dataset, split  # noqa: F401  (DataError is re-exported)
 
-TASKS = ("classification", "regression")
 MAX_CLASSES = 100      # an integer target with more distinct values is taken as regression
-
-
-class DataError(ValueError):
-    """A problem with a user's data file, naming the file and the column."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
 class Table:
-    columns: dict          # name -> 1-D array (float64, or str for non-numeric columns)
+    columns: dict          # name -> 1-D array (float64 or integers, or str for non-numeric columns)
     path: Path
 
+    @property
+    def n_rows(self):
+        return len(next(iter(self.columns.values())))
+
     def feature_matrix(self, names):
+        """The named columns as a float32 matrix (rows, features); DataError naming
+        the file, the column and the row for anything that is not a finite number."""
         missing = [n for n in names if n not in self.columns]
         if missing:
             raise DataError(f"{self.path}: no column {missing[0]!r}; columns are: {', '.join(self.columns)}")
@@ -37,11 +42,21 @@ class Table:
                 row = int(np.flatnonzero(col == bad)[0]) + 1
                 raise DataError(f"{self.path}: feature column {n!r} is not numeric "
                                 f"(row {row}: {bad!r})")
-            nan = np.isnan(col.astype(np.float64))
-            if nan.any():
-                raise DataError(f"{self.path}: column {n!r} has a missing or NaN value "
-                                f"(row {int(np.flatnonzero(nan)[0]) + 1})")
+            self.check_finite(n, "column")
         return np.stack([self.columns[n].astype(np.float32) for n in names], axis=1)
+
+    def check_finite(self, name, what):
+        """DataError unless every value of a numeric column is finite in float32."""
+        col = self.columns[name].astype(np.float64)
+        nan = np.isnan(col)
+        if nan.any():
+            raise DataError(f"{self.path}: {what} {name!r} has a missing or NaN value "
+                            f"(row {int(np.flatnonzero(nan)[0]) + 1})")
+        big = ~(np.abs(col) <= FLOAT32_MAX)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise DataError(f"{self.path}: {what} {name!r} has a non-finite value (row {i + 1}: "
+                            f"{col[i]:g}); expected finite numbers of size below {FLOAT32_MAX:.1e} (float32)")
 
 
 def _is_number(v):
@@ -53,17 +68,21 @@ def _is_number(v):
 
 
 def read_table(path) -> Table:
-    """Read a CSV (with a header row) or an .npz file into named columns."""
+    """Read a CSV (UTF-8, with a header row) or an .npz file into named columns."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    if path.suffix == ".npz":
-        return _read_npz(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    table = _read_npz(path) if path.suffix == ".npz" else _read_csv(path)
+    if table.n_rows == 0:
+        raise DataError(f"{path}: no data rows (only column names)")
+    return table
+
+
+def _read_csv(path):
+    rows = _csv_rows(path)
     if not rows or not rows[0]:
         raise DataError(f"{path}: empty file, expected a header row of column names")
-    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    header, body = _header(path, rows[0]), [r for r in rows[1:] if r]
     for i, r in enumerate(body, start=1):
         if len(r) != len(header):
             raise DataError(f"{path}: row {i} has {len(r)} fields, the header has {len(header)}")
@@ -72,6 +91,40 @@ def read_table(path) -> Table:
         values = [r[j].strip() for r in body]
         columns[name] = _parse_column(values)
     return Table(columns, path)
+
+
+def _csv_rows(path):
+    """Every row of a UTF-8 CSV file (a byte-order mark is allowed); DataError naming
+    the file for bytes that are not UTF-8 and for text the csv module refuses."""
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            return list(reader)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                        "save the file as UTF-8") from None
+    except csv.Error as e:
+        line = reader.line_num if reader is not None else 0
+        if "field limit" in str(e):
+            raise DataError(f"{path}: line {line}: a field is longer than {csv.field_size_limit():,} "
+                            "characters, the csv module's limit; is this a CSV file?") from None
+        raise DataError(f"{path}: line {line}: not valid CSV ({e})") from None
+
+
+def _header(path, row):
+    """Column names, stripped; DataError for an empty or a repeated name."""
+    header = [h.strip() for h in row]
+    seen = {}
+    for j, name in enumerate(header, start=1):
+        if not name:
+            raise DataError(f"{path}: column {j} of the header has no name (a saved index? "
+                            "write the file without it)")
+        if name in seen:
+            raise DataError(f"{path}: column name {name!r} appears twice in the header "
+                            f"(columns {seen[name]} and {j}); column names must be unique")
+        seen[name] = j
+    return header
 
 
 def _parse_column(values):
@@ -88,19 +141,39 @@ def _read_npz(path):
             data = {k: z[k] for k in z.files}
     except Exception as e:
         raise DataError(f"{path}: cannot read as .npz ({e})") from None
+    if not data:
+        raise DataError(f"{path}: the .npz file holds no arrays")
     columns = {}
     for key, arr in data.items():
+        arr = _npz_array(path, key, arr)
         if arr.ndim == 2:                     # a feature matrix: its columns are key0, key1, ...
-            columns.update({f"{key}{j}": arr[:, j] for j in range(arr.shape[1])})
+            named = {f"{key}{j}": arr[:, j] for j in range(arr.shape[1])}
         elif arr.ndim == 1:
-            columns[key] = arr
+            named = {key: arr}
         else:
             raise DataError(f"{path}: array {key!r} has shape {arr.shape}; expected 1-D columns "
                             "or a 2-D feature matrix")
+        for name in named:
+            if name in columns:
+                raise DataError(f"{path}: two columns are named {name!r} (array {key!r} makes one); "
+                                "column names must be unique")
+        columns.update(named)
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:
         raise DataError(f"{path}: columns have different lengths {sorted(lengths)}")
+    if not columns:
+        raise DataError(f"{path}: the .npz file holds no columns")
     return Table(columns, path)
+
+
+def _npz_array(path, key, arr):
+    """Real numbers (booleans as 0/1) or text; DataError naming the array otherwise."""
+    if arr.dtype.kind == "b":
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "fiuU":
+        raise DataError(f"{path}: array {key!r} has dtype {arr.dtype}; expected real numbers "
+                        "(or text, for a target)")
+    return arr
 
 
 def load_table(path, target, task=None, seed=0, test_size=0.2) -> Dataset:
@@ -110,7 +183,7 @@ def load_table(path, target, task=None, seed=0, test_size=0.2) -> Dataset:
     most MAX_CLASSES distinct values, regression otherwise; ``task`` overrides.
     """
     if task is not None and task not in TASKS:
-        raise ValueError(f"task={task!r} is not valid; expected one of {', '.join(TASKS)}")
+        raise ValueError(f"load_table: task={task!r} is not valid; expected one of {', '.join(TASKS)}")
     table = read_table(path)
     if target not in table.columns:
         raise DataError(f"{table.path}: no target column {target!r}; columns are: "
@@ -121,9 +194,8 @@ def load_table(path, target, task=None, seed=0, test_size=0.2) -> Dataset:
     X = table.feature_matrix(features)
     y_raw = table.columns[target]
     numeric = y_raw.dtype.kind in "fiu"
-    if numeric and np.isnan(y_raw.astype(np.float64)).any():
-        raise DataError(f"{table.path}: target column {target!r} has a missing or NaN value "
-                        f"(row {int(np.flatnonzero(np.isnan(y_raw))[0]) + 1})")
+    if numeric:
+        table.check_finite(target, "target column")
     if task is None:
         integral = numeric and np.all(y_raw == np.round(y_raw))
         task = "classification" if not numeric or (integral and len(np.unique(y_raw)) <= MAX_CLASSES) \
@@ -139,6 +211,9 @@ def load_table(path, target, task=None, seed=0, test_size=0.2) -> Dataset:
         y = y.astype(np.int64)
     Xtr, ytr, Xte, yte = split(X, y, test_size=test_size, seed=seed,
                                stratify=task == "classification")
+    if not (len(Xtr) and len(Xte)):
+        raise DataError(f"{table.path}: {table.n_rows} data rows are too few: the {test_size:.0%} test "
+                        f"split leaves {len(Xtr)} training and {len(Xte)} test rows")
     return Dataset(Path(path).stem, Xtr, ytr, Xte, yte, task, classes, features)
 
 
