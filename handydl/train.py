@@ -11,8 +11,8 @@ import numpy as np
 
 from ._malloc import tune_malloc
 from .data.loader import DataLoader
-from .nn.layers import OpModule, Sequential
 from .nn.loss import CrossEntropyLoss, MultiMarginLoss, NLLLoss
+from .nn.module import call_backward, no_grad
 from .optim.optimizer import clip_grad_norm
 
 CLASSIFICATION_LOSSES = (CrossEntropyLoss, NLLLoss, MultiMarginLoss)
@@ -23,11 +23,13 @@ def task_of(loss_fn):
 
 
 def predict(model, X, batch_size=1024):
-    """Model outputs for X in evaluation mode, batch by batch (the mode is restored)."""
+    """Model outputs for X in evaluation mode, batch by batch (the mode is restored);
+    under ``no_grad()``, so the forwards keep nothing for a backward."""
     was_training = model.training
     model.eval()
     try:
-        outs = [model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
+        with no_grad():
+            outs = [model(X[i:i + batch_size]) for i in range(0, len(X), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(outs) if outs else np.zeros((0,))
@@ -48,7 +50,8 @@ def evaluate(model, loss_fn, X, y, batch_size=1024):
     out = predict(model, X, batch_size)
     task = task_of(loss_fn)
     target = y if task == "classification" else y.reshape(out.shape)
-    result = {"loss": float(loss_fn(out, target))}
+    with no_grad():
+        result = {"loss": float(loss_fn(out, target))}
     result.update(metrics(out, y, task))
     return result
 
@@ -90,13 +93,11 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_data=None, schedule
         total, count, running = 0.0, 0, {}
         for xb, yb in _progress(train_loader, len(train_loader), show, f"epoch {epoch}/{epochs}"):
             target = yb if task == "classification" else yb.reshape(len(yb), -1)
+            optimizer.zero_grad()
             out = model(xb)
             loss = loss_fn(out, target)
-            optimizer.zero_grad()
-            if isinstance(model, (Sequential, OpModule)):
-                model.backward(loss_fn.backward(), input_grad=False)   # the input is data
-            else:
-                model.backward(loss_fn.backward())
+            # the input is data: no dL/dx (for a backward that can skip it)
+            call_backward(model, (loss_fn.backward(),), input_grad=False)
             if clip_norm is not None:
                 clip_grad_norm(optimizer.params, clip_norm)
             optimizer.step()

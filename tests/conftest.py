@@ -53,6 +53,17 @@ def diff_indices(op, inputs):
     return [i for i, d in enumerate(op.differentiable) if d and i < len(inputs) and inputs[i] is not None]
 
 
+def outputs_of(y):
+    """An op's outputs as a tuple: one array, or several (split)."""
+    return tuple(np.asarray(o) for o in y) if isinstance(y, tuple) else (np.asarray(y),)
+
+
+def flat(y):
+    """All outputs raveled into one float64 vector: a Jacobian's row index."""
+    return np.concatenate([o.astype(np.float64).ravel() if o.dtype.kind != "c" else o.ravel()
+                           for o in outputs_of(y)])
+
+
 def numeric_jacobian(f, inputs, i, h=1e-6):
     """Central differences of f w.r.t. inputs[i]: shape (y.size, x.size). float64 only.
 
@@ -66,19 +77,20 @@ def numeric_jacobian(f, inputs, i, h=1e-6):
         xp, xm = x.copy(), x.copy()
         xp.flat[j] += step
         xm.flat[j] -= step
-        yp = np.asarray(f(*inputs[:i], xp, *inputs[i + 1:]), dtype=np.float64)
-        ym = np.asarray(f(*inputs[:i], xm, *inputs[i + 1:]), dtype=np.float64)
-        cols.append(((yp - ym) / (2 * step)).ravel())
+        yp = flat(f(*inputs[:i], xp, *inputs[i + 1:]))
+        ym = flat(f(*inputs[:i], xm, *inputs[i + 1:]))
+        cols.append((yp - ym) / (2 * step))
     return np.stack(cols, axis=1)
 
 
 def analytic_jacobian(op, inputs, params, i):
     """Rows of the Jacobian from backward with unit upstream gradients."""
     y, saved = op.forward(*inputs, **params)
-    y = np.asarray(y)
+    outs = outputs_of(y)
     rows = []
-    for k in range(y.size):
-        e = np.zeros(y.shape, dtype=y.dtype)
-        e.flat[k] = 1
-        rows.append(np.asarray(op.backward(saved, e)[i]).ravel())
+    for o, out in enumerate(outs):          # one row per element of every output
+        for k in range(out.size):
+            gys = [np.zeros(u.shape, u.dtype) for u in outs]
+            gys[o].flat[k] = 1
+            rows.append(np.asarray(op.backward(saved, *gys)[i]).ravel())
     return np.stack(rows, axis=0)

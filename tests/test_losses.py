@@ -157,6 +157,7 @@ def test_loss_backward_scales_by_upstream_and_keeps_float32():
     loss_fn = nn.MSELoss()
     loss = loss_fn(x, y)
     assert isinstance(loss, float)
+    loss_fn(x, y)                       # a second call: each backward consumes one
     g1, g3 = loss_fn.backward(), loss_fn.backward(3.0)
     assert g1.dtype == np.float32
     np.testing.assert_allclose(g3, 3 * g1, rtol=1e-6)

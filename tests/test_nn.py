@@ -100,10 +100,13 @@ def test_gradients_accumulate_and_zero_grad_clears():
     lin = nn.Linear(3, 2, dtype=np.float64, rng=0)
     x, gy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
     lin(x)
+    lin(x)                                          # two calls: two saved states
     lin.backward(gy)
     once = lin.weight.grad.copy()
     lin.backward(gy)
     np.testing.assert_allclose(lin.weight.grad, 2 * once)
+    with pytest.raises(RuntimeError, match="before forward"):
+        lin.backward(gy)                            # a third backward has nothing left
     np.testing.assert_allclose(once, x.T @ gy)      # dL/dW = x^T gy
     lin.zero_grad()
     assert not lin.weight.grad.any() and not lin.bias.grad.any()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from handydl import ops
-from conftest import (analytic_jacobian, cast_params, diff_indices, make_inputs,
-                      numeric_jacobian, op_cases, to_torch, torch_params)
+from conftest import (analytic_jacobian, cast_params, diff_indices, flat, make_inputs,
+                      numeric_jacobian, op_cases, outputs_of, to_torch, torch_params)
 
 torch = pytest.importorskip("torch")
 
@@ -30,8 +30,12 @@ def assert_close(actual, expected, dtype, what, tol=None):
 
 
 def upstream(rng, y):
-    y = np.asarray(y)
-    return rng.standard_normal(y.shape).astype(y.dtype)
+    """A random upstream gradient for each output."""
+    return tuple(rng.standard_normal(o.shape).astype(o.dtype) for o in outputs_of(y))
+
+
+def ones_like(y):
+    return tuple(np.ones_like(o) for o in outputs_of(y))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -43,13 +47,16 @@ def test_forward_and_backward_match_torch(op, params, domain, dtype):
     inputs = make_inputs(op, params, domain, dtype)
     with np.errstate(all="raise"):
         y, saved = op.forward(*inputs, **params)
-        gy = upstream(np.random.default_rng(1), y)
-        grads = op.backward(saved, gy)
+        gys = upstream(np.random.default_rng(1), y)
+        grads = op.backward(saved, *gys)
     idx = diff_indices(op, inputs)
     tin = [to_torch(torch, a, requires_grad=i in idx) for i, a in enumerate(inputs)]
     ty = op.reference(torch, *tin, **torch_params(torch, params))
-    assert_close(y, ty.detach().numpy(), dtype, f"{op.name} forward")
-    tgrads = torch.autograd.grad(ty, [tin[i] for i in idx], to_torch(torch, np.asarray(gy)),
+    ty = tuple(ty) if isinstance(ty, (tuple, list)) else (ty,)
+    assert len(ty) == len(outputs_of(y)), f"{op.name}: {len(outputs_of(y))} outputs, torch {len(ty)}"
+    for k, (o, to) in enumerate(zip(outputs_of(y), ty)):
+        assert_close(o, to.detach().numpy(), dtype, f"{op.name} forward, output {k}")
+    tgrads = torch.autograd.grad(ty, [tin[i] for i in idx], [to_torch(torch, g) for g in gys],
                                  allow_unused=True)
     for i, tg in zip(idx, tgrads):
         expected = np.zeros_like(inputs[i]) if tg is None else tg.numpy()
@@ -63,8 +70,9 @@ def test_dtype_is_kept(op, params, domain, dtype):
     params = cast_params(params, dtype)
     inputs = make_inputs(op, params, domain, dtype)
     y, saved = op.forward(*inputs, **params)
-    assert np.asarray(y).dtype == dtype, f"{op.name} forward promoted {dtype.__name__}"
-    grads = op.backward(saved, np.ones_like(y))
+    for o in outputs_of(y):
+        assert o.dtype == dtype, f"{op.name} forward promoted {dtype.__name__}"
+    grads = op.backward(saved, *ones_like(y))
     for i in diff_indices(op, inputs):
         assert grads[i].dtype == dtype, f"{op.name} gradient {i} promoted {dtype.__name__}"
     for i, g in enumerate(grads):
@@ -97,7 +105,7 @@ def test_complex_step_agrees(op, params, domain):
         for j in range(inputs[i].size):
             xc = inputs[i].astype(np.complex128)
             xc.flat[j] += 1j * h
-            cols.append((np.imag(op(*inputs[:i], xc, *inputs[i + 1:], **params)) / h).ravel())
+            cols.append(np.imag(flat(op(*inputs[:i], xc, *inputs[i + 1:], **params))) / h)
         Jc = np.stack(cols, axis=1)
         err = np.max(np.abs(Ja - Jc)) / max(1.0, np.max(np.abs(Jc)))
         assert err < 1e-12, f"{op.name}: complex step disagrees, {err:.2e}"
@@ -107,9 +115,9 @@ def test_complex_step_agrees(op, params, domain):
 def test_zero_upstream_gives_zero_and_backward_repeats(op, params, domain):
     inputs = make_inputs(op, params, domain, np.float64)
     y, saved = op.forward(*inputs, **params)
-    zero = op.backward(saved, np.zeros_like(np.asarray(y)))
-    gy = upstream(np.random.default_rng(2), y)
-    first, second = op.backward(saved, gy), op.backward(saved, gy)
+    zero = op.backward(saved, *(np.zeros_like(o) for o in outputs_of(y)))
+    gys = upstream(np.random.default_rng(2), y)
+    first, second = op.backward(saved, *gys), op.backward(saved, *gys)
     for i in diff_indices(op, inputs):
         assert np.all(zero[i] == 0), f"{op.name}: zero upstream gave non-zero gradient"
         np.testing.assert_array_equal(first[i], second[i])
@@ -123,8 +131,8 @@ def test_extreme_inputs_raise_no_floating_point_error(op, params, domain, dtype)
     inputs = make_inputs(op, params, domain, dtype, seed=3)
     with np.errstate(all="raise"):
         y, saved = op.forward(*inputs, **params)
-        grads = op.backward(saved, np.ones_like(np.asarray(y)))
-    assert np.all(np.isfinite(y)), f"{op.name}: non-finite output on {domain}"
+        grads = op.backward(saved, *ones_like(y))
+    assert all(np.all(np.isfinite(o)) for o in outputs_of(y)), f"{op.name}: non-finite output on {domain}"
     for i in diff_indices(op, inputs):
         assert np.all(np.isfinite(grads[i])), f"{op.name}: non-finite gradient on {domain}"
 
@@ -187,4 +195,5 @@ def test_nan_propagates_like_torch(op):
 def test_every_op_is_documented():
     for op in ops.REGISTRY.values():
         assert op.formula and op.derivative and op.fn.__doc__, op.name
-        assert op.kind in {"activation", "softmax", "linear", "normalization", "loss", "regularization"}
+        assert op.kind in {"activation", "softmax", "linear", "normalization", "loss", "regularization",
+                           "structure"}

@@ -15,10 +15,14 @@ never changed.
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import tape as _tape
+from ..nn.loss import Loss
 from ..nn.module import Module
 from ..ops.registry import Op, check_choice
 
@@ -57,6 +61,7 @@ class GradcheckReport:
     zero_ok: bool = True
     repeat_ok: bool = True
     problems: list = field(default_factory=list)
+    reference: str = "numeric"           # what the analytic gradient was compared with
 
     @property
     def passed(self):
@@ -82,7 +87,7 @@ class GradcheckReport:
             at = f"element {el_idx}" + (f" (output {out_idx})" if out_idx is not None else "")
             diff = abs(e.analytic - e.numeric)
             lines.append(f"gradient of {e.name} is wrong at {at}: analytic {e.analytic:.6g} vs "
-                         f"numeric {e.numeric:.6g} (abs err {diff:.3g}, rel err "
+                         f"{self.reference} {e.numeric:.6g} (abs err {diff:.3g}, rel err "
                          f"{diff / max(abs(e.numeric), 1e-300):.3g}){_hint(e.analytic, e.numeric)}")
         lines.extend(self.problems)
         return "; ".join(lines) or "gradcheck passed"
@@ -137,6 +142,37 @@ class _Target:
         raise NotImplementedError
 
 
+class _Outputs:
+    """One or several outputs as one array: the array itself when there is one
+    (so that messages name its multi-index), all of them raveled and joined
+    when there are several; ``split`` cuts an upstream gradient back."""
+
+    def __init__(self, y):
+        self.several = isinstance(y, tuple)
+        self.shapes = [np.shape(o) for o in y] if self.several else [np.shape(y)]
+
+    def join(self, y):
+        if not self.several:
+            return np.array(y, copy=True)
+        return np.concatenate([np.ravel(o) for o in y])
+
+    def split(self, u):
+        if not self.several:
+            return [u]
+        ends = np.cumsum([math.prod(s) for s in self.shapes])[:-1]
+        return [p.reshape(s) for p, s in zip(np.split(u, ends), self.shapes)]
+
+    def name(self, i):
+        """A readable name of flat output index i (several outputs only)."""
+        for k, s in enumerate(self.shapes):
+            n = math.prod(s)
+            if i < n:
+                idx = tuple(int(v) for v in np.unravel_index(i, s)) if s else ()
+                return f"{k}, element {idx[0] if len(idx) == 1 else idx}"
+            i -= n
+        return str(i)
+
+
 class _OpTarget(_Target):
     """A registered Op, or a (forward, backward) pair with the same contract."""
 
@@ -151,7 +187,7 @@ class _OpTarget(_Target):
         else:
             fwd, bwd = fn
             self.forward = fwd
-            self.backward = lambda saved, gy: _as_tuple(bwd(saved, gy))
+            self.backward = lambda saved, *gys: _as_tuple(bwd(saved, *gys))
             self.analytic = True
             names = [f"input{i}" for i in range(len(inputs))]
             diff = tuple(np.asarray(a).dtype.kind == "f" for a in inputs)
@@ -159,6 +195,7 @@ class _OpTarget(_Target):
         self.inputs = [_f64(a) if a is not None else None for a in inputs]
         self.idx = [i for i, d in enumerate(diff) if d and i < len(inputs) and self.inputs[i] is not None]
         self.names = [names[i] if i < len(names) else f"input{i}" for i in self.idx]
+        self.outputs = _Outputs(self.forward(*self.inputs, **self.params)[0])
 
     @property
     def arrays(self):
@@ -169,16 +206,17 @@ class _OpTarget(_Target):
 
     def value(self):
         # a copy: an op may return its input itself (identity), which is perturbed in place
-        return np.array(self.forward(*self.inputs, **self.params)[0], copy=True)
+        return self.outputs.join(self.forward(*self.inputs, **self.params)[0])
 
     def vjp(self, u):
         y, saved = self.forward(*self.inputs, **self.params)
-        return _pick(self.backward(saved, u), self.idx)
+        return _pick(self.backward(saved, *self.outputs.split(u)), self.idx)
 
     def backward_twice(self, u):
         y, saved = self.forward(*self.inputs, **self.params)
-        first = [np.array(g) for g in _pick(self.backward(saved, u), self.idx)]
-        second = _pick(self.backward(saved, u), self.idx)
+        gys = self.outputs.split(u)
+        first = [np.array(g) for g in _pick(self.backward(saved, *gys), self.idx)]
+        second = _pick(self.backward(saved, *gys), self.idx)
         return first, second
 
 
@@ -190,8 +228,21 @@ def _pick(grads, idx):
     return [grads[i] for i in idx]
 
 
+def _input_names(module, n):
+    """'input' for a one-input module; else the forward's argument names ('input 2'
+    where it has none, as for ``forward(*xs)``)."""
+    if n == 1:
+        return ["input"]
+    try:
+        names = [p.name for p in inspect.signature(module.forward).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    return [names[i] if i < len(names) else f"input {i}" for i in range(n)]
+
+
 class _ModuleTarget(_Target):
-    """A Module: its first input (unless integer) and every parameter.
+    """A Module: every floating input (a loss's float target too) and every parameter.
 
     Each evaluation runs on a fresh deep copy, so stateful modules (dropout's
     generator, batch norm's running statistics) give the same function every time.
@@ -199,22 +250,31 @@ class _ModuleTarget(_Target):
 
     def __init__(self, module, inputs):
         self.model = copy.deepcopy(module).astype(np.float64)
-        self.inputs = [_f64(a) for a in inputs]
-        self.check_input = self.inputs[0].dtype.kind == "f"
+        self.model.clear_saved()
+        self.inputs = [_f64(a) if isinstance(a, np.ndarray) or np.isscalar(a) else a for a in inputs]
+        self.checked = [i for i, a in enumerate(self.inputs)
+                        if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
         self.params = self.model.parameters()
-        self.names = (["input"] if self.check_input else []) + [n for n, _ in self.model.named_parameters()]
         self.analytic = all(getattr(m, "op", None) is None or m.op.complex_step
                             for m in self.model.modules())
+        m, y = self._run()
+        self.outputs = _Outputs(y)
+        # a float input whose gradient the module declares None (a mask, a loss's
+        # target where the op does not differentiate it) is not checked
+        grads = self._all_grads(m, np.zeros(self.outputs.join(y).shape))
+        self.checked = [i for i in self.checked if grads[i] is not None]
+        names = _input_names(module, len(self.inputs))
+        self.names = [names[i] for i in self.checked] + [n for n, _ in self.model.named_parameters()]
 
     @property
     def arrays(self):
-        return ([self.inputs[0]] if self.check_input else []) + [p.data for p in self.params]
+        return [self.inputs[i] for i in self.checked] + [p.data for p in self.params]
 
     def set(self, k, arr):
-        if self.check_input and k == 0:
-            self.inputs[0] = arr
+        if k < len(self.checked):
+            self.inputs[self.checked[k]] = arr
         else:
-            self.params[k - self.check_input].data = arr
+            self.params[k - len(self.checked)].data = arr
 
     def _run(self):
         m = copy.deepcopy(self.model)
@@ -222,23 +282,69 @@ class _ModuleTarget(_Target):
         return m, m(*self.inputs)
 
     def value(self):
-        return np.array(self._run()[1], copy=True)
+        return self.outputs.join(self._run()[1])
 
-    def _grads(self, m, gx):
-        return ([gx] if self.check_input else []) + [p.grad.copy() for p in m.parameters()]
+    def _all_grads(self, m, u):
+        """The module's backward for upstream u: one gradient per positional input."""
+        gys = self.outputs.split(u)
+        if isinstance(m, Loss):
+            g = m.backward(*gys, target_grad=True)
+        else:
+            g = m.backward(*gys)
+        g = _as_tuple(g) if len(self.inputs) > 1 else (g,)
+        if len(g) != len(self.inputs):
+            raise ValueError(f"gradcheck: {type(m).__name__}.backward returned {len(g)} gradient(s) "
+                             f"for {len(self.inputs)} input(s); expected one per positional input")
+        return g
+
+    def _backward(self, m, u):
+        """The module's gradients for upstream u: checked inputs, then parameters."""
+        g = self._all_grads(m, u)
+        return [g[i] for i in self.checked] + [p.grad.copy() for p in m.parameters()]
 
     def vjp(self, u):
         m, _ = self._run()
-        return self._grads(m, m.backward(u))
+        return self._backward(m, u)
+
+    def tape_vjp(self, u):
+        """The same gradients from the tape: the forward recorded op by op, and the
+        ops' own backwards chained in reverse."""
+        m = copy.deepcopy(self.model)
+        m.zero_grad()
+        with _tape.Tape() as t:
+            t.watch(*self.inputs)
+            y = m(*self.inputs)
+        gys = self.outputs.split(u)
+        g = t.backward(y, *gys, wrt=[self.inputs[i] for i in self.checked], params=m.parameters())
+        return g + [p.grad.copy() for p in m.parameters()], t
 
     def backward_twice(self, u):
-        m, _ = self._run()
-        first = self._grads(m, m.backward(u))
-        total = self._grads(m, m.backward(u))
+        """Two forwards on the same input, then two backwards: each consumes its own
+        saved state (last in, first out) and both must give the same gradients."""
+        m = copy.deepcopy(self.model)
+        m.zero_grad()
+        replay = _rng_states(m)
+        m(*self.inputs)
+        replay()                        # the same dropout masks in the second forward
+        m(*self.inputs)
+        first = self._backward(m, u)
+        total = self._backward(m, u)
         # parameter gradients accumulate: the second call adds its share
-        n = int(self.check_input)
+        n = len(self.checked)
         second = total[:n] + [t - f for t, f in zip(total[n:], first[n:])]
         return first, second
+
+
+def _rng_states(model):
+    """A function that puts every random Generator of the model's modules back in
+    the state it has now."""
+    gens = [g for m in model.modules() for g in vars(m).values() if isinstance(g, np.random.Generator)]
+    states = [g.bit_generator.state for g in gens]
+
+    def replay():
+        for g, st in zip(gens, states):
+            g.bit_generator.state = st
+    return replay
 
 
 def _target(fn, inputs, params):
@@ -337,14 +443,24 @@ def _index(out_idx, i):
 
 
 def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fast=False,
-              params=None, seed=0, raise_exception=True):
-    r"""Check the analytic backward of ``fn`` against numerical differentiation.
+              params=None, seed=0, raise_exception=True, against="numeric"):
+    r"""Check the analytic backward of ``fn`` against numerical differentiation
+    (``against="numeric"``), or a module's hand-written backward against the
+    tape's (``against="tape"``).
 
-    ``fn`` is a Module (its first input and every parameter are checked; a
-    loss's target is not), a registered Op (every differentiable input;
-    ``params`` are its keyword parameters), or a ``(forward, backward)`` pair
-    with the op contract ``forward(*inputs) -> (y, saved)``,
-    ``backward(saved, gy) -> grads``.
+    ``fn`` is a Module (every floating input, a loss's float target included,
+    and every parameter are checked; class indices are not), a registered Op
+    (every differentiable input; ``params`` are its keyword parameters), or a
+    ``(forward, backward)`` pair with the op contract ``forward(*inputs) ->
+    (y, saved)``, ``backward(saved, *gys) -> grads``.  Several outputs are
+    checked together: their upstream gradients are drawn and compared as one.
+
+    With ``against="tape"`` the module's forward is also recorded on a
+    :class:`handydl.tape.Tape`, whose backward chains the ops' own
+    hand-derived backwards; the two gradients must agree element by element
+    (to ``1e-8`` relative) for three random upstream gradients.  That names a
+    wrong composite (a forgotten skip term, a branch not summed) without
+    finite differences.
 
     The full Jacobian is compared for small problems; random projections
     :math:`v^\top J u` when ``fast=True`` or the problem is large, and then, if
@@ -358,9 +474,15 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
     (unless ``raise_exception=False``).
     """
     check_choice("gradcheck: method", method, METHODS)
+    check_choice("gradcheck: against", against, ("numeric", "tape"))
     if not inputs:
         raise ValueError("gradcheck: expected at least one input")
     target = _target(fn, inputs, params)
+    if against == "tape":
+        if not isinstance(target, _ModuleTarget):
+            raise ValueError("gradcheck: against='tape' checks a Module's backward; an op's backward "
+                             "is what the tape is made of (use against='numeric')")
+        return _finish(_check_against_tape(target, np.random.default_rng(seed)), raise_exception)
     if method == "complex-step" and not target.analytic:
         raise ValueError(f"gradcheck: method='complex-step' needs a complex-analytic function; "
                          f"{_describe(fn)} is not (use method='central')")
@@ -377,18 +499,48 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
         _check_projections(target, compares, y0, eps, method, rng)
     report.entries = [c.entry for c in compares]
     for e in report.entries:
-        e.where = _readable(e.where, y0.shape, e.shape)
+        e.where = _readable(e.where, y0.shape, e.shape, target.outputs)
     _check_zero_and_repeat(target, y0, rng, report)
+    return _finish(report, raise_exception)
+
+
+def _finish(report, raise_exception):
     if raise_exception and not report.passed:
         raise GradcheckError(report)
     return report
 
 
-def _readable(where, y_shape, x_shape):
+def _check_against_tape(target, rng, n_draws=3):
+    """The module's backward against the tape's, element by element, for random upstreams."""
+    y0 = target.value()
+    compares = [_Compare(n, a.shape, 0.0, 1e-8) for n, a in zip(target.names, target.arrays)]
+    for _ in range(n_draws):
+        u = rng.standard_normal(y0.shape)
+        hand = target.vjp(u)
+        taped, recorded = target.tape_vjp(u)
+        for cmp, a, b in zip(compares, hand, taped):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            # relative to the gradient's largest entry: the two sum the same terms in
+            # another order, so they differ by rounding only
+            cmp.atol = 1e-10 * max(1.0, float(np.max(np.abs(b), initial=0.0)))
+            cmp.add(np.ravel(a), np.ravel(b), list(range(a.size)), None)
+    report = GradcheckReport([c.entry for c in compares], "tape", "hand-written vs tape",
+                             reference="tape")
+    for e in report.entries:            # (element i, None) -> (None, multi-index of element i)
+        if e.where is not None:
+            e.where = (None, _readable((None, e.where[0]), (), e.shape)[1])
+    if not report.passed:
+        report.problems.append("the tape chained: " + recorded.explain().replace("\n", " | "))
+    return report
+
+
+def _readable(where, y_shape, x_shape, outputs=None):
     """Flat (output, element) indices as multi-indices of y and x."""
     if where is None:
         return None
     out, el = where
+    if outputs is not None and outputs.several and isinstance(out, (int, np.integer)):
+        return outputs.name(int(out)), _readable((None, el), (), x_shape)[1]
 
     def unravel(i, shape):
         if not isinstance(i, (int, np.integer)) or len(shape) == 0:

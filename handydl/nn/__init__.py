@@ -1,12 +1,18 @@
-"""handydl.nn: stateful modules named and parametrized like torch.nn."""
-from .module import Module, Parameter  # noqa: F401
-from .layers import (ACTIVATIONS, CELU, ELU, GELU, PReLU, ReLU, ReLU6, SELU,  # noqa: F401
-                     BatchNorm1d, Dropout, Flatten, Hardsigmoid, Hardswish, Identity,
-                     LayerNorm, LeakyReLU, Linear, LogSoftmax, LpNorm, Mish, OpModule,
-                     Sequential, SiLU, Sigmoid, Softmax, Softplus, Standardize, SumNormalize,
-                     Tanh, activation, module_spec)
+"""handydl.nn: stateful modules named and parametrized like torch.nn.
+
+The modules of the elementwise ops (Sigmoid, ReLU, GELU, Softmax, ...) and of
+the wiring ops (Add, Mul, Concat, Split) are generated from the op registry
+(``layers.GENERATED``); the rest are written here by hand.
+"""
+from .module import Module, Parameter, call_backward, is_grad_enabled, no_grad  # noqa: F401
+from .layers import (ACTIVATIONS, GENERATED, PReLU, BatchNorm1d, Dropout,  # noqa: F401
+                     Flatten, LayerNorm, Linear, OpFunction, OpModule, Sequential, Standardize,
+                     activation)
+from .composite import MERGES, ModuleDict, ModuleList, Parallel, Residual  # noqa: F401
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HalfSquaredErrorLoss,  # noqa: F401
                    HuberLoss, L1Loss, Loss, MSELoss, MultiMarginLoss, NLLLoss,
                    ProbCrossEntropyLoss)
 from .init import INITS, init_linear  # noqa: F401
 from .mlp import MLP  # noqa: F401
+
+globals().update(GENERATED)     # Sigmoid, Tanh, ReLU, ..., Add, Concat, Split

@@ -1,13 +1,15 @@
-"""Modules that apply one registered op: activations, Linear, normalization,
-dropout, and the shape helpers Flatten and Sequential."""
+"""Modules that apply one registered op: activations (generated from the
+registry), Linear, normalization, dropout, and the shape helpers Flatten and
+Sequential."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 
-from .. import ops
-from .module import Module, Parameter, check_gy, resolve_rng
+from .. import ops, tape
+from .module import Module, Parameter, call_backward, check_gy, resolve_rng
 
 
 class OpModule(Module):
@@ -28,21 +30,28 @@ class OpModule(Module):
         return ()
 
     def forward(self, x):
-        return self._apply(self.op, x, self.op_inputs())
+        return self._apply(self.op, x, self.op_inputs())[0]
 
     def _apply(self, op, x, extra, **params):
+        """y = op(x, *extra); saves (op, what it saved, y's shape, extra) for backward
+        and returns (y, what the op saved)."""
         arrays = [e.data if isinstance(e, Parameter) else e for e in extra]
+        recording = tape.current()
+        if recording is not None:               # the tape accumulates into these
+            recording.note_params([e for e in extra if isinstance(e, Parameter)])
         # self.params were validated at construction: no re-validation per call
         y, saved = op.run((x, *arrays), {**self.params, **params} if params else self.params)
-        self._saved = (op, saved, np.shape(y), extra)
-        return y
+        self.save(op, saved, np.shape(y), extra)
+        return y, saved
 
     def backward(self, gy, input_grad=True):
         """dL/dx (None with ``input_grad=False``, when x is data), and dL/dparam
-        accumulated into each Parameter."""
-        op, saved, y_shape, extra = self.saved()
+        accumulated into each Parameter, for the latest forward not yet
+        differentiated.  Nothing changes if gy is refused."""
+        op, saved, y_shape, extra = self._peek_saved()
         needs = (input_grad,) + tuple(isinstance(e, Parameter) for e in extra)
-        grads = op.backward(saved, check_gy(gy, y_shape, type(self).__name__), needs)
+        grads = op.backward(saved, check_gy(gy, y_shape, type(self).__name__), needs=needs)
+        self.saved()                             # consumed only once backward succeeded
         for e, g in zip(extra, grads[1:]):
             if isinstance(e, Parameter):
                 e.accumulate(g, fresh=True)      # op outputs are new arrays
@@ -56,81 +65,79 @@ class OpModule(Module):
         return dict(self.params)
 
 
-# -- activations: one class per registered activation, named as in torch.nn ----------
+class OpFunction(Module):
+    """A parameter-free op with any number of inputs and outputs, as a module:
+    ``y = m(*inputs)``, ``m.backward(*gys)`` returns one gradient per input (the
+    array itself when there is one input), None meaning a zero upstream gradient."""
 
-class Sigmoid(OpModule):
-    op = ops.sigmoid
+    op: ops.Op = None
 
+    def __init__(self, **params):
+        super().__init__()
+        self.params = self.op.bind(params)
 
-class Tanh(OpModule):
-    op = ops.tanh
+    def forward(self, *inputs):
+        y, saved = self.op.run(inputs, self.params)
+        outs = y if isinstance(y, tuple) else (y,)
+        self.save(saved, [(np.shape(o), np.asarray(o).dtype) for o in outs], len(inputs))
+        return y
 
+    def backward(self, *gys, input_grad=True):
+        saved, outs, n_inputs = self._peek_saved()
+        who = type(self).__name__
+        if len(gys) != len(outs):
+            raise ValueError(f"{who}.backward: expected {len(outs)} upstream gradient(s), one per "
+                             f"output, got {len(gys)}")
+        gys = [np.zeros(shape, dtype) if g is None else check_gy(g, shape, who)
+               for g, (shape, dtype) in zip(gys, outs)]
+        grads = self.op.backward(saved, *gys) if input_grad else None
+        self.saved()
+        if not input_grad:
+            return None
+        return grads[0] if n_inputs == 1 else tuple(grads[:n_inputs])
 
-class ReLU(OpModule):
-    op = ops.relu
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
 
-
-class LeakyReLU(OpModule):
-    op = ops.leaky_relu
-
-    def __init__(self, negative_slope=0.01):
-        super().__init__(negative_slope=negative_slope)
-
-
-class ELU(OpModule):
-    op = ops.elu
-
-    def __init__(self, alpha=1.0):
-        super().__init__(alpha=alpha)
-
-
-class CELU(OpModule):
-    op = ops.celu
-
-    def __init__(self, alpha=1.0):
-        super().__init__(alpha=alpha)
-
-
-class SELU(OpModule):
-    op = ops.selu
-
-
-class GELU(OpModule):
-    op = ops.gelu
-
-    def __init__(self, approximate="none"):
-        super().__init__(approximate=approximate)
+    def get_config(self):
+        return dict(self.params)
 
 
-class SiLU(OpModule):
-    op = ops.silu
+# -- modules generated from the registry ---------------------------------------------------
+# Every op that names a module (``module="LeakyReLU"`` in its @register) gets a
+# class here, with the op's parameters as constructor arguments in declaration
+# order (torch.nn's names and defaults), so that adding an activation is one file.
+
+def _generated_class(op):
+    """The OpModule subclass ``op.module`` applying ``op``; its docstring carries the formulas."""
+    signature = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
+           for k, v in op.params.items()])
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{op.module}: {e}; expected {op.module}{_shown(signature)}") from None
+        del bound.arguments["self"]
+        base.__init__(self, **bound.arguments)
+
+    __init__.__signature__ = signature
+    base = OpModule if op.inputs == ("x",) and op.outputs == ("y",) else OpFunction
+    doc = (f"{op.module}: the registered op {op.name!r} as a module.\n\n"
+           f"    Forward:  {op.formula}\n    Backward: {op.derivative}\n"
+           f"    At kinks: {op.convention}\n\n    {(op.fn.__doc__ or '').strip()}\n")
+    return type(op.module, (base,), {"op": op, "__init__": __init__, "__doc__": doc,
+                                          "__module__": __name__})
 
 
-class Mish(OpModule):
-    op = ops.mish
+def _shown(signature):
+    return "(" + ", ".join(str(p) for p in list(signature.parameters.values())[1:]) + ")"
 
 
-class Softplus(OpModule):
-    op = ops.softplus
-
-    def __init__(self, beta=1.0, threshold=20.0):
-        super().__init__(beta=beta, threshold=threshold)
-
-
-class Hardsigmoid(OpModule):
-    op = ops.hardsigmoid
-
-
-class Hardswish(OpModule):
-    op = ops.hardswish
-
-
-class ReLU6(OpModule):
-    op = ops.relu6
-
-
-class Identity(OpModule):
-    op = ops.identity
+GENERATED = {op.module: _generated_class(op) for op in ops.REGISTRY.values() if op.module}
+globals().update(GENERATED)
 
 
 class PReLU(OpModule):
@@ -149,42 +156,12 @@ class PReLU(OpModule):
         return dict(num_parameters=self.weight.shape[0], dtype=self.weight.dtype.name)
 
 
-class Softmax(OpModule):
-    op = ops.softmax
-
-    def __init__(self, dim=-1):
-        super().__init__(dim=dim)
-
-
-class LogSoftmax(OpModule):
-    op = ops.log_softmax
-
-    def __init__(self, dim=-1):
-        super().__init__(dim=dim)
-
-
-class SumNormalize(OpModule):
-    """x / sum(x) along ``dim``."""
-
-    op = ops.sum_normalize
-
-    def __init__(self, dim=-1):
-        super().__init__(dim=dim)
-
-
-class LpNorm(OpModule):
-    """The Lp norm ||x||_p along ``dim`` (p > 0)."""
-
-    op = ops.lp_norm
-
-    def __init__(self, p=2.0, dim=-1, keepdim=False):
-        super().__init__(p=p, dim=dim, keepdim=keepdim)
-
-
 def _activation_classes():
-    classes = [Sigmoid, Tanh, ReLU, LeakyReLU, PReLU, ELU, CELU, SELU, GELU, SiLU, Mish,
-               Softplus, Hardsigmoid, Hardswish, ReLU6, Identity]
-    return {cls.op.name: cls for cls in classes}
+    """Activation modules by op name: the generated ones and PReLU (whose slope is a
+    Parameter, so its class is written by hand)."""
+    written = {"prelu": PReLU}
+    return {name: written.get(name) or GENERATED[ops.get(name).module]
+            for name in ops.names("activation")}
 
 
 ACTIVATIONS = _activation_classes()
@@ -264,12 +241,12 @@ class BatchNorm1d(OpModule):
 
     def forward(self, x):
         if self.training or not self.track_running_stats:
-            y = self._apply(ops.batch_norm, x, self.op_inputs())
+            y, saved = self._apply(ops.batch_norm, x, self.op_inputs())
             if self.training and self.track_running_stats:
-                self._update_running_stats(self._saved[1], np.shape(x))
+                self._update_running_stats(saved, np.shape(x))
             return y
         extra = (self.weight, self.bias, self.running_mean, self.running_var)
-        return self._apply(ops.batch_norm_eval, x, extra)
+        return self._apply(ops.batch_norm_eval, x, extra)[0]
 
     def _update_running_stats(self, saved, shape):
         m = math.prod(shape) // shape[1]                 # values per feature
@@ -323,7 +300,7 @@ class Dropout(OpModule):
         self.rng = resolve_rng(seed)
 
     def forward(self, x):
-        return self._apply(self.op, x, (), training=self.training, seed=self.rng)
+        return self._apply(self.op, x, (), training=self.training, seed=self.rng)[0]
 
     def get_config(self):
         return dict(p=self.params["p"])
@@ -343,13 +320,15 @@ class Flatten(Module):
         x = np.asarray(x)
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
-        y = x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
-        self._saved = (x.shape, y.shape)
+        y, _ = ops.reshape.forward(x, shape=x.shape[:start] + (-1,) + x.shape[end + 1:])
+        self.save(x.shape, y.shape)
         return y
 
-    def backward(self, gy):
-        x_shape, y_shape = self.saved()
-        return check_gy(gy, y_shape, "Flatten").reshape(x_shape)
+    def backward(self, gy, input_grad=True):
+        x_shape, y_shape = self._peek_saved()
+        gx = check_gy(gy, y_shape, "Flatten").reshape(x_shape)
+        self.saved()
+        return gx if input_grad else None
 
     def get_config(self):
         return dict(start_dim=self.start_dim, end_dim=self.end_dim)
@@ -381,16 +360,23 @@ class Standardize(Module):
         if x.shape[-len(self.mean.shape):] != self.mean.shape:
             raise ValueError(f"Standardize: expected input of shape (..., {', '.join(map(str, self.mean.shape))}), "
                              f"got shape {x.shape}")
-        y = (x - self.mean) / self.std
-        self._saved = y.shape
+        y, _ = ops.standardize.forward(x, self.mean, self.std)
+        self.save(y.shape)
         return y
 
-    def backward(self, gy):
-        return check_gy(gy, self.saved(), "Standardize") / self.std
+    def backward(self, gy, input_grad=True):
+        gx = check_gy(gy, self._peek_saved(), "Standardize") / self.std
+        self.saved()
+        return gx if input_grad else None
 
     def get_config(self):
         # the statistics themselves are buffers, saved with the weights
         return dict(shape=list(self.mean.shape), dtype=self.mean.dtype.name)
+
+    @classmethod
+    def from_config(cls, config, children):
+        shape, dtype = tuple(config["shape"]), config["dtype"]
+        return cls(np.zeros(shape, dtype), np.ones(shape, dtype))
 
 
 class Sequential(Module):
@@ -406,7 +392,7 @@ class Sequential(Module):
     def forward(self, x):
         for m in self._modules.values():
             x = m(x)
-        self._saved = True
+        self.save(None)
         return x
 
     def backward(self, gy, input_grad=True):
@@ -416,22 +402,25 @@ class Sequential(Module):
         not computed: leading modules without parameters are skipped and the
         first one with parameters skips its input gradient.  Returns None then.
         """
-        self.saved()
+        self._peek_saved()
         mods = list(self._modules.values())
         start = 0
-        if not input_grad:
-            while start < len(mods) and not mods[start].parameters():
+        if not input_grad:          # leading leaves without parameters need no backward
+            while start < len(mods) and not mods[start]._modules and not mods[start].parameters():
                 start += 1
         for i in range(len(mods) - 1, start - 1, -1):
-            m = mods[i]
-            if i == start and not input_grad and isinstance(m, (OpModule, Sequential)):
-                gy = m.backward(gy, input_grad=False)
-            else:
-                gy = m.backward(gy)
+            gy = call_backward(mods[i], (gy,), input_grad=input_grad or i > start)
+        for m in mods[:start]:      # their states of this call are not needed: drop them
+            m.saved()
+        self.saved()
         return gy if input_grad else None
 
     def get_config(self):
-        return dict(children=[module_spec(m) for m in self])
+        return {}               # the children are the checkpoint's, saved with every module's
+
+    @classmethod
+    def from_config(cls, config, children):
+        return cls(*children.values())
 
     def append(self, module):
         setattr(self, str(len(self._modules)), module)
@@ -446,10 +435,3 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-
-def module_spec(m):
-    """{"type": class name, "config": constructor arguments} of a module, for checkpoints."""
-    if not hasattr(m, "get_config"):
-        raise TypeError(f"{type(m).__name__} has no get_config(): it cannot be saved; "
-                        "give it one returning its constructor arguments")
-    return {"type": type(m).__name__, "config": m.get_config()}

@@ -1,10 +1,15 @@
 """Loss modules: ``loss = loss_fn(input, target)`` returns a float (or the
-per-item array with reduction="none"); ``loss_fn.backward()`` returns dL/dinput."""
+per-item array with reduction="none"); ``loss_fn.backward()`` returns dL/dinput.
+
+The target is data: like a model's input it gets no gradient unless asked
+for (``backward(target_grad=True)`` returns ``(dL/dinput, dL/dtarget)``, the
+second None where the op does not differentiate its target, as for class
+indices)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
+from .. import ops, tape
 from .module import Module, check_gy
 
 
@@ -21,15 +26,20 @@ class Loss(Module):
 
     def forward(self, input, target):
         loss, saved = self.op.run((input, target), self.params)     # params bound at __init__
-        self._saved = (saved, np.shape(loss))
+        self.save(saved, np.shape(loss))
+        if tape.recording():            # the tape follows arrays: keep the 0-d one it recorded
+            return loss
         return float(loss) if np.ndim(loss) == 0 else loss
 
-    def backward(self, gy=1.0):
-        """dL/dinput for the last call, scaled by ``gy`` (an array of the loss's shape
-        with reduction="none")."""
-        saved, shape = self.saved()
+    def backward(self, gy=1.0, target_grad=False):
+        """dL/dinput for the latest call not yet differentiated, scaled by ``gy`` (an
+        array of the loss's shape with reduction="none"); with ``target_grad=True``
+        the pair (dL/dinput, dL/dtarget or None)."""
+        saved, shape = self._peek_saved()
         gy = check_gy(gy, shape, type(self).__name__)
-        return self.op.backward(saved, gy)[0]
+        grads = self.op.backward(saved, gy)
+        self.saved()
+        return (grads[0], grads[1]) if target_grad else grads[0]
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)

@@ -5,7 +5,7 @@ import numpy as np
 
 from .init import init_linear
 from .layers import BatchNorm1d, Dropout, Linear, Sequential, activation
-from .module import resolve_rng
+from .module import Module, resolve_rng
 
 
 class MLP(Sequential):
@@ -41,6 +41,12 @@ class MLP(Sequential):
 
     def get_config(self):
         return dict(self.config)
+
+    @classmethod
+    def from_config(cls, config, children):
+        # not Sequential's: an MLP is built from its sizes, and the saved children
+        # (the same layers) are then put in place, as for any module
+        return Module.from_config.__func__(cls, config, children)
 
 
 def _activation(name):

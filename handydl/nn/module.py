@@ -1,16 +1,37 @@
 """Module and Parameter: state on top of the pure ops.
 
-A module's ``forward`` keeps what its ``backward`` needs; ``backward(gy)``
-returns dL/dx for the last forward and *accumulates* (``+=``) dL/dparam into
-each ``Parameter.grad``, so a parameter used twice is counted twice.
+The contract that lets any graph be written by hand:
+
+- ``y = m(x, ...)`` keeps what backward needs **per call** (``self.save(...)``
+  in forward): a module called k times in one forward holds k saved states,
+  and k calls of ``backward`` consume them last in, first out (``saved()``).
+  So a module used twice, a cell applied at every time step, a layer shared
+  by two branches all get the right gradient, accumulated with ``+=`` into
+  ``Parameter.grad``.
+- ``backward(*gys)`` takes one upstream gradient per output (None = zero) and
+  returns one gradient per positional input: the array itself for a module
+  with one input, a tuple for several (None for data that needs none, such as
+  class indices).  ``input_grad=False`` says the input is data: dL/dx is then
+  not computed, and None is returned.
+- A module that defines only ``forward`` gets its backward from the tape
+  (:mod:`handydl.tape`): each forward is recorded op by op, and backward runs
+  the ops' own hand-derived backwards in reverse.
+
+A saved state lives until its backward consumes it, or until ``zero_grad()``
+of the module (or of a module above it) drops every state not yet consumed,
+which starts a new training step.  Under ``with nn.no_grad():`` forwards keep
+nothing at all (evaluation and prediction).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 from collections import OrderedDict
 
 import numpy as np
 
-from .. import _random
+from .. import _random, tape as _tape
 
 
 class Parameter:
@@ -68,24 +89,52 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Forwards inside keep no state for backward (evaluation, prediction), as
+    ``torch.no_grad``: nothing is saved, so nothing can pile up.  A backward
+    of such a forward raises a clear error."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled():
+    """False inside ``no_grad()``."""
+    return _grad_enabled
+
+
 class Module:
     """Base class: parameters, buffers and child modules are found by attribute.
 
-    Subclasses implement ``forward(x)`` (keeping what backward needs in
-    ``self._saved``) and ``backward(gy)``.
+    Subclasses implement ``forward(*inputs)``, keeping what backward needs with
+    ``self.save(...)``, and ``backward(*gys)``, which takes it back with
+    ``self.saved()`` (see the module docstring for the contract).  A subclass
+    that implements only ``forward`` is differentiated by the tape.
     """
 
     training = True
+    _uses_tape = False              # True for subclasses without their own backward
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._uses_tape = cls.backward is Module.backward
 
     def __init__(self):
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_saved", None)
+        object.__setattr__(self, "_states", [])
 
     def __setattr__(self, name, value):
-        if name == "_saved":                    # set on every forward: no bookkeeping needed
-            object.__setattr__(self, name, value)
+        if name == "_saved":            # the older spelling of self.save(value)
+            self.save(value)
             return
         # a buffer stays registered when it is reassigned (running statistics are)
         self._params.pop(name, None)
@@ -101,28 +150,104 @@ class Module:
         self._buffers[name] = None
         object.__setattr__(self, name, value)
 
+    def add_module(self, name, module):
+        """A child module by name (as ``setattr``; the name may be a digit)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.add_module: {name!r} is "
+                            f"{type(module).__name__}, expected a Module")
+        setattr(self, str(name), module)
+
     # -- forward / backward ----------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if self._uses_tape and _grad_enabled and not _tape.recording():
+            return self._forward_on_tape(args, kwargs)
+        if not self._modules:
+            return self.forward(*args, **kwargs)
+        # a forward that fails part-way takes back what its children saved,
+        # so that no later backward consumes half of a failed call
+        marks = [(m, len(m._states)) for m in self.modules()]
+        try:
+            return self.forward(*args, **kwargs)
+        except BaseException:
+            for m, n in marks:
+                del m._states[n:]
+            raise
 
-    def forward(self, x):
+    def forward(self, *inputs):
         raise NotImplementedError(f"{type(self).__name__} has no forward")
 
-    def backward(self, gy):
-        raise NotImplementedError(f"{type(self).__name__} has no backward")
+    def backward(self, *gys, input_grad=True):
+        """The tape's backward, for a module that defines only ``forward``.
+
+        Runs, in reverse, the hand-derived backward of every op that this
+        call's forward recorded; returns dL/d(each positional input) (None for
+        non-float inputs, and for all of them with ``input_grad=False``) and
+        accumulates dL/dparam into each Parameter's ``grad``.
+        """
+        if not self._uses_tape:
+            raise NotImplementedError(f"{type(self).__name__} has no backward")
+        recorded, args, outputs = self.saved()
+        grads = recorded.backward(outputs, *gys, wrt=args if input_grad else (),
+                                  params=self.parameters())
+        if not input_grad:
+            return None
+        return grads[0] if len(grads) == 1 else tuple(grads)
+
+    def _forward_on_tape(self, args, kwargs):
+        recorded = _tape.Tape()
+        with recorded:
+            recorded.watch(*args)
+            outputs = self.forward(*args, **kwargs)
+        self.save(recorded, args, outputs)
+        return outputs
+
+    def save(self, *state):
+        """Keep ``state`` for the backward of this call (nothing under ``no_grad()``,
+        nor while a tape records: the tape then keeps what backward needs)."""
+        if _grad_enabled and not _tape.recording():
+            self._states.append(state[0] if len(state) == 1 else state)
 
     def saved(self):
-        """What the last forward kept; RuntimeError if there was none."""
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
-                               "there is nothing to differentiate")
-        return self._saved
+        """The state of the latest forward not yet differentiated, taken off the stack.
+
+        RuntimeError if there is none: backward called more often than forward.
+        """
+        state = self._peek_saved()
+        self._states.pop()
+        return state
+
+    def _peek_saved(self):
+        if not self._states:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called before forward(), or more often: each "
+                "forward keeps one saved state and each backward consumes the latest (last in, "
+                "first out); none is left (forward not called, called under no_grad() or a tape, "
+                "already differentiated, or dropped by zero_grad())")
+        return self._states[-1]
+
+    @property
+    def saved_count(self):
+        """How many forwards of this module wait for their backward."""
+        return len(self._states)
+
+    def clear_saved(self):
+        """Drop every saved state of this module and the modules below it."""
+        for m in self.modules():
+            m._states.clear()
 
     # -- traversal -------------------------------------------------------------------
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix="", remove_duplicate=True, memo=None):
+        """(dotted name, module) for this module and every module below it; a module
+        used in two places is listed once, under its first name (as PyTorch)."""
+        if remove_duplicate:
+            memo = set() if memo is None else memo
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name,
+                                           remove_duplicate, memo)
 
     def modules(self):
         return [m for _, m in self.named_modules()]
@@ -130,9 +255,18 @@ class Module:
     def children(self):
         return list(self._modules.values())
 
-    def named_parameters(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
+    def named_children(self):
+        return list(self._modules.items())
+
+    def named_parameters(self, prefix="", remove_duplicate=True):
+        """(dotted name, Parameter) for every parameter; a shared Parameter (a tied
+        weight, a module used twice) is listed once, under its first name."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate):
             for name, p in mod._params.items():
+                if remove_duplicate and id(p) in seen:
+                    continue
+                seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
@@ -144,8 +278,11 @@ class Module:
 
     # -- state -------------------------------------------------------------------------
     def zero_grad(self):
+        """Mark every gradient zero and drop the saved states of forwards not yet
+        differentiated: a new training step begins."""
         for p in self.parameters():
             p.zero_grad()
+        self.clear_saved()
 
     def train(self, mode=True):
         for m in self.modules():
@@ -200,8 +337,29 @@ class Module:
             value = getattr(mod, attr)
             if isinstance(value, np.ndarray) and value.dtype.kind == "f":
                 setattr(mod, attr, value.astype(dtype))
-        object.__setattr__(self, "_saved", None)
+        self.clear_saved()
         return self
+
+    @classmethod
+    def from_config(cls, config, children):
+        """A module rebuilt from a checkpoint: ``cls(**config)`` (``config`` is what
+        ``get_config()`` returned), then each saved child put in place by its
+        attribute name, so that shared children stay shared.  Containers whose
+        children are constructor arguments (Sequential) override this."""
+        m = cls(**config)
+        for name, child in children.items():
+            m.add_module(name, child)
+        return m
+
+    def get_submodule(self, target):
+        """The module at dotted path ``target`` ("" is this module), as PyTorch."""
+        m = self
+        for name in target.split(".") if target else ():
+            if name not in m._modules:
+                raise AttributeError(f"{type(m).__name__} has no child module {name!r} "
+                                     f"(looking up {target!r})")
+            m = m._modules[name]
+        return m
 
     # -- printing ------------------------------------------------------------------------
     def extra_repr(self):
@@ -213,6 +371,23 @@ class Module:
         if not lines:
             return f"{type(self).__name__}({self.extra_repr()})"
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_input_grad(cls):
+    return "input_grad" in inspect.signature(cls.backward).parameters
+
+
+def call_backward(m, gys, input_grad=True):
+    """``m.backward(*gys)``; with ``input_grad=False`` passed on to a backward that
+    takes it (a user's module may not: its dL/dx is then computed and dropped).
+    Returns None when ``input_grad`` is False."""
+    if input_grad:
+        return m.backward(*gys)
+    if _takes_input_grad(type(m)):
+        return m.backward(*gys, input_grad=False)
+    m.backward(*gys)
+    return None
 
 
 def check_gy(gy, y_shape, who):

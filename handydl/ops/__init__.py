@@ -4,16 +4,17 @@
 registers every op.  Each op is callable (``ops.sigmoid(x)``) and has
 ``forward``/``backward`` (see :mod:`handydl.ops.registry`).
 """
-from .registry import REGISTRY, Op, as_float, get, names, register  # noqa: F401
+from .registry import REGISTRY, Op, as_float, get, names, register, set_recorder  # noqa: F401
 from .activations import (celu, elu, gelu, hardsigmoid, hardswish, identity,  # noqa: F401
                           leaky_relu, mish, prelu, relu, relu6, selu, sigmoid, silu,
                           softplus, tanh)
 from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax_jacobian,  # noqa: F401
                       sum_normalize)
 from .linear import chain_matmul, linear, matmul  # noqa: F401
-from .normalization import batch_norm, batch_norm_eval, layer_norm, lp_norm  # noqa: F401
+from .normalization import batch_norm, batch_norm_eval, layer_norm, lp_norm, standardize  # noqa: F401
 from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
                      binary_cross_entropy_with_logits, cross_entropy, half_squared_error,
                      huber_loss, l1_loss, mse_loss, multi_margin_loss, nll_loss,
                      prob_cross_entropy)
 from .dropout import dropout  # noqa: F401
+from .structure import add, concat, mul, reshape, split, unbroadcast  # noqa: F401

@@ -58,7 +58,7 @@ def _mask(condition, dtype):
 # -- the logistic family -------------------------------------------------------
 
 @register(
-    "sigmoid", kind="activation",
+    "sigmoid", module="Sigmoid", kind="activation",
     formula=r"\sigma(x) = \frac{1}{1 + e^{-x}}",
     derivative=r"\sigma'(x) = \sigma(x)\,\bigl(1 - \sigma(x)\bigr)",
     domains=WIDE,
@@ -95,7 +95,7 @@ def _sigmoid_kernel(x):
 
 
 @register(
-    "tanh", kind="activation",
+    "tanh", module="Tanh", kind="activation",
     formula=r"\tanh(x) = \frac{e^{x} - e^{-x}}{e^{x} + e^{-x}}",
     derivative=r"\tanh'(x) = 1 - \tanh^2(x)",
     domains=WIDE, complex_step=True,
@@ -117,7 +117,7 @@ def _tanh_backward(y, gy):
 # -- the ReLU family -------------------------------------------------------------
 
 @register(
-    "relu", kind="activation",
+    "relu", module="ReLU", kind="activation",
     formula=r"\mathrm{ReLU}(x) = \max(0, x)",
     derivative=r"\mathrm{ReLU}'(x) = \begin{cases} 1 & x > 0 \\ 0 & x \le 0 \end{cases}",
     convention="ReLU'(0) = 0, as PyTorch",
@@ -145,7 +145,7 @@ def _relu_kernel(x):
 
 
 @register(
-    "leaky_relu", kind="activation",
+    "leaky_relu", module="LeakyReLU", kind="activation",
     formula=r"\mathrm{LeakyReLU}(x) = \begin{cases} x & x > 0 \\ a x & x \le 0 \end{cases}",
     derivative=r"\mathrm{LeakyReLU}'(x) = \begin{cases} 1 & x > 0 \\ a & x \le 0 \end{cases}",
     convention="LeakyReLU'(0) = negative_slope, as PyTorch",
@@ -272,7 +272,7 @@ def _exponential_linear(x, scale, alpha, inv_alpha=1.0):
 
 
 @register(
-    "elu", kind="activation",
+    "elu", module="ELU", kind="activation",
     formula=r"\mathrm{ELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases}",
     derivative=r"\mathrm{ELU}'(x) = \begin{cases} 1 & x > 0 \\ \alpha e^{x} = y + \alpha & x \le 0 \end{cases}",
     convention="ELU'(0) = alpha (the left limit), as PyTorch",
@@ -298,7 +298,7 @@ def _elu_kernel(x, alpha):
 
 
 @register(
-    "celu", kind="activation",
+    "celu", module="CELU", kind="activation",
     formula=r"\mathrm{CELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x/\alpha} - 1) & x \le 0 \end{cases}",
     derivative=r"\mathrm{CELU}'(x) = \begin{cases} 1 & x > 0 \\ e^{x/\alpha} = y/\alpha + 1 & x \le 0 \end{cases}",
     convention="continuously differentiable: CELU'(0) = 1",
@@ -325,7 +325,7 @@ def _celu_kernel(x, alpha):
 
 
 @register(
-    "selu", kind="activation",
+    "selu", module="SELU", kind="activation",
     formula=r"\mathrm{SELU}(x) = \lambda \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases}",
     derivative=r"\mathrm{SELU}'(x) = \begin{cases} \lambda & x > 0 \\ \lambda \alpha e^{x} = y + \lambda\alpha & x \le 0 \end{cases}",
     convention="SELU'(0) = scale * alpha (the left limit), as PyTorch",
@@ -350,7 +350,7 @@ def _selu_kernel(x):
 
 
 @register(
-    "relu6", kind="activation",
+    "relu6", module="ReLU6", kind="activation",
     formula=r"\mathrm{ReLU6}(x) = \min(\max(0, x), 6)",
     derivative=r"\mathrm{ReLU6}'(x) = \begin{cases} 1 & 0 < x < 6 \\ 0 & \text{otherwise} \end{cases}",
     convention="ReLU6'(0) = ReLU6'(6) = 0, as PyTorch",
@@ -378,7 +378,7 @@ def _relu6_kernel(x):
 # -- smooth ReLU relatives --------------------------------------------------------
 
 @register(
-    "gelu", kind="activation",
+    "gelu", module="GELU", kind="activation",
     formula=(r"\mathrm{GELU}(x) = x\,\Phi(x) = \frac{x}{2}\bigl(1 + \mathrm{erf}(x/\sqrt{2})\bigr)"
              r"\quad\text{or (tanh)}\quad \frac{x}{2}\bigl(1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3))\bigr)"),
     derivative=(r"\mathrm{GELU}'(x) = \Phi(x) + x\,\varphi(x)"
@@ -440,7 +440,7 @@ def _gelu_tanh_kernel(x):
 
 
 @register(
-    "silu", kind="activation",
+    "silu", module="SiLU", kind="activation",
     formula=r"\mathrm{SiLU}(x) = x\,\sigma(x)",
     derivative=r"\mathrm{SiLU}'(x) = \sigma(x)\bigl(1 + x(1 - \sigma(x))\bigr)",
     domains=WIDE,
@@ -513,7 +513,7 @@ def _softplus(x):
 
 
 @register(
-    "mish", kind="activation",
+    "mish", module="Mish", kind="activation",
     formula=r"\mathrm{Mish}(x) = x \tanh(\mathrm{softplus}(x)) = x\tanh(\ln(1 + e^{x}))",
     derivative=r"\mathrm{Mish}'(x) = \tanh(\mathrm{sp}(x)) + x\,\sigma(x)\bigl(1 - \tanh^2(\mathrm{sp}(x))\bigr)",
     domains=WIDE,
@@ -545,7 +545,7 @@ def _mish_kernel(x):
 
 
 @register(
-    "softplus", kind="activation",
+    "softplus", module="Softplus", kind="activation",
     formula=r"\mathrm{softplus}(x) = \frac{1}{\beta}\ln\bigl(1 + e^{\beta x}\bigr)\ \ (= x \text{ when } \beta x > \text{threshold})",
     derivative=r"\mathrm{softplus}'(x) = \sigma(\beta x)\ \ (= 1 \text{ when } \beta x > \text{threshold})",
     convention="above the threshold the function is x and the derivative 1, as PyTorch",
@@ -590,7 +590,7 @@ def _softplus_kernel(x, beta, threshold):
 # -- the hard (piecewise linear) family --------------------------------------------
 
 @register(
-    "hardsigmoid", kind="activation",
+    "hardsigmoid", module="Hardsigmoid", kind="activation",
     formula=r"\mathrm{hardsigmoid}(x) = \min(\max(0, x/6 + 1/2), 1)",
     derivative=r"\mathrm{hardsigmoid}'(x) = \begin{cases} 1/6 & -3 < x < 3 \\ 0 & \text{otherwise} \end{cases}",
     convention="derivative 0 at x = -3 and x = 3, as PyTorch",
@@ -617,7 +617,7 @@ def _hardsigmoid_kernel(x):
 
 
 @register(
-    "hardswish", kind="activation",
+    "hardswish", module="Hardswish", kind="activation",
     formula=r"\mathrm{hardswish}(x) = x\,\frac{\min(\max(0, x + 3), 6)}{6}",
     derivative=(r"\mathrm{hardswish}'(x) = \begin{cases} 0 & x \le -3 \\ x/3 + 1/2 & -3 < x < 3"
                 r" \\ 1 & x \ge 3 \end{cases}"),
@@ -652,7 +652,7 @@ def _hardswish_kernel(x):
 
 
 @register(
-    "identity", kind="activation",
+    "identity", module="Identity", kind="activation",
     formula=r"f(x) = x", derivative=r"f'(x) = 1",
     domains=WIDE, complex_step=True,
     symbolic=lambda x, sp: x,

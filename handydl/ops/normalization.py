@@ -184,7 +184,7 @@ def _norm_sample(rng, dtype, lo, hi):
 
 
 @register(
-    "lp_norm", kind="normalization",
+    "lp_norm", module="LpNorm", kind="normalization",
     formula=r"\|x\|_p = \Bigl(\textstyle\sum_j |x_j|^p\Bigr)^{1/p}",
     derivative=(r"\frac{\partial \|x\|_p}{\partial x_j} = \frac{x_j\,|x_j|^{p-2}}{\|x\|_p^{\,p-1}}"
                 r" = \mathrm{sign}(x_j)\Bigl(\frac{|x_j|}{\|x\|_p}\Bigr)^{p-1}"),
@@ -217,3 +217,27 @@ def _lp_norm_backward(saved, gy):
     # (|x_j|/n)^(p-1) only where x_j != 0: for p < 1 it would be 0^(negative) = inf
     slope = np.power(ratio, p - 1, out=np.zeros_like(ratio), where=x != 0)
     return gy * np.sign(x) * slope
+
+
+def _standardize_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(4, 3)).astype(dtype)
+    return x, rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2.0, 3).astype(dtype)
+
+
+@register(
+    "standardize", kind="normalization",
+    formula=r"y = \frac{x - \mu}{s}\quad(\mu, s \text{ fixed, e.g. the training set's})",
+    derivative=r"g_x = \frac{g_y}{s}",
+    inputs=("x", "mean", "std"), differentiable=(True, False, False), complex_step=True,
+    sample=_standardize_sample, domains=((-6.0, 6.0), (-1000.0, 1000.0)),
+    reference=lambda torch, x, mean, std: (x - mean) / std,
+)
+def standardize(x, mean, std):
+    """y = (x - mean) / std with constant statistics (nn.Standardize's buffers)."""
+    x = as_float(x)
+    return (x - mean) / std, std
+
+
+@standardize.set_backward
+def _standardize_backward(std, gy):
+    return gy / std, None, None

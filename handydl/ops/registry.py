@@ -9,8 +9,18 @@ The contract of an op (the same as JAX's ``custom_vjp``)::
     grads = op.backward(saved, gy)             # one gradient per input
                                                # (None where not differentiable)
 
+An op with several outputs (``outputs=("a", "b")``, as ``split``) returns them
+as a tuple and takes one upstream gradient per output, None meaning zero::
+
+    (a, b), saved = op.forward(x)
+    gx, = op.backward(saved, ga, None)
+
 ``op(*inputs, **params)`` returns just ``y``.  Backward is a vector-Jacobian
 product: it never builds a Jacobian.
+
+While a :class:`handydl.tape.Tape` records, ``run`` reports every call
+(op, inputs, outputs, saved) to it; that is the one hook the tape needs, and
+the ops know nothing else of it.
 """
 from __future__ import annotations
 
@@ -22,6 +32,18 @@ import numpy as np
 from . import fused
 
 REGISTRY: dict[str, "Op"] = {}
+
+# The tape's hook (handydl.tape sets it while recording): called as
+# ``_recorder(op, inputs, bound params, outputs, saved)`` after every run.
+_recorder = None
+
+
+def set_recorder(fn):
+    """Install ``fn`` as the hook every op call reports to (None removes it);
+    returns the previous one, so that recorders can nest."""
+    global _recorder
+    previous, _recorder = _recorder, fn
+    return previous
 
 # Extreme ranges where a naive exp/log overflows; every op is tested on them.
 NORMAL = (-6.0, 6.0)
@@ -47,6 +69,10 @@ class Op:
     convention        the derivative's value at non-differentiable points, in words.
     inputs            names of the positional array inputs; a leading "*" marks
                       a variadic input (chain products).
+    outputs           names of the outputs; several make forward return a tuple
+                      and backward take one upstream gradient per output.
+    module            the torch.nn class name of the module generated for this
+                      op (handydl.nn makes it from the registry), or None.
     differentiable    which inputs get a gradient (class indices do not).
     params            keyword parameters and their defaults.
     choices           parameters that take one of a fixed set of values.
@@ -77,6 +103,8 @@ class Op:
     derivative: str
     convention: str = "differentiable everywhere"
     inputs: tuple = ("x",)
+    outputs: tuple = ("y",)
+    module: str | None = None
     differentiable: tuple | None = None
     params: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
@@ -103,21 +131,26 @@ class Op:
         """Return ``(y, saved)``; see the module docstring."""
         return self.run(inputs, self.bind(params))
 
-    def backward(self, saved, gy, needs=None):
+    def backward(self, saved, *gys, needs=None):
         """Return a tuple with one gradient per input (None if not differentiable).
 
+        ``gys``: one upstream gradient per output (None means zero; an op with
+        several outputs gets the Nones, and treats them as zeros).
         ``needs`` (one bool per input) lets an op skip gradients nobody wants,
         such as dL/dx of a network's first layer, whose input is data.
         """
         if self._backward is None:
             raise NotImplementedError(f"op {self.name!r} has no backward")
+        if not self.outputs[0].startswith("*") and len(gys) != len(self.outputs):
+            raise ValueError(f"{self.name}.backward: expected {len(self.outputs)} upstream "
+                             f"gradient(s), one per output {self.outputs}, got {len(gys)}")
         if isinstance(saved, fused.Saved):             # saved by a fused forward
-            return (fused.backward(saved, gy),)
+            return (fused.backward(saved, *gys),)
         with np.errstate(under="ignore"):
             if needs is not None and self._takes_needs:
-                grads = self._backward(saved, gy, needs)
+                grads = self._backward(saved, *gys, needs)
             else:
-                grads = self._backward(saved, gy)
+                grads = self._backward(saved, *gys)
         return grads if isinstance(grads, tuple) else (grads,)
 
     def run(self, inputs, bound):
@@ -128,22 +161,27 @@ class Op:
         returns): it must never raise, even under np.seterr(all="raise").
         Overflow, division by zero and invalid operations still do.
         """
+        result = None
         if self._kernels and fused.usable(inputs[0]):
             kernel = self.kernel_for(bound)
             if kernel is not None:
                 numeric = [bound[k] for k in self.params if k not in self.choices]
-                return fused.forward(kernel, inputs[0], numeric)
-        with np.errstate(under="ignore"):
-            return self.fn(*inputs, **bound)
+                result = fused.forward(kernel, inputs[0], numeric)
+        if result is None:
+            with np.errstate(under="ignore"):
+                result = self.fn(*inputs, **bound)
+        if _recorder is not None:
+            _recorder(self, inputs, bound, *result)
+        return result
 
     def __call__(self, *inputs, **params):
         return self.forward(*inputs, **params)[0]
 
     def set_backward(self, fn):
-        """Decorator that attaches the hand-derived backward ``fn(saved, gy)``
-        (or ``fn(saved, gy, needs)`` for an op that can skip gradients)."""
+        """Decorator that attaches the hand-derived backward ``fn(saved, *gys)``
+        (or ``fn(saved, *gys, needs)`` for an op that can skip gradients)."""
         self._backward = fn
-        self._takes_needs = fn.__code__.co_argcount >= 3
+        self._takes_needs = fn.__code__.co_argcount >= 2 + len(self.outputs)
         return fn
 
     def set_kernel(self, fn=None, *, save="derivative", slope=None, **choice):
