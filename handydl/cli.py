@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 import numpy as np
@@ -24,8 +26,8 @@ def cmd_check(args) -> int:
     from . import ops
     from .check import gradcheck
 
-    names = args.ops.split(",") if args.ops else ops.names()
-    selected = [ops.get(n.strip()) for n in names]
+    names = [n.strip() for n in args.ops.split(",") if n.strip()] if args.ops else ops.names()
+    selected = [ops.get(_choose("op", n, sorted(ops.names()))) for n in names]
     rows, failures = [], []
     for op in selected:
         for params, inputs in _check_cases(op):
@@ -53,12 +55,22 @@ class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+def _user_errors():
+    """The exceptions that are the user's input, not a bug: one line, exit 2."""
+    from .check.expr import ExprError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    return UsageError, DataError, CheckpointError, ExprError
+
+
 def _positive(kind, name):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
         return value
@@ -146,18 +158,25 @@ def _gradcheck_line(model, loss_fn, X, y, task):
 
 
 def cmd_train(args) -> int:
-    """Train an MLP (default: on the embedded digits) and write checkpoint, history and curves."""
-    import json
+    """Train an MLP (default: on the embedded digits) and write checkpoint, history and curves.
+
+    Exit status 1 when the gradient check fails or the run diverges (a NaN or
+    infinite loss or weight): then nothing is written and files of an earlier
+    run in --out stay as they were.  The four output files are published
+    together (see _publish_run).
+    """
     import time
 
-    from . import checkpoint, manual_seed, nn, optim
-    from ._io import write_text
+    from . import manual_seed, nn, optim
+    from ._io import STAGE_PREFIX, remove_stale_temps
     from .data import split
     from .train import evaluate, fit
 
     _choose("activation", args.activation, list(nn.ACTIVATIONS))
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
     out = _writable_dir(args.out)
+    for name in (STAGE_PREFIX[1:],) + RUN_FILES:       # leftovers of runs that were killed
+        remove_stale_temps(out, name)
     data = _load_data(args)
     start = time.perf_counter()
     manual_seed(args.seed)
@@ -168,40 +187,96 @@ def cmd_train(args) -> int:
                           nn.MLP([data.n_features, *args.hidden, data.n_outputs], activation=args.activation,
                                  dropout=args.dropout, batch_norm=args.batch_norm, rng=args.seed))
     loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
-    print(f"{data.name}: {data.task}, {len(Xtr)} train / {len(Xval)} validation / {len(data.X_test)} "
-          f"test samples, {data.n_features} features" +
-          (f", {data.n_outputs} classes" if data.task == "classification" else ""))
-    print(f"model: {' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
-          f"{args.activation} MLP, {sum(p.data.size for p in model.parameters()):,} parameters")
+    log = _Log()
+    log(f"{data.name}: {data.task}, {len(Xtr)} train / {len(Xval)} validation / {len(data.X_test)} "
+        f"test samples, {data.n_features} features" +
+        (f", {data.n_outputs} classes" if data.task == "classification" else ""))
+    log(f"model: {' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
+        f"{args.activation} MLP, {sum(p.data.size for p in model.parameters()):,} parameters")
     line, ok = _gradcheck_line(model, loss_fn, Xtr, ytr, data.task)
-    print(line)
+    log(line)
     if not ok:
         return 1
     opt_kwargs = {"lr": args.lr}
     if args.optimizer == "sgd":
         opt_kwargs["momentum"] = 0.9
     optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), **opt_kwargs)
-    history = fit(model, loss_fn, optimizer, loader, args.epochs,
-                  val_data=(Xval, yval) if len(Xval) else None,      # a tiny file may leave no validation rows
-                  scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
-                  progress=False if args.no_progress else None)
-    test = evaluate(model, loss_fn, data.X_test, data.y_test)
+    with np.errstate(over="ignore", invalid="ignore"):     # a diverging run is reported below, once
+        history = fit(model, loss_fn, optimizer, loader, args.epochs,
+                      val_data=(Xval, yval) if len(Xval) else None,  # a tiny file may leave none
+                      scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
+                      progress=False if args.no_progress else None, log=log)
+        problem = _diverged(history, model)
+        test = None if problem else evaluate(model, loss_fn, data.X_test, data.y_test)
+    if test is not None and not math.isfinite(test["loss"]):
+        problem = f"the test loss is {test['loss']}"
+    if problem:
+        _error(f"handydl train: error: the run diverged: {problem}. Nothing was written to {out} "
+               f"(files of an earlier run there are unchanged); try a smaller --lr than {args.lr:g}")
+        return 1
     if data.task == "classification":
-        print(f"test accuracy: {test['acc']:.2%} ({len(data.X_test)} held-out samples), loss {test['loss']:.4f}")
+        log(f"test accuracy: {test['acc']:.2%} ({len(data.X_test)} held-out samples), loss {test['loss']:.4f}")
     else:
-        print(f"test MSE: {test['mse']:.4f}, R^2: {test['r2']:.4f} ({len(data.X_test)} held-out samples)")
+        log(f"test MSE: {test['mse']:.4f}, R^2: {test['r2']:.4f} ({len(data.X_test)} held-out samples)")
     meta = {"dataset": data.name, "task": data.task, "classes": data.classes,
             "feature_names": data.feature_names, "test": test, "args": _jsonable(vars(args))}
-    checkpoint.save(model, out / "model.npz", meta=meta)
-    write_text(out / "history.json", json.dumps({"history": history, "test": test}, indent=1))
-    keys = list(history)
-    write_text(out / "history.csv", ",".join(keys) + "\n" + "\n".join(
-        ",".join(f"{history[k][i]:.6g}" for k in keys) for i in range(len(history["epoch"]))) + "\n")
-    from .plot import save, training_curves
-    save(training_curves(history, title=data.name), out / "curves.png")
-    print(f"wrote {out / 'model.npz'}, {out / 'history.json'}, {out / 'history.csv'}, "
-          f"{out / 'curves.png'} ({time.perf_counter() - start:.1f} s)")
+    _publish_run(out, model, meta, history, test, data.name)
+    log(f"wrote {', '.join(str(out / f) for f in RUN_FILES)} ({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+RUN_FILES = ("model.npz", "history.json", "history.csv", "curves.png")
+
+
+def _diverged(history, model):
+    """What makes a finished run unusable (a non-finite training loss or
+    weight), or None."""
+    for epoch, loss in zip(history["epoch"], history["train_loss"]):
+        if not math.isfinite(loss):
+            return f"the training loss became {loss} in epoch {epoch}"
+    for name, value in model.state_dict().items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return f"{name} holds non-finite values"
+    return None
+
+
+def _publish_run(out, model, meta, history, test, title):
+    """Write the run's files into a hidden stage inside ``out``, then move them
+    into place together (_io.staged_dir): an error or Ctrl-C before that leaves
+    ``out`` as it was, and never a new model beside an old run's curves."""
+    import json
+
+    from . import checkpoint
+    from ._io import staged_dir, write_text
+    from .plot import save, training_curves
+    with staged_dir(out) as stage:
+        checkpoint.save(model, stage / "model.npz", meta=meta)
+        write_text(stage / "history.json", json.dumps({"history": history, "test": test}, indent=1))
+        keys = list(history)
+        write_text(stage / "history.csv", ",".join(keys) + "\n" + "\n".join(
+            ",".join(f"{history[k][i]:.6g}" for k in keys) for i in range(len(history["epoch"]))) + "\n")
+        save(training_curves(history, title=title), stage / "curves.png")
+
+
+class _Log:
+    """Prints a run's log lines.  If standard output goes away (``| head``
+    closed the pipe, a full disk), the run goes on without its log: training
+    is not lost to a closed terminal."""
+
+    def __init__(self):
+        self.lost = False
+
+    def __call__(self, line):
+        if self.lost:
+            return
+        try:
+            print(line, flush=True)
+        except OSError as e:
+            self.lost = True
+            _silence_stdout()
+            if not isinstance(e, BrokenPipeError):
+                _error(f"handydl: standard output failed ({e.strerror or e}); going on without the log")
 
 
 def _jsonable(d):
@@ -213,34 +288,70 @@ def cmd_predict(args) -> int:
     import csv
     import io
 
-    from . import checkpoint, ops
+    from . import checkpoint
     from ._io import write_text
-    from .data import DataError, read_table
+    from .data import read_table
     from .train import predict
 
-    try:
-        model, meta = checkpoint.load(args.model, return_meta=True)
-        X = read_table(args.data).feature_matrix(meta["feature_names"])
-    except (checkpoint.CheckpointError, DataError) as e:
-        raise UsageError(str(e)) from None
+    model, meta = checkpoint.load(args.model, return_meta=True)
+    meta = meta if isinstance(meta, dict) else {}
+    table = read_table(args.data)
+    names = _feature_names(meta, table, model, args.data)
+    X = table.feature_matrix(names)
     out = predict(model, X)
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if meta.get("task") == "classification":
-        classes = meta["classes"]
-        p = ops.softmax(out)
-        w.writerow(["prediction"] + [f"p_{c}" for c in classes])
-        for row, probs in zip(out.argmax(axis=1), p):
-            w.writerow([classes[row]] + [f"{v:.6g}" for v in probs])
-    else:
-        w.writerow(["prediction"])
-        w.writerows([[f"{v:.6g}"] for v in out.reshape(-1)])
+    _write_predictions(csv.writer(buf, lineterminator="\n"), out, meta)
     if args.out:
         write_text(args.out, buf.getvalue())
         print(f"wrote {len(X)} predictions to {args.out}")
     else:
-        sys.stdout.write(buf.getvalue())
+        _write_stdout(buf.getvalue())
     return 0
+
+
+def _feature_names(meta, table, model, data_path):
+    """The checkpoint's feature names (handydl train saves them), or, for a model
+    saved from Python without them, every column of the data file in order."""
+    names = meta.get("feature_names")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return names
+    names = list(table.columns)
+    width = _input_width(model)
+    if width is not None and width != len(names):
+        raise UsageError(f"{data_path}: {len(names)} columns, but the model takes {width} features (the "
+                         "checkpoint names no feature columns, so every column of the file is used)")
+    return names
+
+
+def _input_width(model):
+    """The number of input features of the model's first layer, where it says."""
+    from . import nn
+    for m in model.modules():
+        if isinstance(m, nn.Standardize):
+            return int(m.mean.shape[-1]) if m.mean.ndim else None
+        if isinstance(getattr(m, "in_features", None), int):
+            return m.in_features
+    return None
+
+
+def _write_predictions(w, out, meta):
+    """CSV rows: the predicted class and its probabilities for a classifier
+    (class names from the checkpoint, or 0, 1, ...), else the outputs."""
+    from . import ops
+    outputs = out.reshape(len(out), -1)
+    if meta.get("task") == "classification":
+        classes = meta.get("classes")
+        if not (isinstance(classes, list) and len(classes) == outputs.shape[1]):
+            classes = [str(i) for i in range(outputs.shape[1])]
+        w.writerow(["prediction"] + [f"p_{c}" for c in classes])
+        for row, probs in zip(outputs.argmax(axis=1), ops.softmax(outputs)):
+            w.writerow([classes[row]] + [f"{v:.6g}" for v in probs])
+    elif outputs.shape[1] == 1:
+        w.writerow(["prediction"])
+        w.writerows([[f"{v:.6g}"] for v in outputs[:, 0]])
+    else:
+        w.writerow([f"output_{j}" for j in range(outputs.shape[1])])
+        w.writerows([[f"{v:.6g}" for v in row] for row in outputs])
 
 
 def _floats(text, what):
@@ -257,8 +368,10 @@ def cmd_plot(args) -> int:
         if args.name not in (None, "softmax"):
             raise UsageError("--logits goes with 'handydl plot softmax'")
         logits = _floats(args.logits or "2,1,0.1", "--logits")
+        if len(logits) < 2 or not all(map(math.isfinite, logits)):
+            raise UsageError(f"--logits expects at least 2 finite numbers, got {args.logits!r}")
+        out = _image_path(args.out or "softmax_jacobian.png")
         fig = plot.softmax_jacobian(logits)
-        out = args.out or "softmax_jacobian.png"
     else:
         names = ([args.name] if args.name else []) + (args.ops.split(",") if args.ops else [])
         names = [n.strip() for n in names if n.strip()]
@@ -266,23 +379,49 @@ def cmd_plot(args) -> int:
             if n not in ops.names("activation"):
                 raise UsageError(f"unknown activation {n!r}; valid activations: "
                                  f"{', '.join(ops.names('activation'))} (or 'softmax' with --logits)")
-        fig = plot.activations(names or None, xrange=tuple(args.range), second=args.second,
+        lo, hi = args.range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UsageError(f"--range {lo:g} {hi:g}: expected finite LO < HI")
+        out = _image_path(args.out or "activations.png")
+        fig = plot.activations(names or None, xrange=(lo, hi), second=args.second,
                                torch_reference=not args.no_torch)
-        out = args.out or "activations.png"
     path = plot.save(fig, out)
     print(f"wrote {path}")
     return 0
+
+
+def _image_path(path):
+    """``path`` if it names a .png, .svg or .pdf file that can be created."""
+    from pathlib import Path
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in ("png", "svg", "pdf"):
+        raise UsageError(f"--out {path}: unsupported image format {fmt or '(none)'!r}; "
+                         "expected .png, .svg or .pdf")
+    return _output_file("--out", path)
+
+
+def _output_file(flag, path):
+    """``path`` as a Path if a file can be written there: its directory exists and
+    it is not itself a directory; else a UsageError naming the flag."""
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; expected a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+    return path
 
 
 def cmd_explain(args) -> int:
     """Formula, derivative, convention and step-by-step derivation of an op."""
     from . import derivations, ops
     if args.all:
-        sys.stdout.write(derivations.render_all(args.format))
+        _write_stdout(derivations.render_all(args.format))
         return 0
     if not args.name:
         raise UsageError(f"name an op, or --all; ops: {', '.join(ops.names())}")
-    sys.stdout.write(derivations.explain(args.name, args.format))
+    _write_stdout(derivations.explain(_choose("op", args.name, sorted(ops.names())), args.format))
     return 0
 
 
@@ -341,15 +480,25 @@ def _shown(params):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="handydl",
-        description="Deep learning with hand-derived gradients, checked by machine.")
+        description="Deep learning with hand-derived gradients, checked by machine.",
+        epilog="exit status: 0 done, 1 a failed check, a diverged run or a file that could not be "
+               "written, 2 bad input (one line on stderr), 130 interrupted (Ctrl-C)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of a one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("check", help="gradcheck every registered op and print a table")
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("train", help="train an MLP (default: the embedded digits data)")
+    p = sub.add_parser("train", help="train an MLP (default: the embedded digits data)",
+                       epilog="Writes model.npz, history.json, history.csv and curves.png into --out, all "
+                              "four together. Exit status 1 when the gradient check fails or the run "
+                              "diverges (a NaN or infinite loss or weight; try a smaller --lr): nothing is "
+                              "written then, and an earlier run's files in --out stay as they were. Ctrl-C "
+                              "stops with exit status 130 and writes nothing. With --batch-norm, an epoch's "
+                              "last batch is dropped when it would hold a single row.")
     p.add_argument("--dataset", default="digits",
                    help="digits (default), iris, breast_cancer, wine, moons, spirals, regression, "
                         "mnist, fashion_mnist")
@@ -363,8 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
     p.add_argument("--activation", default="relu", help="any registered activation (default relu)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (0.2)")
-    p.add_argument("--batch-norm", action="store_true", help="BatchNorm1d after each hidden Linear (an epoch's last batch is "
-                        "dropped when it would hold a single row)")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="BatchNorm1d after each hidden Linear (an epoch's last batch is dropped when it "
+                        "would hold a single row)")
     p.add_argument("--optimizer", default="adamw", help="sgd (momentum 0.9), adam, adamw (default)")
     p.add_argument("--lr", type=_positive(float, "--lr"), default=2e-3, help="learning rate (2e-3)")
     p.add_argument("--epochs", type=_positive(int, "--epochs"), default=60, help="epochs (60)")
@@ -410,28 +560,90 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
-    p.add_argument("--model", required=True, help="a checkpoint written by handydl train")
+    p.add_argument("--model", required=True, help="a checkpoint written by handydl train (or "
+                   "checkpoint.save; without saved feature names every column of --data is a feature)")
     p.add_argument("--data", required=True, help="a CSV or .npz file with the model's feature columns")
     p.add_argument("--out", help="output CSV (default: standard output)")
     p.set_defaults(func=cmd_predict)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (and exit status 2)."""
+
+    def error(self, message):
+        _error(f"{self.prog}: error: {message} (see: {self.prog} --help)")
+        raise SystemExit(2)
+
+
+def _error(line):
+    """One line on standard error (which may itself be closed)."""
     try:
-        return args.func(args)
-    except (UsageError, ValueError) as e:   # bad names or values: a message, not a traceback
-        print(f"handydl {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:                  # `handydl ... | head`: the reader left; stop quietly
-        import os
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_stdout():
+    """Point standard output at /dev/null: what is still buffered, and any
+    later print, goes nowhere instead of failing again at exit."""
+    try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _write_stdout(text):
+    """Write ``text`` to standard output; a full disk or a device error there
+    becomes an OSError that names standard output."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, "standard output") from None
+
+
+def main(argv=None) -> int:
+    """Run one sub-command and return its exit status: 0 done, 1 a failed check,
+    a diverged run or a file that could not be written, 2 bad input (one line on
+    stderr), 130 interrupted by Ctrl-C.  ``--debug`` shows the traceback
+    instead of the one-line message."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+    except KeyboardInterrupt:
+        _error("handydl: interrupted")
+        return 130
+    name = f"handydl {args.command}"
+    try:
+        status = args.func(args)
+        _write_stdout("")
+        return status
+    except KeyboardInterrupt:                # Ctrl-C: no file was left half-written (see _io)
+        if args.debug:
+            raise
+        _error(f"{name}: interrupted")
+        return 130
+    except BrokenPipeError:                  # `handydl ... | head`: the reader left; stop quietly
+        _silence_stdout()
         return 1
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, _user_errors()):    # bad names, values, files: a message, not a traceback
+            _error(f"{name}: error: {e}")
+            return 2
+        if isinstance(e, OSError):           # the system refused: a disk full, a permission
+            _silence_stdout()
+            where = f"{e.filename}: " if e.filename else ""
+            _error(f"{name}: error: {where}{e.strerror or e}")
+            return 1
+        raise                                # anything else is a bug: show the traceback
 
 
 if __name__ == "__main__":
