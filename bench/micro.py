@@ -146,6 +146,7 @@ def fused_vs_numpy():
         print(f"  batch {rows:<18}{plain:8.1f} us {median_ms(loss_step) * 10:8.1f} us")
     print(f"first fused call of each activation (compiling): {min(compile_s):.2f} to {max(compile_s):.2f} s")
     mlp_fused_on_off()
+    mlp_input_grad_on_off()
     team_on_off()
 
 
@@ -167,6 +168,23 @@ def mlp_fused_on_off(n=30000, batch=128, rounds=6):
                     times[on] += timed(epoch, 1)[0]
     print(f"MLP epoch, {n} samples, batch {batch}: kernels on {np.median(times[True]) * 1e3:6.1f} ms, "
           f"off {np.median(times[False]) * 1e3:6.1f} ms")
+
+
+def mlp_input_grad_on_off(n=30000, rounds=6):
+    """The benchmark's MLP epoch with and without the data's dL/dx (the first layer's
+    gy W^T, a third of its products), alternating in one process, at three batch sizes."""
+    from bench.worker import handydl_training, mlp_data
+    X, y = mlp_data(n)
+    for batch in (32, 128, 512):
+        p = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", batch=batch)
+        epochs = {g: handydl_training(p, X, y, input_grad=g)[2] for g in (True, False)}
+        times = {True: [], False: []}
+        for _ in range(rounds):
+            for g in (True, False):
+                times[g] += timed(epochs[g], 1)[0]
+        with_dx, without = (np.median(times[g]) * 1e3 for g in (True, False))
+        print(f"MLP epoch, {n} samples, batch {batch}: with dL/dx {with_dx:6.1f} ms, "
+              f"without (input_grad=False) {without:6.1f} ms ({1 - without / with_dx:.0%} saved)")
 
 
 def on_off(fn, rounds, switch):

@@ -102,8 +102,9 @@ def handydl_mlp(p):
             "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
 
 
-def handydl_training(p, X, y):
-    """(model, loss, epoch()) of the MLP workload p, with the shared initial weights."""
+def handydl_training(p, X, y, input_grad=False):
+    """(model, loss, epoch()) of the MLP workload p, with the shared initial weights;
+    ``input_grad=True`` computes the data's dL/dx too (what training skips)."""
     from handydl import data, nn, optim
     layers = []
     for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
@@ -122,7 +123,7 @@ def handydl_training(p, X, y):
         for xb, yb in loader:
             loss_fn(model(xb), yb)
             opt.zero_grad()
-            model.backward(loss_fn.backward(), input_grad=False)
+            model.backward(loss_fn.backward(), input_grad=input_grad)
             opt.step()
     return model, loss_fn, epoch
 

@@ -324,3 +324,51 @@ def test_version_1_checkpoints_still_load(tmp_path):
     loaded = checkpoint.load(tmp_path / "v1.npz")
     x = np.ones((1, 2), np.float32)
     np.testing.assert_array_equal(loaded(x), model(x))
+
+
+# -- every composite pattern, enumerated as ops are --------------------------------------------
+
+@pytest.mark.parametrize("name", list(nn.EXAMPLES))
+def test_every_composite_pattern_gradchecks_matches_the_tape_and_round_trips(name, tmp_path):
+    model, inputs = nn.example(name)
+    assert gradcheck(model, *inputs).passed
+    assert gradcheck(model, *inputs, against="tape").passed
+    loaded = checkpoint.load(checkpoint.save(model, tmp_path / "m.npz"))
+    with nn.no_grad():
+        np.testing.assert_array_equal(loaded(*inputs), model.eval()(*inputs))
+    f32 = nn.example(name)[0].astype(np.float32)
+    y = f32(inputs[0].astype(np.float32))
+    assert y.dtype == np.float32 and f32.backward(np.ones_like(y)).dtype == np.float32
+
+
+def test_glu_matches_torch_and_refuses_an_odd_width():
+    x, gy = RNG.standard_normal((3, 6)), RNG.standard_normal((3, 3))
+    glu = nn.GLU()
+    y = glu(x)
+    gx = glu.backward(gy)
+    tx = t(x, True)
+    ty = torch.nn.GLU()(tx)
+    ty.backward(t(gy))
+    close(y, ty.detach())
+    close(gx, tx.grad)
+    with pytest.raises(ValueError, match="odd length 5"):
+        glu(np.ones((2, 5)))
+
+
+def test_the_readme_section_on_graphs_runs_as_written():
+    """The code of README's 'Models that are not chains', block after block."""
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Models that are not chains")[1].split("\n## ")[0]
+    blocks = [b.split("```")[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    env = {}
+    exec(compile("\n".join(blocks), "README.md", "exec"), env)     # our own text, not user input
+    assert env["gx"].shape == env["x"].shape
+    assert "recorded op(s)" in env["t"].explain()
+
+    class ForgetsTheSkip(env["PreNormBlock"]):
+        def backward(self, gy):
+            return self.ln.backward(self.mlp.backward(gy))
+    with pytest.raises(handydl.GradcheckError, match="gradient of input is wrong.*vs tape"):
+        gradcheck(ForgetsTheSkip(8, 32), env["x"], against="tape")

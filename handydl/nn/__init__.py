@@ -8,7 +8,8 @@ from .module import Module, Parameter, call_backward, is_grad_enabled, no_grad  
 from .layers import (ACTIVATIONS, GENERATED, PReLU, BatchNorm1d, Dropout,  # noqa: F401
                      Flatten, LayerNorm, Linear, OpFunction, OpModule, Sequential, Standardize,
                      activation)
-from .composite import MERGES, ModuleDict, ModuleList, Parallel, Residual  # noqa: F401
+from .composite import GLU, MERGES, ModuleDict, ModuleList, Parallel, Residual  # noqa: F401
+from .examples import EXAMPLES, example  # noqa: F401
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HalfSquaredErrorLoss,  # noqa: F401
                    HuberLoss, L1Loss, Loss, MSELoss, MultiMarginLoss, NLLLoss,
                    ProbCrossEntropyLoss)

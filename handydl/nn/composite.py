@@ -220,3 +220,29 @@ class ModuleDict(Module):
     @classmethod
     def from_config(cls, config, children):
         return cls(children)
+
+
+class GLU(Module):
+    r"""The gated linear unit of torch.nn.GLU: x cut in halves a, b along ``dim``,
+    y = a \odot \sigma(b).
+
+    Written as a forward only, from registered ops: its backward is the tape's,
+    made of split's, sigmoid's and mul's hand-derived backwards:
+    :math:`g_a = g_y \odot \sigma(b)`, :math:`g_b = g_y \odot a\, \sigma(b)(1 - \sigma(b))`,
+    and :math:`g_x = [g_a, g_b]`.
+    """
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        n = np.shape(x)[self.dim] if np.ndim(x) else 0
+        if n % 2:
+            raise ValueError(f"GLU: dim {self.dim} of an input of shape {np.shape(x)} has odd "
+                             f"length {n}; expected an even length, to cut in halves")
+        a, b = ops.split(x, split_size_or_sections=n // 2, dim=self.dim)
+        return ops.mul(a, ops.sigmoid(b))
+
+    def get_config(self):
+        return dict(dim=self.dim)

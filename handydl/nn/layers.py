@@ -391,13 +391,15 @@ class Sequential(Module):
 
     def forward(self, x):
         for m in self._modules.values():
-            x = m(x)
+            x = m(*x) if isinstance(x, tuple) else m(x)     # several outputs: several inputs
         self.save(None)
         return x
 
-    def backward(self, gy, input_grad=True):
+    def backward(self, *gys, input_grad=True):
         """The delta rule: each module's backward in reverse order.
 
+        A module with several outputs feeds the next one several inputs, so the
+        latter's tuple of input gradients is the former's upstream gradients.
         With ``input_grad=False`` (the input is data, as in training) dL/dx is
         not computed: leading modules without parameters are skipped and the
         first one with parameters skips its input gradient.  Returns None then.
@@ -408,12 +410,16 @@ class Sequential(Module):
         if not input_grad:          # leading leaves without parameters need no backward
             while start < len(mods) and not mods[start]._modules and not mods[start].parameters():
                 start += 1
+        g = gys
         for i in range(len(mods) - 1, start - 1, -1):
-            gy = call_backward(mods[i], (gy,), input_grad=input_grad or i > start)
+            g = call_backward(mods[i], g, input_grad=input_grad or i > start)
+            g = g if isinstance(g, tuple) else (g,)
         for m in mods[:start]:      # their states of this call are not needed: drop them
             m.saved()
         self.saved()
-        return gy if input_grad else None
+        if not input_grad:
+            return None
+        return g[0] if len(g) == 1 else g
 
     def get_config(self):
         return {}               # the children are the checkpoint's, saved with every module's
