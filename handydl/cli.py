@@ -77,14 +77,67 @@ def _positive(kind, name):
     return parse
 
 
+MAX_PARAMETERS = 50_000_000     # float32 weights 0.2 GB; with gradients and Adam's state about 1 GB
+MAX_LAYERS = 64
+MAX_SHAPE_ELEMENTS = 10_000     # per array of `handydl verify --shape`: derivatives check as well small
+
+
 def _hidden(text):
+    """--hidden: comma-separated layer sizes, each >= 1, at most MAX_LAYERS of
+    them, refused at once when even a 1-feature, 1-output model of these
+    sizes would exceed MAX_PARAMETERS."""
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()] if text.strip() else []
     except ValueError:
         raise argparse.ArgumentTypeError(f"--hidden expects sizes like 128,64, got {text!r}") from None
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be >= 1, got {text!r}")
+    if len(sizes) > MAX_LAYERS:
+        raise argparse.ArgumentTypeError(f"--hidden has {len(sizes)} layers; the limit is {MAX_LAYERS}")
+    least = mlp_parameters([1, *sizes, 1], batch_norm=False)
+    if least > MAX_PARAMETERS:
+        raise argparse.ArgumentTypeError(f"--hidden {text}: the model would have at least {least:,} parameters; "
+                                         f"the limit is {MAX_PARAMETERS:,}")
     return sizes
+
+
+def mlp_parameters(sizes, batch_norm):
+    """The number of parameters of an MLP with these layer sizes (Linear weights
+    and biases, and BatchNorm's scale and shift on every hidden layer)."""
+    linear = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    return linear + (2 * sum(sizes[1:-1]) if batch_norm else 0)
+
+
+def _check_model_size(sizes, batch_norm):
+    """UsageError before anything is allocated when the model is over MAX_PARAMETERS."""
+    n = mlp_parameters(sizes, batch_norm)
+    if n > MAX_PARAMETERS:
+        raise UsageError(f"the model {' -> '.join(map(str, sizes))} would have {n:,} parameters; the limit "
+                         f"is {MAX_PARAMETERS:,} (about {MAX_PARAMETERS * 4 * 5 / 1e9:.0f} GB with gradients "
+                         "and optimizer state); choose smaller --hidden sizes")
+
+
+def _probability(name):
+    """A flag's value as a float in [0, 1) (a dropout rate)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 <= value < 1:                      # NaN fails this too
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1), got {text!r}")
+        return value
+    return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {text!r}")
+    return value
 
 
 def _choose(kind, value, valid):
@@ -183,6 +236,7 @@ def cmd_train(args) -> int:
     Xtr, ytr, Xval, yval = split(data.X_train, data.y_train, test_size=0.1, seed=args.seed,
                                  stratify=data.task == "classification")
     loader = _train_loader(args, Xtr, ytr)
+    _check_model_size([data.n_features, *args.hidden, data.n_outputs], args.batch_norm)
     model = nn.Sequential(nn.Standardize.fit(Xtr),
                           nn.MLP([data.n_features, *args.hidden, data.n_outputs], activation=args.activation,
                                  dropout=args.dropout, batch_norm=args.batch_norm, rng=args.seed))
@@ -293,6 +347,8 @@ def cmd_predict(args) -> int:
     from .data import read_table
     from .train import predict
 
+    if args.out:
+        _output_file("--out", args.out)
     model, meta = checkpoint.load(args.model, return_meta=True)
     meta = meta if isinstance(meta, dict) else {}
     table = read_table(args.data)
@@ -437,6 +493,10 @@ def _shapes(items):
             raise UsageError(f"--shape {item!r}: expected NAME=D1,D2 (e.g. X=3,4)") from None
         if any(d < 1 for d in shapes[name.strip()]):
             raise UsageError(f"--shape {item!r}: dimensions must be >= 1")
+        size = math.prod(shapes[name.strip()])
+        if size > MAX_SHAPE_ELEMENTS:
+            raise UsageError(f"--shape {item!r}: {size:,} elements; the limit is {MAX_SHAPE_ELEMENTS:,} per "
+                             "array (a derivative is checked as well on small shapes)")
     return shapes
 
 
@@ -509,9 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the MNIST / Fashion-MNIST IDX files are "
                                       "(default: $HANDYDL_CACHE/<name>, ~/.cache/handydl/<name>)")
     p.add_argument("--download", action="store_true", help="fetch MNIST files missing from the cache")
-    p.add_argument("--hidden", type=_hidden, default=[256, 128], help="hidden sizes (default 256,128)")
+    p.add_argument("--hidden", type=_hidden, default=[256, 128],
+                   help=f"hidden sizes (default 256,128); at most {MAX_LAYERS} layers and "
+                        f"{MAX_PARAMETERS:,} parameters in all")
     p.add_argument("--activation", default="relu", help="any registered activation (default relu)")
-    p.add_argument("--dropout", type=float, default=0.2, help="dropout after each hidden layer (0.2)")
+    p.add_argument("--dropout", type=_probability("--dropout"), default=0.2,
+                   help="dropout after each hidden layer, in [0, 1) (0.2)")
     p.add_argument("--batch-norm", action="store_true",
                    help="BatchNorm1d after each hidden Linear (an epoch's last batch is dropped when it "
                         "would hold a single row)")
@@ -519,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive(float, "--lr"), default=2e-3, help="learning rate (2e-3)")
     p.add_argument("--epochs", type=_positive(int, "--epochs"), default=60, help="epochs (60)")
     p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=32, help="batch size (32)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the batches")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the batches")
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -242,3 +242,50 @@ def test_the_exit_statuses_are_in_the_help():
     r = run("train", "--help")
     assert "Exit status 1 when the gradient check fails or the run diverges" in " ".join(r.stdout.split())
     assert "130" in r.stdout and "smaller --lr" in " ".join(r.stdout.split())
+
+
+# -- flags checked before anything is allocated ------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--hidden", "100000000"], "--hidden 100000000: the model would have at least 300,000,001 "
+                                         "parameters; the limit is 50,000,000"),
+    (["train", "--hidden", ",".join(["4"] * 65)], "--hidden has 65 layers; the limit is 64"),
+    (["train", "--dropout", "1.5"], "--dropout must be in [0, 1), got '1.5'"),
+    (["train", "--dropout", "nan"], "--dropout must be in [0, 1), got 'nan'"),
+    (["train", "--dropout=-0.1"], "--dropout must be in [0, 1), got '-0.1'"),
+    (["train", "--seed", "-1"], "--seed must be >= 0, got '-1'"),
+    (["predict", "--model", "m.npz", "--data", "x.csv", "--out", "{tmp}/missing/p.csv"],
+     "--out {tmp}/missing/p.csv: directory {tmp}/missing does not exist"),
+    (["predict", "--model", "m.npz", "--data", "x.csv", "--out", "{tmp}"], "--out {tmp}: is a directory"),
+    (["plot", "relu", "--out", "{tmp}/missing/a.png"], "directory {tmp}/missing does not exist"),
+    (["verify", "--expr", "sum(X)", "--wrt", "X", "--claim", "1", "--shape", "X=1000,1000"],
+     "--shape 'X=1000,1000': 1,000,000 elements; the limit is 10,000 per array"),
+])
+def test_absurd_or_impossible_flags_are_one_line_exit_2(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = ["--out", str(tmp_path / "out")] if args[0] == "train" else []
+    r = run(*args, *out, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message.replace("{tmp}", str(tmp_path)) in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "epoch" not in r.stdout
+
+
+def test_the_exact_parameter_count_is_checked_once_the_data_is_known(tmp_path):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 5000))            # 5000 features make a 3000-unit layer too large
+    np.savez(tmp_path / "wide.npz", X=X, label=np.arange(40) % 2)
+    r = run("train", "--data", str(tmp_path / "wide.npz"), "--target", "label", "--hidden", "10000",
+            "--no-progress", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    assert ("the model 5000 -> 10000 -> 2 would have 50,030,002 parameters; the limit is 50,000,000"
+            in r.stderr)
+    assert "epoch" not in r.stdout
+
+
+def test_parameter_count_matches_the_model_built():
+    from handydl import nn
+    for sizes, bn in (([64, 256, 128, 10], False), ([4, 8, 3], True), ([3, 2], False)):
+        model = nn.MLP(sizes, batch_norm=bn)
+        assert cli.mlp_parameters(sizes, bn) == sum(p.data.size for p in model.parameters())
