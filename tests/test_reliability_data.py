@@ -238,3 +238,10 @@ def test_batch_norm_training_ends_an_epoch_whose_last_batch_has_one_row(tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{n_train} train /" in r.stdout and (tmp_path / "o2" / "model.npz").is_file()
 
+
+
+def test_the_loader_refuses_0_dim_arrays_with_a_message():
+    with pytest.raises(ValueError, match="DataLoader: X is a 0-d array"):
+        data.DataLoader(np.float32(3.0))
+    with pytest.raises(ValueError, match="DataLoader: y is a 0-d array"):
+        data.DataLoader(np.zeros((3, 2)), np.int64(1))
