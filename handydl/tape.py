@@ -128,6 +128,7 @@ class Tape:
                 raise ValueError(f"tape.backward: the gradient of output {k} has shape {g.shape}, "
                                  f"expected {np.shape(o)} (the output's)")
             _add(grads, o, g)
+        self.watch(*wrt)                # named as inputs by explain()
         targets = {id(a) for a in wrt if _is_array(a)}
         params = list(self.params.values()) if params is None else list(params)
         targets |= {id(p.data) for p in params}
@@ -187,7 +188,8 @@ class Tape:
             lines.append(f"  {n:>3}. {r.op.name}({args}): {r.op.derivative}")
         forks = [(i, ns) for i, ns in uses.items() if len(ns) > 1]
         for i, ns in forks:
-            who = f"the output of op {index[i]}" if i in index else "an input"
+            who = (f"the output of op {index[i]}" if i in index else
+                   "a parameter" if i in self.params else "an input")
             lines.append(f"  {who} is used by ops {', '.join(map(str, ns))}: its gradient is the "
                          "sum of their contributions")
         outside = [a for r in self.records for a in r.inputs if _is_array(a) and a.dtype.kind in "fc"

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .. import ops, tape
+from .. import ops
 from .module import Module, Parameter, call_backward, check_gy, resolve_rng
 
 
@@ -36,9 +36,6 @@ class OpModule(Module):
         """y = op(x, *extra); saves (op, what it saved, y's shape, extra) for backward
         and returns (y, what the op saved)."""
         arrays = [e.data if isinstance(e, Parameter) else e for e in extra]
-        recording = tape.current()
-        if recording is not None:               # the tape accumulates into these
-            recording.note_params([e for e in extra if isinstance(e, Parameter)])
         # self.params were validated at construction: no re-validation per call
         y, saved = op.run((x, *arrays), {**self.params, **params} if params else self.params)
         self.save(op, saved, np.shape(y), extra)

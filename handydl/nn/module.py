@@ -159,7 +159,10 @@ class Module:
 
     # -- forward / backward ----------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        if self._uses_tape and _grad_enabled and not _tape.recording():
+        recording = _tape.current()
+        if recording is not None:       # the tape accumulates into them, however they are used
+            recording.note_params(self._params.values())
+        elif self._uses_tape and _grad_enabled and not _tape.recording():
             return self._forward_on_tape(args, kwargs)
         if not self._modules:
             return self.forward(*args, **kwargs)
@@ -186,14 +189,18 @@ class Module:
         """
         if not self._uses_tape:
             raise NotImplementedError(f"{type(self).__name__} has no backward")
-        recorded, args, outputs = self.saved()
+        recorded, args, outputs = self._peek_saved()
         grads = recorded.backward(outputs, *gys, wrt=args if input_grad else (),
                                   params=self.parameters())
+        self.saved()                    # consumed only once the tape accepted the gradients
         if not input_grad:
             return None
         return grads[0] if len(grads) == 1 else tuple(grads)
 
     def _forward_on_tape(self, args, kwargs):
+        # one array passed as two inputs: a view for the second, so that the tape
+        # keeps each input's own gradient apart (their sum is the caller's fork)
+        args = _distinct(args)
         recorded = _tape.Tape()
         with recorded:
             recorded.watch(*args)
@@ -371,6 +378,18 @@ class Module:
         if not lines:
             return f"{type(self).__name__}({self.extra_repr()})"
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _distinct(args):
+    """The arguments, with a view in place of each repeat of an array already among them."""
+    seen, out = set(), []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            if id(a) in seen:
+                a = a.view()
+            seen.add(id(a))
+        out.append(a)
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=None)
