@@ -191,6 +191,7 @@ def test_adam_refuses_complex_parameters_sgd_takes_them():
     np.testing.assert_array_equal(p.data, [1 + 0.5j, 1.5 - 1j])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")    # inf / inf in Adam, as torch
 @pytest.mark.parametrize("name", MAKERS)
 def test_nan_gradients_propagate_and_are_not_refused(name):
     ps = params((3,))
