@@ -44,11 +44,38 @@ def cmd_check(args) -> int:
         print(f"{name:<{width}}{err:>11}  {kinks:<6}{verdict:<9}{convention}")
     for f in failures:
         print("  " + f)
+    n_patterns = 0
+    if not args.ops:                    # the composite patterns, as the ops: nn.EXAMPLES
+        patterns = _check_patterns()
+        n_patterns = len(patterns)
+        rows += patterns
+        failures += [f"{name}: {why}" for name, _, _, verdict, why in patterns if verdict != "ok"]
     failed = len(failures)
     total = len(rows)
+    patterns = f" and {n_patterns} module patterns (also against the tape)" if n_patterns else ""
     print(f"\n{total - failed} of {total} gradient checks passed "
-          f"({len(selected)} ops, float64, central differences, eps=1e-6)")
+          f"({len(selected)} ops{patterns}, float64, central differences, eps=1e-6)")
     return 1 if failed else 0
+
+
+def _check_patterns():
+    """Gradcheck each composite of nn.EXAMPLES against finite differences and the tape;
+    prints a table and returns its rows (name, err, tape err, verdict, failure)."""
+    from . import nn
+    from .check import gradcheck
+    rows = []
+    for name in nn.EXAMPLES:
+        model, inputs = nn.example(name)
+        numeric = gradcheck(model, *inputs, raise_exception=False)
+        taped = gradcheck(model, *inputs, against="tape", raise_exception=False)
+        bad = [r.failure_message() for r in (numeric, taped) if not r.passed]
+        rows.append((name, f"{numeric.max_rel_err:.1e}", f"{taped.max_rel_err:.1e}",
+                     "ok" if not bad else "FAILED", "; ".join(bad)))
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"\n{'module pattern':<{width}}{'max rel err':>11}  {'vs tape':>9}  verdict")
+    for name, err, tape_err, verdict, why in rows:
+        print(f"{name:<{width}}{err:>11}  {tape_err:>9}  {verdict}")
+    return rows
 
 
 class UsageError(ValueError):
@@ -193,12 +220,15 @@ def _train_loader(args, X, y):
 
 def _gradcheck_line(model, loss_fn, X, y, task):
     """Gradcheck the model and the loss on a small float64 batch; one line of text."""
+    from . import nn
     from .check import gradcheck
     xb, yb = X[:8].astype(np.float64), y[:8]
     if task == "regression":
         yb = yb.reshape(len(yb), -1)
     reports = [gradcheck(model, xb, fast=True, raise_exception=False)]
-    reports.append(gradcheck(loss_fn, model.eval()(xb), yb, raise_exception=False))
+    with nn.no_grad():                  # the loss's input only: nothing kept for a backward
+        out = model.eval()(xb)
+    reports.append(gradcheck(loss_fn, out, yb, raise_exception=False))
     model.train()
     worst = max(r.max_rel_err for r in reports)
     ok = all(r.passed for r in reports)
@@ -475,9 +505,10 @@ def cmd_explain(args) -> int:
     if args.all:
         _write_stdout(derivations.render_all(args.format))
         return 0
+    names = ops.names() + list(derivations.COMPOSITES)      # ops and patterns such as residual
     if not args.name:
-        raise UsageError(f"name an op, or --all; ops: {', '.join(ops.names())}")
-    _write_stdout(derivations.explain(_choose("op", args.name, sorted(ops.names())), args.format))
+        raise UsageError(f"name an op, or --all; ops: {', '.join(names)}")
+    _write_stdout(derivations.explain(_choose("op", args.name, sorted(names)), args.format))
     return 0
 
 

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from handydl import ops
+from handydl import nn, ops
 
 
 def run(*args, timeout=300):
@@ -23,6 +23,9 @@ def test_check_gradchecks_every_registered_op():
     assert "FAILED" not in r.stdout
     assert "ReLU'(0) = 0, as PyTorch" in r.stdout
     assert "gradient checks passed" in lines[-1]
+    for name in nn.EXAMPLES:            # the composite patterns, numeric and against the tape
+        assert any(line.startswith(name) and line.split()[-1] == "ok" for line in lines), name
+    assert f"{len(nn.EXAMPLES)} module patterns" in lines[-1]
 
 
 def test_check_unknown_op_lists_valid_ones_and_exits_2():

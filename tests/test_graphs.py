@@ -1322,9 +1322,6 @@ def test_residual_derivation_in_the_library():
     assert "x + f(x)" in text and "J_f" in text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `handydl explain residual` (issue 13, item 4) exits 2 "
-                   "with \"unknown op 'residual'\": cli.cmd_explain offers only ops.names(), though "
-                   "derivations.explain('residual') works")
 def test_cli_explains_the_residual_pattern(capsys):
     from handydl import cli
     assert cli.main(["explain", "residual"]) == 0
