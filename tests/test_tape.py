@@ -372,3 +372,16 @@ def test_the_readme_section_on_graphs_runs_as_written():
             return self.ln.backward(self.mlp.backward(gy))
     with pytest.raises(handydl.GradcheckError, match="gradient of input is wrong.*vs tape"):
         gradcheck(ForgetsTheSkip(8, 32), env["x"], against="tape")
+
+
+def test_unflatten_matches_torch_and_names_a_wrong_size():
+    x, gy = RNG.standard_normal((4, 12)), RNG.standard_normal((4, 3, 2, 2))
+    u = nn.Unflatten(1, (3, 2, 2))
+    y = u(x)
+    tx = t(x, True)
+    ty = torch.nn.Unflatten(1, (3, 2, 2))(tx)
+    ty.backward(t(gy))
+    close(y, ty.detach())
+    close(u.backward(gy), tx.grad)
+    with pytest.raises(ValueError, match=r"should have 12 elements"):
+        u(np.ones((4, 10)))

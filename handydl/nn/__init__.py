@@ -6,7 +6,7 @@ the wiring ops (Add, Mul, Concat, Split) are generated from the op registry
 """
 from .module import Module, Parameter, call_backward, is_grad_enabled, no_grad  # noqa: F401
 from .layers import (ACTIVATIONS, GENERATED, PReLU, BatchNorm1d, Dropout,  # noqa: F401
-                     Flatten, LayerNorm, Linear, OpFunction, OpModule, Sequential, Standardize,
+                     Flatten, LayerNorm, Linear, OpFunction, OpModule, Sequential, Standardize, Unflatten,
                      activation)
 from .composite import GLU, MERGES, ModuleDict, ModuleList, Parallel, Residual  # noqa: F401
 from .examples import EXAMPLES, example  # noqa: F401

@@ -106,7 +106,8 @@ class OpFunction(Module):
 # order (torch.nn's names and defaults), so that adding an activation is one file.
 
 def _generated_class(op):
-    """The OpModule subclass ``op.module`` applying ``op``; its docstring carries the formulas."""
+    """The module class ``op.module`` applying ``op`` (an OpModule for one input and
+    output, an OpFunction otherwise); its docstring carries the formulas."""
     signature = inspect.Signature(
         [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
@@ -329,6 +330,39 @@ class Flatten(Module):
 
     def get_config(self):
         return dict(start_dim=self.start_dim, end_dim=self.end_dim)
+
+
+class Unflatten(Module):
+    """Dim ``dim`` unfolded into ``unflattened_size``, as torch.nn.Unflatten: rows of
+    64 features into (1, 8, 8) images.  Backward reshapes the gradient back."""
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        size = tuple(int(n) for n in unflattened_size)
+        if not size or any(n < 1 for n in size):
+            raise ValueError(f"Unflatten: unflattened_size={unflattened_size!r} is not valid; "
+                             "expected positive sizes")
+        self.dim, self.unflattened_size = int(dim), size
+
+    def forward(self, x):
+        x = np.asarray(x)
+        d = self.dim % x.ndim if x.ndim else 0
+        if x.ndim == 0 or x.shape[d] != math.prod(self.unflattened_size):
+            raise ValueError(f"Unflatten: dim {self.dim} of an input of shape {x.shape} should have "
+                             f"{math.prod(self.unflattened_size)} elements, to unfold into "
+                             f"{self.unflattened_size}")
+        y, _ = ops.reshape.forward(x, shape=x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
+        self.save(x.shape, y.shape)
+        return y
+
+    def backward(self, gy, input_grad=True):
+        x_shape, y_shape = self._peek_saved()
+        gx = check_gy(gy, y_shape, "Unflatten").reshape(x_shape)
+        self.saved()
+        return gx if input_grad else None
+
+    def get_config(self):
+        return dict(dim=self.dim, unflattened_size=list(self.unflattened_size))
 
 
 class Standardize(Module):

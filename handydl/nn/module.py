@@ -162,7 +162,7 @@ class Module:
         recording = _tape.current()
         if recording is not None:       # the tape accumulates into them, however they are used
             recording.note_params(self._params.values())
-        elif self._uses_tape and _grad_enabled and not _tape.recording():
+        elif self._uses_tape and _grad_enabled:
             return self._forward_on_tape(args, kwargs)
         if not self._modules:
             return self.forward(*args, **kwargs)
