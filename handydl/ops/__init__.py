@@ -19,3 +19,4 @@ from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
 from .dropout import dropout  # noqa: F401
 from .structure import add, concat, mul, reshape, split, unbroadcast  # noqa: F401
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
+from .conv import conv1d, conv2d, conv_transpose2d  # noqa: F401

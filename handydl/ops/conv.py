@@ -1,0 +1,521 @@
+r"""Convolutions: ``conv1d``, ``conv2d`` and ``conv_transpose2d``, as im2col and one
+matrix product per group.
+
+Notation (PyTorch's, and the courses'): input :math:`x` of shape (N, C, H, W),
+weight :math:`W` of shape (O, C/g, kh, kw) in ``g`` groups, stride ``s``,
+dilation ``d``, zero padding ``pad``.  Writing :math:`\tilde x` for the padded
+input and :math:`c` for an input channel of output channel :math:`o`'s group,
+
+.. math::
+    y_{n,o,i,j} = b_o + \sum_{c,p,q} W_{o,c,p,q}\,\tilde x_{n,c,\;s i + d p,\;s j + d q}.
+
+**im2col.**  Gather the patches once: :math:`X_{n,(c,p,q),(i,j)} =
+\tilde x_{n,c,si+dp,sj+dq}` (a strided view of the padded input, copied once
+into a contiguous (N, g, K, P) array, K = C/g kh kw, P = Ho Wo).  Then, per
+group, the convolution is one matrix product, :math:`Y_n = W X_n + b` with W
+seen as (O/g, K).
+
+**Backward** (the rule of linear.py, :math:`Y = A B`):
+
+* :math:`\partial L/\partial W = \sum_n G_n X_n^\top`, a correlation of the
+  input with the upstream gradient :math:`G = \partial L/\partial y`;
+* :math:`\partial L/\partial b_o = \sum_{n,i,j} G_{n,o,i,j}`;
+* :math:`\partial L/\partial X_n = W^\top G_n`, and since every element of
+  :math:`\tilde x` was copied into X once per kernel offset (p, q) that
+  reaches it, :math:`\partial L/\partial \tilde x` sums those copies back:
+  **col2im**, one strided slice of the padded gradient per offset
+  (kh kw additions of whole arrays; no scatter element by element), then
+  the padding is cropped.  Written as one formula it is a *full* correlation
+  of :math:`G` (dilated by the stride) with the flipped kernel,
+  :math:`\partial L/\partial x_{n,c,u,v} = \sum_{o,p,q} G_{n,o,(u+pad-dp)/s,(v+pad-dq)/s}\,W_{o,c,p,q}`
+  over the terms whose indices are integers in range.
+
+Stride and dilation only change *which* terms meet in those sums: a stride
+``s`` keeps every s-th output position (dL/dx gets zeros between the
+upstream values), a dilation ``d`` spaces the kernel's taps ``d`` apart.
+
+**The transposed convolution** is the adjoint of the convolution: its forward
+*is* conv2d's input gradient (``_input_grad``, the same col2im code), and its
+backward is conv2d's forward (dL/dx) and weight gradient (dL/dW).
+
+Float32 in gives float32 out; no float64 temporary is made.  Every
+convolution is differentiable everywhere (it is linear in x and in W).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .registry import as_float, register
+
+_STRINGS = ("same", "valid")
+
+
+# -- parameters ---------------------------------------------------------------------------
+
+def _ints(value, n, who, name, minimum):
+    """``value`` (an int, or a tuple / list of ``n`` ints) as a tuple of ``n`` ints >= minimum."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    ok = len(items) == n and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v >= minimum for v in items)
+    if not ok:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {what} "
+                         f"or a tuple of {n} of them")
+    return tuple(int(v) for v in items)
+
+
+def _checker(who, n, transposed=False):
+    """check_params for an n-d convolution: each parameter's type and range, at bind."""
+    def check(bound):
+        stride = _ints(bound["stride"], n, who, "stride", 1)
+        dilation = _ints(bound["dilation"], n, who, "dilation", 1)
+        _ints(bound["groups"], 1, who, "groups", 1)
+        padding = bound["padding"]
+        if isinstance(padding, str) and not transposed:
+            if padding not in _STRINGS:
+                raise ValueError(f"{who}: padding={padding!r} is not valid; expected 'same', "
+                                 "'valid', an integer >= 0 or a tuple of them")
+            if padding == "same" and stride != (1,) * n:
+                raise ValueError(f"{who}: padding='same' needs stride 1, got stride={bound['stride']!r} "
+                                 "(PyTorch refuses it too: the output size would depend on the input's)")
+        else:
+            _ints(padding, n, who, "padding", 0)
+        if transposed:
+            out_pad = _ints(bound["output_padding"], n, who, "output_padding", 0)
+            for k in range(n):
+                if out_pad[k] >= max(stride[k], dilation[k]):
+                    raise ValueError(f"{who}: output_padding={bound['output_padding']!r} must be "
+                                     f"smaller than stride or dilation in each dim (stride="
+                                     f"{bound['stride']!r}, dilation={bound['dilation']!r})")
+    return check
+
+
+def _pads(padding, dilation, kernel):
+    """((top, bottom), (left, right)) of zero padding; "same" puts an odd extra
+    row or column at the end, as PyTorch."""
+    if padding == "valid":
+        return tuple((0, 0) for _ in kernel)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        return tuple((t // 2, t - t // 2) for t in total)
+    return tuple((p, p) for p in padding)
+
+
+# -- geometry -------------------------------------------------------------------------------
+
+class Geometry(NamedTuple):
+    """Everything about one convolution's index map, in 2-D (conv1d uses H = 1).
+
+    The convolution reads the padded *canvas* (N, C, Hp, Wp), whose interior
+    (rows top:top+H, columns left:left+W) is the image, at rows s*i + d*p for
+    output rows i < Ho; ``groups`` split C and O.
+    """
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    kernel: tuple       # (kh, kw)
+    stride: tuple
+    dilation: tuple
+    pads: tuple         # ((top, bottom), (left, right))
+    out: tuple          # (Ho, Wo)
+    groups: int
+
+    @property
+    def canvas(self):
+        return self.H + sum(self.pads[0]), self.W + sum(self.pads[1])
+
+    @property
+    def padded(self):
+        return any(p for pair in self.pads for p in pair)
+
+    @property
+    def pointwise(self):
+        """A 1x1 kernel, stride 1, no padding: im2col is the image itself."""
+        return self.kernel == (1, 1) and self.stride == (1, 1) and not self.padded
+
+
+def _geometry(who, x_shape, w_shape, stride, padding, dilation, groups, letters):
+    """The Geometry of a convolution of x (N, C, H, W) with W (O, C/g, kh, kw), or a
+    ValueError naming the sizes that do not fit."""
+    N, C, H, W = x_shape
+    O, Cg, kh, kw = w_shape
+    if O % groups:
+        raise ValueError(f"{who}: weight of shape {_shape(w_shape, letters)} has {O} output "
+                         f"channels, not divisible by groups={groups}")
+    if C != Cg * groups:
+        raise ValueError(f"{who}: expected input with {Cg * groups} channels (weight.shape[1] * groups = "
+                         f"{Cg} * {groups}), got input of shape {_shape(x_shape, letters)} with {C} channels")
+    pads = _pads(padding, dilation, (kh, kw))
+    out = []
+    for size, k, d, s, (lo, hi), name in zip((H, W), (kh, kw), dilation, stride, pads, letters):
+        reach = d * (k - 1) + 1                      # the dilated kernel's extent
+        if reach > size + lo + hi:
+            raise ValueError(
+                f"{who}: kernel size {k} (dilation {d}: spans {reach}) is larger than the padded "
+                f"input, {size} + padding {lo + hi} = {size + lo + hi}, along {name} "
+                f"(input shape {_shape(x_shape, letters)}, weight shape {_shape(w_shape, letters)})")
+        out.append((size + lo + hi - reach) // s + 1)
+    return Geometry(N, C, H, W, O, (kh, kw), tuple(stride), tuple(dilation), pads, tuple(out), groups)
+
+
+def _shape(shape, letters):
+    """A 2-D shape as the user gave it (conv1d drops the H = 1 axis)."""
+    return tuple(shape) if len(letters) == 2 else (shape[0], shape[1], shape[3])
+
+
+# -- the three pieces: im2col, col2im, and the products ------------------------------------
+
+def _canvas(x, g: Geometry):
+    """The zero-padded input (N, C, Hp, Wp); x itself when there is no padding."""
+    if not g.padded:
+        return x
+    (t, _), (l, _) = g.pads
+    xp = np.zeros((g.N, g.C) + g.canvas, dtype=x.dtype)
+    xp[:, :, t:t + g.H, l:l + g.W] = x
+    return xp
+
+
+def _im2col(x, g: Geometry):
+    r"""X of shape (N, groups, C/g kh kw, Ho Wo): :math:`X_{n,(c,p,q),(i,j)} = \tilde x_{n,c,si+dp,sj+dq}`.
+
+    A strided view of the padded input (``sliding_window_view``), copied once into
+    a contiguous array laid out as the product wants it; a 1x1 kernel with
+    stride 1 and no padding needs no copy at all.
+    """
+    Ho, Wo = g.out
+    K = g.C // g.groups * g.kernel[0] * g.kernel[1]
+    if g.pointwise:
+        return np.ascontiguousarray(x).reshape(g.N, g.groups, K, Ho * Wo)
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    xp = _canvas(x, g)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    # (N, C, rows, cols, reach_h, reach_w) -> every s-th window, every d-th tap
+    view = windows[:, :, :sh * (Ho - 1) + 1:sh, :sw * (Wo - 1) + 1:sw, ::dh, ::dw]
+    cols = np.empty((g.N, g.C, kh, kw, Ho, Wo), dtype=x.dtype)
+    np.copyto(cols, view.transpose(0, 1, 4, 5, 2, 3))
+    return cols.reshape(g.N, g.groups, K, Ho * Wo)
+
+
+def _col2im(gcols, g: Geometry):
+    r"""The adjoint of ``_im2col``: gcols (N, groups, K, Ho Wo) summed back onto the
+    input (N, C, H, W).
+
+    Each kernel offset (p, q) copied the canvas slice
+    ``[d p : d p + s (Ho - 1) + 1 : s]`` (rows; columns alike) into X, so its
+    gradient is added back into that slice: kh kw whole-array additions, done
+    one block of images at a time so that the block's canvas stays in cache.
+    Then the padding is cropped.
+    """
+    Ho, Wo = g.out
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    if g.pointwise:
+        return gcols.reshape(g.N, g.C, g.H, g.W)
+    g6 = gcols.reshape(g.N, g.C, kh, kw, Ho, Wo)
+    Hp, Wp = g.canvas
+    gxp = np.zeros((g.N, g.C, Hp, Wp), dtype=gcols.dtype)
+    block = max(1, (1 << 18) // max(1, g.C * Hp * Wp * gxp.itemsize))   # ~256 KiB of canvas
+    for n0 in range(0, g.N, block):
+        canvas, cols = gxp[n0:n0 + block], g6[n0:n0 + block]
+        for p in range(kh):
+            rows = slice(dh * p, dh * p + sh * (Ho - 1) + 1, sh)
+            for q in range(kw):
+                canvas[:, :, rows, dw * q:dw * q + sw * (Wo - 1) + 1:sw] += cols[:, :, p, q]
+    if not g.padded:
+        return gxp
+    (t, _), (l, _) = g.pads
+    return np.ascontiguousarray(gxp[:, :, t:t + g.H, l:l + g.W])
+
+
+def _grouped(w, g: Geometry):
+    """The weight (O, C/g, kh, kw) as (groups, O/g, K): one matrix per group."""
+    return w.reshape(g.groups, g.O // g.groups, -1)
+
+
+def _forward(cols, w, g: Geometry):
+    """Y_n = W X_n for every image and group: one matmul call, (N, O, Ho, Wo)."""
+    y = np.matmul(_grouped(w, g), cols)            # (g, O/g, K) @ (N, g, K, P) -> (N, g, O/g, P)
+    return y.reshape((g.N, g.O) + g.out)
+
+
+def _weight_grad(cols, gy, g: Geometry, w_shape):
+    r""":math:`\partial L/\partial W = \sum_n G_n X_n^\top`, per group, in W's shape."""
+    gy4 = np.ascontiguousarray(gy).reshape(g.N, g.groups, g.O // g.groups, g.out[0] * g.out[1])
+    gw = np.matmul(gy4, cols.swapaxes(-1, -2))       # (N, g, O/g, K): one product per image
+    return gw.sum(axis=0).reshape(w_shape)
+
+
+def _input_grad(gy, w, g: Geometry):
+    r""":math:`\partial L/\partial x = \mathrm{col2im}(W^\top G_n)`: the full correlation of
+    the upstream gradient with the flipped kernel.  Also the forward of the
+    transposed convolution."""
+    gy4 = np.ascontiguousarray(gy).reshape(g.N, g.groups, g.O // g.groups, g.out[0] * g.out[1])
+    gcols = np.matmul(_grouped(w, g).swapaxes(-1, -2), gy4)   # (N, g, K, P)
+    return _col2im(gcols, g)
+
+
+def _add_bias(y, b, channels, who):
+    """y + b[channel] in place where the dtype allows (y is a fresh array)."""
+    if b is None:
+        return y
+    b = as_float(b)
+    if b.shape != (channels,):
+        raise ValueError(f"{who}: expected bias of shape ({channels},), got shape {b.shape}")
+    b = b.reshape(-1, 1, 1)
+    if np.result_type(y, b) == y.dtype:
+        y += b
+        return y
+    return y + b
+
+
+# -- conv2d and conv1d ----------------------------------------------------------------------
+
+def _prepare(who, x, weight, nd):
+    """x and weight as float arrays in 2-D form: (N, C, H, W), (O, C/g, kh, kw);
+    and whether x came without its batch dim (as PyTorch accepts)."""
+    x, weight = as_float(x), as_float(weight)
+    names = "(N, C, L)" if nd == 1 else "(N, C, H, W)"
+    wnames = "(out_channels, in_channels/groups, k)" if nd == 1 else \
+        "(out_channels, in_channels/groups, kh, kw)"
+    if weight.ndim != nd + 2:
+        raise ValueError(f"{who}: expected a {nd + 2}-D weight {wnames}, got shape {weight.shape}")
+    if x.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"{who}: expected a {nd + 2}-D input {names} (or {nd + 1}-D without the "
+                         f"batch dim), got shape {x.shape}")
+    unbatched = x.ndim == nd + 1
+    if unbatched:
+        x = x[None]
+    if nd == 1:
+        x, weight = x[:, :, None, :], weight[:, :, None, :]
+    if 0 in weight.shape:
+        raise ValueError(f"{who}: weight of shape {weight.shape} has a zero-size dim")
+    return x, weight, unbatched
+
+
+def _conv_nd(who, nd, x, weight, bias, stride, padding, dilation, groups):
+    x, weight, unbatched = _prepare(who, x, weight, nd)
+    one = (1,) * (2 - nd)
+    stride = one + _ints(stride, nd, who, "stride", 1)
+    dilation = one + _ints(dilation, nd, who, "dilation", 1)
+    if not isinstance(padding, str):
+        padding = (0,) * (2 - nd) + _ints(padding, nd, who, "padding", 0)
+    letters = ("H", "W") if nd == 2 else ("", "L")
+    g = _geometry(who, x.shape, weight.shape, stride, padding, dilation, int(groups), letters)
+    cols = _im2col(x, g)
+    y = _add_bias(_forward(cols, weight, g), bias, g.O, who)
+    y = _squeeze(y, nd, unbatched)
+    return y, (cols, weight, g, bias is not None, nd, unbatched)
+
+
+def _squeeze(a, nd, unbatched):
+    """A 2-D-form array (N, C, H, W) back to the caller's form."""
+    if nd == 1:
+        a = a.reshape(a.shape[0], a.shape[1], a.shape[3])
+    return a[0] if unbatched else a
+
+
+def _unsqueeze(a, nd, unbatched):
+    """The caller's form of an array back to (N, C, H, W)."""
+    a = np.asarray(a)
+    if unbatched:
+        a = a[None]
+    return a[:, :, None, :] if nd == 1 else a
+
+
+def _conv_backward(saved, gy, needs):
+    cols, weight, g, has_bias, nd, unbatched = saved
+    gy = _unsqueeze(gy, nd, unbatched)
+    gx = gW = gb = None
+    if needs[0]:
+        gx = _squeeze(_input_grad(gy, weight, g), nd, unbatched)
+    if needs[1]:
+        gW = _weight_grad(cols, gy, g, weight.shape)
+        if nd == 1:
+            gW = gW.reshape(gW.shape[0], gW.shape[1], gW.shape[3])
+    if has_bias and needs[2]:
+        gb = gy.sum(axis=(0, 2, 3))
+    return gx, gW, gb
+
+
+def _sampler(nd, transposed=False):
+    """Small inputs for the registry's tests (each of their elements is differentiated):
+    x (2, 2 groups, 5, 5) (conv1d: length 7), a 3x3 kernel, out_channels 3 groups."""
+    def sample(rng, dtype, lo, hi, groups=1, **params):
+        x = rng.uniform(lo, hi, size=(2, 2 * groups) + ((5, 5) if nd == 2 else (7,))).astype(dtype)
+        w_shape = (2 * groups, 3) if transposed else (3 * groups, 2)   # PyTorch's layouts
+        w = rng.standard_normal(w_shape + (3,) * nd).astype(dtype)
+        b = rng.standard_normal(3 * groups).astype(dtype)
+        return x, w, b
+    return sample
+
+
+_CONV_DERIVATIVE = (
+    r"\frac{\partial L}{\partial W_{o,c,p,q}} = \sum_{n,i,j} g_{n,o,i,j}\,\tilde x_{n,c,si+dp,sj+dq}"
+    r"\ (\textstyle\sum_n G_n X_n^\top),\quad"
+    r"\frac{\partial L}{\partial b_o} = \sum_{n,i,j} g_{n,o,i,j},\quad"
+    r"\frac{\partial L}{\partial x} = \operatorname{col2im}(W^\top G_n)"
+    r" = \text{full correlation of } g \text{ (stride-dilated) with the flipped kernel}")
+
+_CONV_PARAMS = dict(stride=1, padding=0, dilation=1, groups=1)
+
+
+@register(
+    "conv2d", kind="convolution",
+    formula=(r"y_{n,o,i,j} = b_o + \sum_{c,p,q} W_{o,c,p,q}\,\tilde x_{n,c,\,si+dp,\,sj+dq}"
+             r"\quad(\tilde x\text{: zero-padded } x;\ Y_n = W X_n + b,\ X = \operatorname{im2col}(\tilde x))"),
+    derivative=_CONV_DERIVATIVE,
+    convention="differentiable everywhere (linear in x, in W and in b)",
+    inputs=("x", "weight", "bias"), params=dict(_CONV_PARAMS), complex_step=True,
+    sample=_sampler(2), domains=((-3.0, 3.0), (-1000.0, 1000.0)),
+    check_params=_checker("conv2d", 2),
+    test_params=(dict(stride=2), dict(padding=1), dict(padding=(2, 0)), dict(dilation=2),
+                 dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2)), dict(padding="same"),
+                 dict(padding="same", dilation=2), dict(padding="valid")),
+    reference=lambda torch, x, weight, bias, **p: torch.nn.functional.conv2d(x, weight, bias, **p),
+)
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    r"""2-D convolution (cross-correlation, as PyTorch's conv2d).
+
+    x (N, C, H, W) or (C, H, W); weight (O, C/groups, kh, kw); bias (O,) or None.
+    y (N, O, Ho, Wo) with Ho = floor((H + pad_top + pad_bottom - d (kh - 1) - 1) / s) + 1.
+    ``padding``: an int, a pair, "valid" (none) or "same" (output size = input
+    size, stride 1 only; an odd total puts the extra row at the bottom, as PyTorch).
+
+    Forward :math:`Y_n = W X_n + b` with X = im2col of the padded input.
+    Backward :math:`\partial L/\partial W = \sum_n G_n X_n^\top`,
+    :math:`\partial L/\partial b = \sum_{n,i,j} G`, :math:`\partial L/\partial x
+    = \mathrm{col2im}(W^\top G_n)` (a full correlation with the flipped kernel).
+    Differentiable everywhere.
+
+    saved: (X (N, groups, K, Ho Wo), weight, Geometry, has bias, 2, unbatched).
+    """
+    return _conv_nd("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
+
+
+@conv2d.set_backward
+def _conv2d_backward(saved, gy, needs=(True, True, True)):
+    return _conv_backward(saved, gy, needs)
+
+
+@register(
+    "conv1d", kind="convolution",
+    formula=(r"y_{n,o,i} = b_o + \sum_{c,p} W_{o,c,p}\,\tilde x_{n,c,\,si+dp}"
+             r"\quad(Y_n = W X_n + b,\ X = \operatorname{im2col}(\tilde x))"),
+    derivative=(r"\frac{\partial L}{\partial W_{o,c,p}} = \sum_{n,i} g_{n,o,i}\,\tilde x_{n,c,si+dp},\quad"
+                r"\frac{\partial L}{\partial b_o} = \sum_{n,i} g_{n,o,i},\quad"
+                r"\frac{\partial L}{\partial x} = \operatorname{col2im}(W^\top G_n)"
+                r" = \text{full correlation of } g \text{ with the flipped kernel}"),
+    convention="differentiable everywhere (linear in x, in W and in b)",
+    inputs=("x", "weight", "bias"), params=dict(_CONV_PARAMS), complex_step=True,
+    sample=_sampler(1), domains=((-3.0, 3.0), (-1000.0, 1000.0)),
+    check_params=_checker("conv1d", 1),
+    test_params=(dict(stride=2), dict(padding=2), dict(dilation=2), dict(stride=2, padding=1, dilation=2),
+                 dict(padding="same"), dict(padding="valid")),
+    reference=lambda torch, x, weight, bias, **p: torch.nn.functional.conv1d(x, weight, bias, **p),
+)
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    r"""1-D convolution, as PyTorch's conv1d: conv2d on (N, C, 1, L) with a (1, k) kernel.
+
+    x (N, C, L) or (C, L); weight (O, C/groups, k); bias (O,) or None; y (N, O, Lo).
+    Same derivatives as conv2d with one spatial index.
+
+    saved: as conv2d's, in 2-D form.
+    """
+    return _conv_nd("conv1d", 1, x, weight, bias, stride, padding, dilation, groups)
+
+
+@conv1d.set_backward
+def _conv1d_backward(saved, gy, needs=(True, True, True)):
+    return _conv_backward(saved, gy, needs)
+
+
+# -- the transposed convolution: the adjoint ----------------------------------------------------
+
+def _transposed_geometry(who, x_shape, w_shape, stride, padding, output_padding, dilation, groups):
+    """The Geometry of the conv2d whose input gradient this transposed convolution is:
+    that conv2d's input is our output y (N, O*, Ho, Wo), its output our x."""
+    N, Cin, H, W = x_shape
+    Cw, Og, kh, kw = w_shape
+    if Cw != Cin:
+        raise ValueError(f"{who}: expected input with {Cw} channels (weight.shape[0]), got input "
+                         f"of shape {tuple(x_shape)} with {Cin} channels")
+    if Cin % groups:
+        raise ValueError(f"{who}: input channels {Cin} (weight of shape {tuple(w_shape)}) are not "
+                         f"divisible by groups={groups}")
+    out = []
+    for size, k, s, p, op, d in zip((H, W), (kh, kw), stride, padding, output_padding, dilation):
+        o = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+        if o < 1:
+            raise ValueError(f"{who}: the output would have size {o} (input {size}, stride {s}, "
+                             f"padding {p}, dilation {d}, kernel {k}, output_padding {op}); "
+                             f"input shape {tuple(x_shape)}, weight shape {tuple(w_shape)}")
+        out.append(o)
+    # positions s*i + d*p - pad, i < H, all lie inside the padded output canvas
+    return Geometry(N, Og * groups, out[0], out[1], Cin, (kh, kw), tuple(stride), tuple(dilation),
+                    tuple((p, p) for p in padding), (H, W), groups)
+
+
+@register(
+    "conv_transpose2d", kind="convolution",
+    formula=(r"y = \Bigl(\frac{\partial\,\mathrm{conv2d}(z, W)}{\partial z}\Bigr)^{\!\top} x + b:"
+             r"\quad y_{n,c,\,si+dp-\text{pad},\,sj+dq-\text{pad}} \mathrel{+}= "
+             r"\sum_{o} W_{o,c,p,q}\,x_{n,o,i,j}"),
+    derivative=(r"\frac{\partial L}{\partial x} = \mathrm{conv2d}(g, W),\quad"
+                r"\frac{\partial L}{\partial W_{o,c,p,q}} = \sum_{n,i,j} x_{n,o,i,j}\,"
+                r"\tilde g_{n,c,si+dp,sj+dq},\quad"
+                r"\frac{\partial L}{\partial b_c} = \sum_{n,u,v} g_{n,c,u,v}"
+                r"\quad(\text{the adjoint of conv2d: its forward is conv2d's input gradient})"),
+    convention="differentiable everywhere (linear in x, in W and in b)",
+    inputs=("x", "weight", "bias"),
+    params=dict(stride=1, padding=0, output_padding=0, groups=1, dilation=1), complex_step=True,
+    sample=_sampler(2, transposed=True), domains=((-3.0, 3.0), (-1000.0, 1000.0)),
+    check_params=_checker("conv_transpose2d", 2, transposed=True),
+    test_params=(dict(stride=2), dict(padding=1), dict(stride=2, padding=1, output_padding=1),
+                 dict(dilation=2), dict(stride=(2, 3), padding=(0, 1), dilation=(2, 1)),
+                 dict(dilation=2, output_padding=1)),
+    reference=lambda torch, x, weight, bias, **p: torch.nn.functional.conv_transpose2d(x, weight, bias, **p),
+)
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    r"""Transposed 2-D convolution, as PyTorch's conv_transpose2d: the adjoint of conv2d.
+
+    x (N, Cin, H, W) or (Cin, H, W); weight (Cin, Cout/groups, kh, kw); bias (Cout,) or None.
+    y (N, Cout, Ho, Wo), Ho = (H - 1) s - 2 pad + d (kh - 1) + output_padding + 1.
+
+    Its forward *is* conv2d's input gradient: with the same weight read as a
+    conv2d weight (O = Cin, C/g = Cout/g), y = col2im(W^T x_n), the same
+    ``_input_grad`` code that conv2d's backward runs.  So its backward is
+    conv2d's forward and weight gradient: dL/dx = conv2d(g, W) and
+    dL/dW = sum_n x_n G_n^T with G = im2col of the padded upstream gradient,
+    dL/db = sum of g over (N, H, W).  Differentiable everywhere.
+
+    saved: (x in 2-D form, weight, Geometry, has bias, unbatched).
+    """
+    who = "conv_transpose2d"
+    x, weight, unbatched = _prepare(who, x, weight, 2)
+    stride, dilation = _ints(stride, 2, who, "stride", 1), _ints(dilation, 2, who, "dilation", 1)
+    g = _transposed_geometry(who, x.shape, weight.shape, stride, _ints(padding, 2, who, "padding", 0),
+                             _ints(output_padding, 2, who, "output_padding", 0), dilation, int(groups))
+    y = _add_bias(_input_grad(x, weight, g), bias, g.C, who)
+    return (y[0] if unbatched else y), (x, weight, g, bias is not None, unbatched)
+
+
+@conv_transpose2d.set_backward
+def _conv_transpose2d_backward(saved, gy, needs=(True, True, True)):
+    x, weight, g, has_bias, unbatched = saved
+    gy = _unsqueeze(gy, 2, unbatched)
+    gx = gW = gb = None
+    if needs[0] or needs[1]:
+        cols = _im2col(gy, g)                        # the upstream gradient's patches, once
+        if needs[0]:
+            gx = _forward(cols, weight, g)           # conv2d(g, W)
+            gx = gx[0] if unbatched else gx
+        if needs[1]:
+            gW = _weight_grad(cols, x, g, weight.shape)
+    if has_bias and needs[2]:
+        gb = gy.sum(axis=(0, 2, 3))
+    return gx, gW, gb
+
