@@ -241,3 +241,155 @@ def standardize(x, mean, std):
 @standardize.set_backward
 def _standardize_backward(std, gy):
     return gy / std, None, None
+
+
+# -- 2-D batch normalization and group normalization (CNNs) -----------------------------------
+# BatchNorm2d is BatchNorm1d over (N, H, W): the ops below hand the (N, C, H*W) view
+# of x to batch_norm / batch_norm_eval and reshape back, so there is one derivation.
+
+def _bn2d_view(x, weight, who, training):
+    """x (N, C, H, W) as its (N, C, H*W) view, after the checks, named with x's shape."""
+    if x.ndim != 4:
+        raise ValueError(f"{who}: expected input of shape (N, C, H, W), got shape {x.shape}")
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(f"{who}: expected {weight.shape[0]} channels on dim 1, "
+                         f"got input of shape {x.shape}")
+    if training and x.size // max(x.shape[1], 1) < 2:
+        raise ValueError(f"{who}: expected more than 1 value per channel in training mode, "
+                         f"got input of shape {x.shape}")
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _bn2d_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(3, 3, 2, 3)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, size=3).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    return x, weight, bias
+
+
+@register(
+    "batch_norm2d", kind="normalization",
+    formula=(r"y_{nchw} = \gamma_c \frac{x_{nchw} - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}} + \beta_c,\quad"
+             r"\mu_c, \sigma_c^2 \text{ over the } M = N H W \text{ values } x_{n c h w} \text{ of channel } c"),
+    derivative=batch_norm.derivative + r"\quad\text{(bars and sums over } (n, h, w) \text{ per channel)}",
+    convention="training mode: batch statistics with the biased variance; BatchNorm1d over (N, H, W)",
+    inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_bn2d_sample,
+    reference=lambda torch, x, weight, bias, eps: torch.nn.functional.batch_norm(
+        x, None, None, weight, bias, training=True, eps=eps),
+)
+def batch_norm2d(x, weight, bias, eps):
+    """Batch normalization in training mode of x (N, C, H, W) -> y (N, C, H, W): the
+    batch_norm op on the (N, C, H*W) view.  saved: batch_norm's NormSaved (of the view)."""
+    x, weight = as_float(x), as_float(weight)
+    y, saved = batch_norm.fn(_bn2d_view(x, weight, "batch_norm2d", True), weight, bias, eps)
+    return y.reshape(x.shape), saved
+
+
+@batch_norm2d.set_backward
+def _batch_norm2d_backward(saved, gy):
+    gx, gw, gb = _batch_norm_backward(saved, gy.reshape(saved.xhat.shape))
+    return gx.reshape(gy.shape), gw, gb
+
+
+def _bn2d_eval_sample(rng, dtype, lo, hi):
+    x, weight, bias = _bn2d_sample(rng, dtype, lo, hi)
+    return x, weight, bias, rng.uniform(lo, hi, size=3).astype(dtype), rng.uniform(0.5, 2.0, size=3).astype(dtype)
+
+
+@register(
+    "batch_norm2d_eval", kind="normalization",
+    formula=batch_norm_eval.formula, derivative=batch_norm_eval.derivative,
+    convention="evaluation mode: the statistics are constants, so the map is affine",
+    inputs=("x", "weight", "bias", "running_mean", "running_var"),
+    differentiable=(True, True, True, False, False),
+    params={"eps": 1e-5}, complex_step=True,
+    domains=((-3.0, 3.0),), sample=_bn2d_eval_sample,
+    reference=lambda torch, x, weight, bias, rm, rv, eps: torch.nn.functional.batch_norm(
+        x, rm, rv, weight, bias, training=False, eps=eps),
+)
+def batch_norm2d_eval(x, weight, bias, running_mean, running_var, eps):
+    """Batch normalization in evaluation mode of x (N, C, H, W), with the running
+    statistics: batch_norm_eval on the (N, C, H*W) view."""
+    x, weight = as_float(x), as_float(weight)
+    view = _bn2d_view(x, weight, "batch_norm2d_eval", False)
+    y, saved = batch_norm_eval.fn(view, weight, bias, running_mean, running_var, eps)
+    return y.reshape(x.shape), saved
+
+
+@batch_norm2d_eval.set_backward
+def _batch_norm2d_eval_backward(saved, gy):
+    gx, gw, gb, _, _ = _batch_norm_eval_backward(saved, gy.reshape(saved[0].shape))
+    return gx.reshape(gy.shape), gw, gb, None, None
+
+
+def _gn_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(2, 4, 3, 3)).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, size=4).astype(dtype)
+    bias = rng.standard_normal(4).astype(dtype)
+    return x, weight, bias
+
+
+def _check_group_norm(bound):
+    g, eps = bound["num_groups"], bound["eps"]
+    if not (isinstance(g, (int, np.integer)) and not isinstance(g, bool) and g > 0):
+        raise ValueError(f"group_norm: num_groups={g!r} is not valid; expected a positive integer")
+    if not (isinstance(eps, (int, float, np.floating)) and not isinstance(eps, bool)
+            and np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"group_norm: eps={eps!r} is not valid; expected a finite number >= 0")
+
+
+@register(
+    "group_norm", kind="normalization",
+    formula=(r"y_{ncl} = \gamma_c \frac{x_{ncl} - \mu_{ng}}{\sqrt{\sigma_{ng}^2 + \epsilon}} + \beta_c,\quad"
+             r"\mu_{ng}, \sigma_{ng}^2 \text{ over the } M = \tfrac{C}{G} L \text{ values of group } g"
+             r" = \lfloor c G / C \rfloor \text{ of sample } n"),
+    derivative=(r"g_x = \frac{1}{\sqrt{\sigma_{ng}^2+\epsilon}}\Bigl(\gamma_c g_y - \overline{\gamma g_y}"
+                r" - \hat x\,\overline{\gamma g_y \hat x}\Bigr)\ \text{(bars: means over each group's }"
+                r"(C/G, L) \text{ values)},\ "
+                r"\frac{\partial L}{\partial\gamma_c} = \textstyle\sum_{n,l} g_y \hat x,\ "
+                r"\frac{\partial L}{\partial\beta_c} = \sum_{n,l} g_y"),
+    convention="differentiable everywhere (eps > 0); layer norm over each group, then a per-channel affine",
+    inputs=("x", "weight", "bias"), params={"num_groups": 2, "eps": 1e-5}, complex_step=True,
+    check_params=_check_group_norm, test_params=({"num_groups": 1}, {"num_groups": 4}),
+    domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_gn_sample,
+    reference=lambda torch, x, weight, bias, num_groups, eps: torch.nn.functional.group_norm(
+        x, num_groups, weight, bias, eps),
+)
+def group_norm(x, weight, bias, num_groups, eps):
+    """Group normalization of x (N, C, *) -> y of x's shape: the C channels fall into
+    ``num_groups`` groups of C/G consecutive channels, each sample's group is
+    normalized over its (C/G, *) values, then y = weight[c] * xhat + bias[c].
+
+    Computed on the (N, G, C/G, L) view, so the shared layer-norm backward applies
+    as it is (statistics axes (2, 3), parameter axes (0, 3)).
+    saved: NormSaved of that view (mean and var of shape (N, G)).
+    """
+    x, weight, bias = as_float(x), as_float(weight), as_float(bias)
+    _check_group_norm({"num_groups": num_groups, "eps": eps})
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expected input of shape (N, C, *), got shape {x.shape}")
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels (input of shape {x.shape}) are not divisible "
+                         f"by num_groups={num_groups}")
+    if weight.shape != (c,) or bias.shape != (c,):
+        raise ValueError(f"group_norm: expected weight and bias of shape ({c},) for input of shape "
+                         f"{x.shape}, got weight {weight.shape}, bias {bias.shape}")
+    g = num_groups
+    xg = x.reshape(n, g, c // g, -1)
+    axes = (2, 3)
+    mean = xg.mean(axis=axes, keepdims=True)
+    xc = xg - mean
+    var = (xc * xc).mean(axis=axes, keepdims=True)
+    inv_std = 1 / np.sqrt(var + eps)
+    xhat = xc * inv_std
+    w, b = weight.reshape(1, g, c // g, 1), bias.reshape(1, g, c // g, 1)
+    y = (w * xhat + b).reshape(x.shape)
+    return y, NormSaved(xhat, inv_std, w, axes, (0, 3), mean.reshape(n, g), var.reshape(n, g))
+
+
+@group_norm.set_backward
+def _group_norm_backward(saved, gy):
+    gx, gw, gb = _normalize_backward(saved, gy.reshape(saved.xhat.shape))
+    return gx.reshape(gy.shape), gw.reshape(-1), gb.reshape(-1)
