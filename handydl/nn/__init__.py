@@ -17,3 +17,4 @@ from .init import INITS, init_linear  # noqa: F401
 from .mlp import MLP  # noqa: F401
 
 globals().update(GENERATED)     # Sigmoid, Tanh, ReLU, ..., Add, Concat, Split
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, GroupNorm, MaxPool2d  # noqa: F401,E402

@@ -370,12 +370,15 @@ def group_norm(x, weight, bias, num_groups, eps):
     if x.ndim < 2:
         raise ValueError(f"group_norm: expected input of shape (N, C, *), got shape {x.shape}")
     n, c = x.shape[:2]
+    if weight.ndim != 1 or weight.shape != bias.shape:
+        raise ValueError(f"group_norm: expected weight and bias of one shape (C,), got weight "
+                         f"{weight.shape}, bias {bias.shape}")
+    if weight.shape[0] != c:
+        raise ValueError(f"group_norm: expected {weight.shape[0]} channels on dim 1 (weight of shape "
+                         f"{weight.shape}), got input of shape {x.shape}")
     if c % num_groups:
         raise ValueError(f"group_norm: {c} channels (input of shape {x.shape}) are not divisible "
                          f"by num_groups={num_groups}")
-    if weight.shape != (c,) or bias.shape != (c,):
-        raise ValueError(f"group_norm: expected weight and bias of shape ({c},) for input of shape "
-                         f"{x.shape}, got weight {weight.shape}, bias {bias.shape}")
     g = num_groups
     xg = x.reshape(n, g, c // g, -1)
     axes = (2, 3)
