@@ -108,9 +108,9 @@ def _pads(padding, dilation, kernel):
 class Geometry(NamedTuple):
     """Everything about one convolution's index map, in 2-D (conv1d uses H = 1).
 
-    The convolution reads the padded *canvas* (N, C, Hp, Wp), whose interior
-    (rows top:top+H, columns left:left+W) is the image, at rows s*i + d*p for
-    output rows i < Ho; ``groups`` split C and O.
+    The convolution reads the zero-padded input, the *canvas*, (N, C, Hp, Wp)
+    with the image at rows top:top+H and columns left:left+W, at rows
+    s i + d p for output rows i < Ho (columns alike); ``groups`` split C and O.
     """
     N: int
     C: int
@@ -126,16 +126,50 @@ class Geometry(NamedTuple):
 
     @property
     def canvas(self):
+        """(Hp, Wp): the padded input's size."""
         return self.H + sum(self.pads[0]), self.W + sum(self.pads[1])
 
     @property
-    def padded(self):
-        return any(p for pair in self.pads for p in pair)
+    def row(self):
+        """The canvas's row length in memory: Wp rounded up to a multiple of the column stride."""
+        sw = self.stride[1]
+        return -(-self.canvas[1] // sw) * sw
+
+    @property
+    def span(self):
+        """Columns computed per output row: Wo, or the *wide* layout's row / sw.
+
+        Wide (stride 1 along H, and at most WIDE times Wo): output position
+        (i, j) reads canvas element (s i + d p) row + s j + d q of the flat
+        image, so for j < row / s the patches of one kernel offset are one
+        run of the flat canvas: im2col and col2im copy and add long runs
+        instead of Ho pieces of Wo.  The extra columns j >= Wo wrap into the
+        next row; their outputs are dropped, and backward gives them a zero
+        upstream gradient.
+        """
+        Wo = self.out[1]
+        wide = self.row // self.stride[1]
+        return wide if self.stride[0] == 1 and wide <= WIDE * Wo else Wo
+
+    @property
+    def rows(self):
+        """Canvas rows in memory: one zero row more when the wide layout reads past the last row."""
+        return self.canvas[0] + (self.span > self.out[1])
 
     @property
     def pointwise(self):
         """A 1x1 kernel, stride 1, no padding: im2col is the image itself."""
-        return self.kernel == (1, 1) and self.stride == (1, 1) and not self.padded
+        return self.kernel == (1, 1) and self.stride == (1, 1) and not any(sum(self.pads, ()))
+
+    @property
+    def direct(self):
+        """The patches can be read from the input itself (no padding, no wide layout)."""
+        return not any(sum(self.pads, ())) and self.span == self.out[1]
+
+
+# The wide layout computes row / sw columns per output row instead of Wo; it pays
+# while the extra columns (garbage, dropped) cost less than Ho short copies.
+WIDE = 1.3
 
 
 def _geometry(who, x_shape, w_shape, stride, padding, dilation, groups, letters):
@@ -170,65 +204,74 @@ def _shape(shape, letters):
 # -- the three pieces: im2col, col2im, and the products ------------------------------------
 
 def _canvas(x, g: Geometry):
-    """The zero-padded input (N, C, Hp, Wp); x itself when there is no padding."""
-    if not g.padded:
+    """The zero-padded input (N, C, rows, row), contiguous; x itself where the
+    patches can be read from it directly."""
+    if g.direct:
         return x
     (t, _), (l, _) = g.pads
-    xp = np.zeros((g.N, g.C) + g.canvas, dtype=x.dtype)
+    xp = np.zeros((g.N, g.C, g.rows, g.row), dtype=x.dtype)
     xp[:, :, t:t + g.H, l:l + g.W] = x
     return xp
 
 
-def _im2col(x, g: Geometry):
-    r"""X of shape (N, groups, C/g kh kw, Ho Wo): :math:`X_{n,(c,p,q),(i,j)} = \tilde x_{n,c,si+dp,sj+dq}`.
+def _patches(canvas, g: Geometry, p=None, q=None):
+    r"""The strided view :math:`V_{n,c,p,q,i,j} = \tilde x_{n,c,\,s i + d p,\,s j + d q}`,
+    (N, C, kh, kw, Ho, span); with p and q given, that offset's (N, C, Ho, span).
 
-    A strided view of the padded input (``sliding_window_view``), copied once into
-    a contiguous array laid out as the product wants it; a 1x1 kernel with
-    stride 1 and no padding needs no copy at all.
+    ``as_strided`` on the canvas: every index it forms lies inside the canvas
+    (the wide layout's extra columns reach at most into the extra zero row).
     """
-    Ho, Wo = g.out
+    sn, sc, sr, s1 = canvas.strides
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    shape, strides = (g.N, g.C, g.out[0], g.span), (sn, sc, sh * sr, sw * s1)
+    if p is None:
+        return np.lib.stride_tricks.as_strided(
+            canvas, (g.N, g.C) + g.kernel + shape[2:], (sn, sc, dh * sr, dw * s1) + strides[2:],
+            writeable=False)
+    offset = canvas[:, :, dh * p:, dw * q:]        # the view starts at that offset
+    return np.lib.stride_tricks.as_strided(offset, (offset.shape[0],) + shape[1:], strides)
+
+
+def _im2col(x, g: Geometry):
+    r"""X of shape (N, groups, C/g kh kw, Ho span): :math:`X_{n,(c,p,q),(i,j)} =
+    \tilde x_{n,c,si+dp,sj+dq}`, the patches copied once into the layout the
+    product wants.  A 1x1 kernel with stride 1 and no padding needs no copy."""
     K = g.C // g.groups * g.kernel[0] * g.kernel[1]
     if g.pointwise:
-        return np.ascontiguousarray(x).reshape(g.N, g.groups, K, Ho * Wo)
-    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-    xp = _canvas(x, g)
-    windows = np.lib.stride_tricks.sliding_window_view(
-        xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    # (N, C, rows, cols, reach_h, reach_w) -> every s-th window, every d-th tap
-    view = windows[:, :, :sh * (Ho - 1) + 1:sh, :sw * (Wo - 1) + 1:sw, ::dh, ::dw]
-    cols = np.empty((g.N, g.C, kh, kw, Ho, Wo), dtype=x.dtype)
-    np.copyto(cols, view.transpose(0, 1, 4, 5, 2, 3))
-    return cols.reshape(g.N, g.groups, K, Ho * Wo)
+        return np.ascontiguousarray(x).reshape(g.N, g.groups, K, g.H * g.W)
+    cols = np.empty((g.N, g.C) + g.kernel + (g.out[0], g.span), dtype=x.dtype)
+    np.copyto(cols, _patches(_canvas(x, g), g))
+    return cols.reshape(g.N, g.groups, K, g.out[0] * g.span)
 
 
 def _col2im(gcols, g: Geometry):
-    r"""The adjoint of ``_im2col``: gcols (N, groups, K, Ho Wo) summed back onto the
-    input (N, C, H, W).
+    r"""The adjoint of ``_im2col``: gcols (N, groups, K, Ho span) summed back onto
+    the input, (N, C, H, W).
 
-    Each kernel offset (p, q) copied the canvas slice
-    ``[d p : d p + s (Ho - 1) + 1 : s]`` (rows; columns alike) into X, so its
-    gradient is added back into that slice: kh kw whole-array additions, done
-    one block of images at a time so that the block's canvas stays in cache.
-    Then the padding is cropped.
+    Kernel offset (p, q) copied the canvas slice ``_patches(canvas, g, p, q)``
+    into X, so its gradient is added back into that slice: kh kw whole-array
+    additions (no scatter element by element), one block of images at a time
+    so that the block's canvas stays in cache.  Then the padding is cropped.
     """
-    Ho, Wo = g.out
-    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     if g.pointwise:
         return gcols.reshape(g.N, g.C, g.H, g.W)
-    g6 = gcols.reshape(g.N, g.C, kh, kw, Ho, Wo)
-    Hp, Wp = g.canvas
-    gxp = np.zeros((g.N, g.C, Hp, Wp), dtype=gcols.dtype)
-    block = max(1, (1 << 18) // max(1, g.C * Hp * Wp * gxp.itemsize))   # ~256 KiB of canvas
+    kh, kw = g.kernel
+    g6 = gcols.reshape(g.N, g.C, kh, kw, g.out[0], g.span)
+    canvas = np.zeros((g.N, g.C, g.rows, g.row), dtype=gcols.dtype)
+    block = max(1, CACHE // (g.C * g.rows * g.row * canvas.itemsize))
     for n0 in range(0, g.N, block):
-        canvas, cols = gxp[n0:n0 + block], g6[n0:n0 + block]
+        part, cols = canvas[n0:n0 + block], g6[n0:n0 + block]
         for p in range(kh):
-            rows = slice(dh * p, dh * p + sh * (Ho - 1) + 1, sh)
             for q in range(kw):
-                canvas[:, :, rows, dw * q:dw * q + sw * (Wo - 1) + 1:sw] += cols[:, :, p, q]
-    if not g.padded:
-        return gxp
+                view = _patches(part, g, p, q)
+                view += cols[:, :, p, q]
     (t, _), (l, _) = g.pads
-    return np.ascontiguousarray(gxp[:, :, t:t + g.H, l:l + g.W])
+    if canvas.shape[2:] == (g.H, g.W):
+        return canvas
+    return np.ascontiguousarray(canvas[:, :, t:t + g.H, l:l + g.W])
+
+
+CACHE = 1 << 18         # bytes of canvas that col2im adds into at a time (about L2)
 
 
 def _grouped(w, g: Geometry):
@@ -236,40 +279,65 @@ def _grouped(w, g: Geometry):
     return w.reshape(g.groups, g.O // g.groups, -1)
 
 
-def _forward(cols, w, g: Geometry):
-    """Y_n = W X_n for every image and group: one matmul call, (N, O, Ho, Wo)."""
-    y = np.matmul(_grouped(w, g), cols)            # (g, O/g, K) @ (N, g, K, P) -> (N, g, O/g, P)
-    return y.reshape((g.N, g.O) + g.out)
+def _forward(cols, w, b, g: Geometry):
+    """Y_n = W X_n (+ b) for every image and group, one matmul call; (N, O, Ho, Wo)."""
+    Ho, Wo = g.out
+    y = np.matmul(_grouped(w, g), cols)      # (g, O/g, K) @ (N, g, K, P) -> (N, g, O/g, P)
+    y = y.reshape(g.N, g.O, Ho, g.span)
+    if g.span != Wo:                        # the wide layout: drop the extra columns
+        y = y[..., :Wo]
+        if b is not None and np.result_type(y, b) == y.dtype:
+            out = np.empty(y.shape, y.dtype)
+            return np.add(y, b.reshape(-1, 1, 1), out=out)      # crop and bias in one pass
+        y = np.ascontiguousarray(y)
+    return _plus_bias(y, b)
 
 
-def _weight_grad(cols, gy, g: Geometry, w_shape):
-    r""":math:`\partial L/\partial W = \sum_n G_n X_n^\top`, per group, in W's shape."""
-    gy4 = np.ascontiguousarray(gy).reshape(g.N, g.groups, g.O // g.groups, g.out[0] * g.out[1])
-    gw = np.matmul(gy4, cols.swapaxes(-1, -2))       # (N, g, O/g, K): one product per image
+def _plus_bias(y, b):
+    """y + b[channel], in place where the dtype allows (y is a fresh array)."""
+    if b is None:
+        return y
+    if np.result_type(y, b) == y.dtype:
+        y += b.reshape(-1, 1, 1)
+        return y
+    return y + b.reshape(-1, 1, 1)
+
+
+def _wide(gy, g: Geometry):
+    """The upstream gradient (N, O, Ho, Wo) as (N, groups, O/g, Ho span), zero in
+    the wide layout's extra columns (their outputs were dropped)."""
+    Ho, Wo = g.out
+    shape = (g.N, g.groups, g.O // g.groups, Ho * g.span)
+    if g.span == Wo:
+        return np.ascontiguousarray(gy).reshape(shape)
+    out = np.zeros((g.N, g.O, Ho, g.span), dtype=gy.dtype)
+    out[..., :Wo] = gy
+    return out.reshape(shape)
+
+
+def _weight_grad(cols, gyw, g: Geometry, w_shape):
+    r""":math:`\partial L/\partial W = \sum_n G_n X_n^\top`, per group, in W's shape
+    (``gyw`` from ``_wide``)."""
+    gw = np.matmul(gyw, cols.swapaxes(-1, -2))       # (N, g, O/g, K): one product per image
     return gw.sum(axis=0).reshape(w_shape)
 
 
-def _input_grad(gy, w, g: Geometry):
-    r""":math:`\partial L/\partial x = \mathrm{col2im}(W^\top G_n)`: the full correlation of
-    the upstream gradient with the flipped kernel.  Also the forward of the
-    transposed convolution."""
-    gy4 = np.ascontiguousarray(gy).reshape(g.N, g.groups, g.O // g.groups, g.out[0] * g.out[1])
-    gcols = np.matmul(_grouped(w, g).swapaxes(-1, -2), gy4)   # (N, g, K, P)
+def _input_grad(gyw, w, g: Geometry):
+    r""":math:`\partial L/\partial x = \mathrm{col2im}(W^\top G_n)`: the full
+    correlation of the upstream gradient with the flipped kernel (``gyw`` from
+    ``_wide``).  Also the forward of the transposed convolution."""
+    gcols = np.matmul(_grouped(w, g).swapaxes(-1, -2), gyw)   # (N, g, K, P)
     return _col2im(gcols, g)
 
 
-def _add_bias(y, b, channels, who):
-    """y + b[channel] in place where the dtype allows (y is a fresh array)."""
+def _check_bias(b, channels, who):
+    """The bias as a float array of shape (channels,), or None."""
     if b is None:
-        return y
+        return None
     b = as_float(b)
     if b.shape != (channels,):
         raise ValueError(f"{who}: expected bias of shape ({channels},), got shape {b.shape}")
-    b = b.reshape(-1, 1, 1)
-    if np.result_type(y, b) == y.dtype:
-        y += b
-        return y
-    return y + b
+    return b
 
 
 # -- conv2d and conv1d ----------------------------------------------------------------------
@@ -305,9 +373,9 @@ def _conv_nd(who, nd, x, weight, bias, stride, padding, dilation, groups):
         padding = (0,) * (2 - nd) + _ints(padding, nd, who, "padding", 0)
     letters = ("H", "W") if nd == 2 else ("", "L")
     g = _geometry(who, x.shape, weight.shape, stride, padding, dilation, int(groups), letters)
+    bias = _check_bias(bias, g.O, who)
     cols = _im2col(x, g)
-    y = _add_bias(_forward(cols, weight, g), bias, g.O, who)
-    y = _squeeze(y, nd, unbatched)
+    y = _squeeze(_forward(cols, weight, bias, g), nd, unbatched)
     return y, (cols, weight, g, bias is not None, nd, unbatched)
 
 
@@ -330,10 +398,11 @@ def _conv_backward(saved, gy, needs):
     cols, weight, g, has_bias, nd, unbatched = saved
     gy = _unsqueeze(gy, nd, unbatched)
     gx = gW = gb = None
+    gyw = _wide(gy, g) if needs[0] or needs[1] else None
     if needs[0]:
-        gx = _squeeze(_input_grad(gy, weight, g), nd, unbatched)
+        gx = _squeeze(_input_grad(gyw, weight, g), nd, unbatched)
     if needs[1]:
-        gW = _weight_grad(cols, gy, g, weight.shape)
+        gW = _weight_grad(cols, gyw, g, weight.shape)
         if nd == 1:
             gW = gW.reshape(gW.shape[0], gW.shape[1], gW.shape[3])
     if has_bias and needs[2]:
@@ -499,7 +568,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     stride, dilation = _ints(stride, 2, who, "stride", 1), _ints(dilation, 2, who, "dilation", 1)
     g = _transposed_geometry(who, x.shape, weight.shape, stride, _ints(padding, 2, who, "padding", 0),
                              _ints(output_padding, 2, who, "output_padding", 0), dilation, int(groups))
-    y = _add_bias(_input_grad(x, weight, g), bias, g.C, who)
+    bias = _check_bias(bias, g.C, who)
+    y = _plus_bias(_input_grad(_wide(x, g), weight, g), bias)
     return (y[0] if unbatched else y), (x, weight, g, bias is not None, unbatched)
 
 
@@ -511,10 +581,10 @@ def _conv_transpose2d_backward(saved, gy, needs=(True, True, True)):
     if needs[0] or needs[1]:
         cols = _im2col(gy, g)                        # the upstream gradient's patches, once
         if needs[0]:
-            gx = _forward(cols, weight, g)           # conv2d(g, W)
+            gx = _forward(cols, weight, None, g)     # conv2d(g, W)
             gx = gx[0] if unbatched else gx
         if needs[1]:
-            gW = _weight_grad(cols, x, g, weight.shape)
+            gW = _weight_grad(cols, _wide(x, g), g, weight.shape)
     if has_bias and needs[2]:
         gb = gy.sum(axis=(0, 2, 3))
     return gx, gW, gb
