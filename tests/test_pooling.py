@@ -285,14 +285,17 @@ def test_flatten_on_image_tensors_matches_torch():
 # -- float32 is kept, module by module ------------------------------------------------------------
 
 @pytest.mark.parametrize("make", [lambda: nn.MaxPool2d(2), lambda: nn.AvgPool2d(3, 2, 1),
-                                  lambda: nn.AdaptiveAvgPool2d((2, 3)), lambda: nn.BatchNorm2d(3),
-                                  lambda: nn.GroupNorm(3, 3)], ids=["max", "avg", "adaptive", "bn", "gn"])
+                                  lambda: nn.AdaptiveAvgPool2d((2, 3)), lambda: nn.AdaptiveAvgPool2d((4, 5)),
+                                  lambda: nn.AdaptiveAvgPool2d(1), lambda: nn.MaxPool2d(3, 1, 1),
+                                  lambda: nn.BatchNorm2d(3), lambda: nn.GroupNorm(3, 3)],
+                         ids=["max", "avg", "adaptive", "adaptive-overlap", "global", "max-pad", "bn", "gn"])
 def test_float32_in_float32_out(make):
     m = make()
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
     y = m(x)
     gx = m.backward(np.ones_like(y))
     assert y.dtype == gx.dtype == np.float32
+    assert gx.flags.writeable and gx.flags.c_contiguous and gx.shape == x.shape
     for p in m.parameters():
         assert p.grad.dtype == np.float32
 

@@ -144,6 +144,20 @@ def _padded(x, geo, fill):
     return xp
 
 
+def _windows_overlap(geo):
+    """True when some input element lies in two windows (stride < the kernel's span)."""
+    return any(s < d * (k - 1) + 1 for k, s, d in zip(geo.k, geo.s, geo.d))
+
+
+def _assign_where(target, value, mask):
+    """target[mask] = value for an unsigned integer array, without branching on the
+    mask (masked copies on random masks are several times slower): the difference
+    value - target, wrapping modulo 2**bits, times the mask, added back."""
+    step = np.subtract(value, target, dtype=target.dtype)
+    step *= mask
+    target += step
+
+
 def _pool_sample(rng, dtype, lo, hi):
     """(2, 2, 5, 6) distinct values in [lo, hi] (no ties: those are tested apart),
     spaced far wider than the finite-difference steps."""
@@ -209,27 +223,29 @@ def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
     x4, unbatched = _batched(x, who)
     geo = _layout(who, x4, k, s, p, d, ceil_mode)
     xp = _padded(x4, geo, -np.inf)
-    oh, ow = geo.out
+    offsets = geo.offsets()
     kw = k[1]
-    # before any comparison every window points at its first element inside the
-    # input, which is what PyTorch reports when nothing in the window beats -inf
-    first = [[next(a for a in range(k_) if s_ * i - p_ + d_ * a >= 0) for i in range(o)]
-             for k_, s_, p_, d_, o in zip(k, s, p, d, geo.out)]
     dtype = np.min_scalar_type(k[0] * k[1] - 1)
-    arg = np.broadcast_to((np.array(first[0])[:, None] * kw + np.array(first[1])[None, :]).astype(dtype),
-                          x4.shape[:2] + (oh, ow)).copy()
-    y = np.full(x4.shape[:2] + (oh, ow), -np.inf, dtype=x.dtype)
-    for a, b in geo.offsets():                   # scan order; strict > keeps the first maximum
+    if p == (0, 0):                  # offset (0, 0) lies inside every window: start from it
+        y = xp[geo.window_slice(0, 0)].copy()
+        arg = np.zeros(y.shape, dtype)
+        rest = offsets[1:]
+    else:
+        # every window starts out pointing at its first element inside the input,
+        # which is what PyTorch reports when nothing in the window beats -inf
+        first = [[next(a for a in range(k_) if s_ * i - p_ + d_ * a >= 0) for i in range(o)]
+                 for k_, s_, p_, d_, o in zip(k, s, p, d, geo.out)]
+        start = (np.array(first[0])[:, None] * kw + np.array(first[1])[None, :]).astype(dtype)
+        arg = np.broadcast_to(start, x4.shape[:2] + geo.out).copy()
+        y = np.full(arg.shape, -np.inf, dtype=x.dtype)
+        rest = offsets
+    for a, b in rest:                # scan order; a strict > keeps the first maximum
         v = xp[geo.window_slice(a, b)]
-        better = v > y
-        np.copyto(y, v, where=better)
-        np.copyto(arg, a * kw + b, where=better)
-    if np.isnan(x).any():                        # NaN is the maximum; the last one wins (PyTorch)
-        for a, b in geo.offsets():
-            v = xp[geo.window_slice(a, b)]
-            nan = np.isnan(v)
-            np.copyto(y, v, where=nan)
-            np.copyto(arg, a * kw + b, where=nan)
+        _assign_where(arg, a * kw + b, v > y)
+        np.maximum(y, v, out=y)
+    if np.isnan(x).any():            # NaN is the maximum (np.maximum put it in y); the last NaN wins
+        for a, b in offsets:
+            _assign_where(arg, a * kw + b, np.isnan(xp[geo.window_slice(a, b)]))
     return (y[0] if unbatched else y), MaxSaved(arg, geo, x.shape, x.dtype)
 
 
@@ -241,9 +257,14 @@ def _max_pool2d_backward(saved, gy):
     gy = np.asarray(gy).reshape(arg.shape)
     gxp = np.zeros(arg.shape[:2] + geo.padded, dtype=np.result_type(dtype, gy.dtype))
     kw = geo.k[1]
+    overlap = _windows_overlap(geo)
     for a, b in geo.offsets():
         view = gxp[geo.window_slice(a, b)]
-        np.add(view, gy, out=view, where=arg == a * kw + b)
+        won = arg == a * kw + b
+        if overlap:
+            view += gy * won
+        else:                        # each element of the slice belongs to this offset alone
+            np.multiply(gy, won, out=view)
     gx = gxp if geo.padded == geo.hw else np.ascontiguousarray(gxp[geo.inner()])
     return gx.reshape(shape)
 
@@ -339,8 +360,12 @@ def _avg_pool2d_backward(saved, gy):
     n, c = (1, shape[0]) if len(shape) == 3 else shape[:2]
     g = np.asarray(gy).reshape((n, c) + geo.out) / divisor
     gxp = np.zeros((n, c) + geo.padded, dtype=g.dtype)
+    overlap = _windows_overlap(geo)
     for a, b in geo.offsets():
-        gxp[geo.window_slice(a, b)] += g
+        if overlap:
+            gxp[geo.window_slice(a, b)] += g
+        else:
+            gxp[geo.window_slice(a, b)] = g
     gx = gxp if geo.padded == geo.hw else np.ascontiguousarray(gxp[geo.inner()])
     return gx.reshape(shape)
 
@@ -400,7 +425,10 @@ def adaptive_avg_pool2d(x, output_size):
     average pooling.
 
     x: (N, C, H, W) or (C, H, W) -> y: (N, C, oh, ow) or (C, oh, ow).
-    saved: (P_H (oh, H), P_W (ow, W), x's shape).
+    saved: (P_H (oh, H), P_W (ow, W), x's shape), P None when the windows tile
+    the input (oh divides H and ow divides W, global pooling among them): P is
+    then block diagonal, and the products are a mean over each
+    (H/oh, W/ow) block of the (N, C, oh, H/oh, ow, W/ow) view, and its spread back.
     """
     who = "adaptive_avg_pool2d"
     x = as_float(x)
@@ -409,6 +437,10 @@ def adaptive_avg_pool2d(x, output_size):
     if h < 1 or w < 1:
         raise ValueError(f"{who}: expected an input with non-zero height and width, got shape {x.shape}")
     oh, ow = _adaptive_sizes(who, output_size, (h, w))
+    if h % oh == 0 and w % ow == 0:
+        blocks = x4.reshape(x4.shape[:2] + (oh, h // oh, ow, w // ow))
+        y = blocks.mean(axis=(3, 5))
+        return (y[0] if unbatched else y), (None, None, x.shape)
     real = x.real.dtype
     ph, pw = averaging_matrix(h, oh, real), averaging_matrix(w, ow, real)
     y = _sandwich(x4, ph, pw)
@@ -419,6 +451,12 @@ def adaptive_avg_pool2d(x, output_size):
 def _adaptive_avg_pool2d_backward(saved, gy):
     ph, pw, shape = saved
     gy = np.asarray(gy)
+    if ph is None:                       # tiling windows: spread g / (block size) over each block
+        h, w = shape[-2:]
+        oh, ow = gy.shape[-2:]
+        kh, kw = h // oh, w // ow
+        g = gy / (kh * kw)
+        gx = np.empty(shape, dtype=g.dtype)
+        gx.reshape((-1, oh, kh, ow, kw))[...] = g.reshape((-1, oh, 1, ow, 1))
+        return gx
     return _sandwich(gy, ph.T, pw.T).reshape(shape)
-
-
