@@ -563,11 +563,11 @@ def softplus(x, beta, threshold):
     x = as_float(x)
     bx = x * beta
     linear = bx > threshold                        # rare, so a masked copy is cheap
-    y = _softplus(bx)
+    y = np.asarray(_softplus(bx))                  # 0-d input: NumPy gives a scalar, copyto needs an array
     if beta != 1:
         y /= beta
     np.copyto(y, x, where=linear)
-    d = stable_sigmoid(bx)                         # the derivative, 1 above the threshold
+    d = np.asarray(stable_sigmoid(bx))             # the derivative, 1 above the threshold
     np.copyto(d, 1, where=linear)
     return y, d
 

@@ -39,7 +39,11 @@ def _grad_scale(gy, reduction, denom, shape=None):
         return gy if shape is None else gy.reshape(shape)
     # a Python float: a NumPy float64 scalar would promote float32 gradients
     gy = np.asarray(gy).item()
-    return gy / float(denom) if reduction == "mean" else gy
+    if reduction != "mean":
+        return gy
+    # nothing to average (an empty batch, every target ignored): the loss is NaN, as
+    # PyTorch's, and the gradient, over items that all weigh 0, is 0, as PyTorch's
+    return gy / float(denom) if denom else 0.0
 
 
 def _pair(input, target, who):
@@ -96,6 +100,60 @@ def _logits_2d(input, who):
     if x.ndim != 2:
         raise ValueError(f"{who}: expected input of shape (N, C), got shape {x.shape}")
     return x
+
+
+def class_rows(input, target, who, probabilities=True):
+    """Scores of any class layout PyTorch takes, as rows of C classes.
+
+    ``input`` is (N, C), (N, C, d1, ..., dk) (images, sequences: one class
+    vector per position) or unbatched (C,); ``target`` holds class indices of
+    the input's shape without C ((N,), (N, d1, ..., dk), or 0-d), or, with
+    ``probabilities``, class probabilities of the input's own shape.  Returns
+    ``(x, t, layout, probs)``: x of shape (M, C) with M = N d1 ... dk rows
+    (the class dim moved last), t of shape (M,) or (M, C), ``layout`` for
+    :func:`item_shaped` and :func:`input_shaped` (None for (N, C): nothing moves,
+    no copy), and whether t holds probabilities.
+    """
+    x, t = as_float(input), np.asarray(target)
+    if x.ndim == 0:
+        raise ValueError(f"{who}: expected input of shape (N, C), (N, C, d1, ...) or (C,), got a scalar")
+    items = x.shape[:1] + x.shape[2:] if x.ndim > 1 else ()
+    probs = probabilities and t.ndim == x.ndim
+    if t.shape != (x.shape if probs else items):
+        also = f" or class probabilities of shape {x.shape}" if probabilities else ""
+        raise ValueError(f"{who}: expected class indices of shape {items}{also} for input of "
+                         f"shape {x.shape}, got shape {t.shape}")
+    if x.ndim == 2:
+        return x, t, None, probs
+    if x.ndim == 1:                                     # unbatched: one row
+        return x[None], (t[None] if probs else t.reshape(1)), (x.shape, items), probs
+    C = x.shape[1]
+    rows = np.moveaxis(x, 1, -1).reshape(-1, C)
+    t = np.moveaxis(t, 1, -1).reshape(-1, C) if probs else t.reshape(-1)
+    return rows, t, (x.shape, items), probs
+
+
+def item_shaped(loss, reduction, layout):
+    """Per-row losses (reduction "none") in the shape of the items, (N, d1, ..., dk) or ()."""
+    if layout is None or reduction != "none":
+        return loss
+    return loss.reshape(layout[1])
+
+
+def input_shaped(g_rows, layout):
+    """dL/d(rows), of shape (M, C), back in the input's layout (the class dim at 1)."""
+    if layout is None:
+        return g_rows
+    shape = layout[0]
+    if len(shape) == 1:
+        return g_rows[0]
+    g = g_rows.reshape(shape[:1] + shape[2:] + shape[1:2])
+    return np.ascontiguousarray(np.moveaxis(g, -1, 1))
+
+
+def rows_gy(gy, layout):
+    """The upstream gradient of per-item losses as one value per row."""
+    return gy if layout is None else np.reshape(gy, -1)
 
 
 def _reg_sample(rng, dtype, lo, hi):
@@ -227,23 +285,30 @@ def _huber_backward(saved, gy):
 def cross_entropy(input, target, weight, ignore_index, label_smoothing, reduction):
     r"""Softmax cross-entropy on logits, fused so that backward is softmax - target.
 
-    ``target`` is class indices of shape (N,) or class probabilities of shape
-    (N, C).  ``weight`` scales each class; with class indices "mean" divides by
+    ``input`` is (N, C), (N, C, d1, ..., dk) or unbatched (C,) (see
+    :func:`class_rows`); ``target`` is class indices of shape (N,) (resp.
+    (N, d1, ..., dk), 0-d) or class probabilities of the input's shape.  ``weight`` scales each class; with class indices "mean" divides by
     the summed weights of the non-ignored targets (PyTorch's weighted mean),
     with probabilities by N.  ``label_smoothing`` mixes the target with the
     uniform distribution.  Computed through log-softmax: never log(softmax + eps).
     """
     who = "cross_entropy"
-    x = _logits_2d(input, who)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{who}: label_smoothing={label_smoothing!r} is not valid; expected 0 <= value <= 1")
+    x, t, layout, probs = class_rows(input, target, who)
+    loss, saved = _cross_entropy_rows(x, t, probs, weight, ignore_index, label_smoothing, reduction)
+    if layout is None:                  # (N, C): the rows' own saved state, nothing to move back
+        return loss, saved
+    return item_shaped(loss, reduction, layout), ("rows", layout, saved)
+
+
+def _cross_entropy_rows(x, t, probs, weight, ignore_index, label_smoothing, reduction):
+    """cross_entropy on rows: x of shape (n, C), t class indices (n,) or probabilities (n, C)."""
+    who = "cross_entropy"
     n, C = x.shape
     w = _weight(weight, C, x.dtype, who)
     eps = label_smoothing
-    t = np.asarray(target)
-    if t.ndim == 2:                                          # probability targets
-        if t.shape != x.shape:
-            raise ValueError(f"{who}: expected probability targets of shape {x.shape}, got shape {t.shape}")
+    if probs:                                                # probability targets
         logp, _ = log_softmax.fn(x, 1)
         a = t.astype(x.dtype, copy=False)
         if eps:
@@ -293,22 +358,29 @@ def _plain_cross_entropy(x, y, reduction):
 
 @cross_entropy.set_backward
 def _cross_entropy_backward(saved, gy):
+    if isinstance(saved[0], str) and saved[0] == "rows":     # (N, C, d1, ...) or (C,) input
+        _, layout, saved = saved
+        return input_shaped(_cross_entropy_rows_backward(saved, rows_gy(gy, layout)), layout), None
+    return _cross_entropy_rows_backward(saved, gy), None
+
+
+def _cross_entropy_rows_backward(saved, gy):
     if isinstance(saved[0], str) and saved[0] == "fused":  # the plain path, fused (numba)
         _, x, m_logs, y, reduction = saved
-        return fused.cross_entropy_grad(x, y, m_logs, _grad_scale(gy, reduction, len(y))), None
+        return fused.cross_entropy_grad(x, y, m_logs, _grad_scale(gy, reduction, len(y)))
     if isinstance(saved[0], str):                        # the plain path in NumPy
         _, e, s, y, reduction = saved
         scale = _grad_scale(gy, reduction, len(y), (-1, 1))
         gx = e * (scale / s[:, None])                      # p * scale in one pass, p = e / S
         gx[np.arange(len(y)), y] -= scale if np.ndim(scale) == 0 else scale[:, 0]
-        return gx, None
+        return gx
     logp, total, dense, hot, y, denom, reduction = saved
     gx = np.exp(logp) * total[:, None]                        # p * sum_c a_c
     if dense is not None:
         gx -= dense
     if hot is not None:
         gx[np.arange(len(y)), y] -= hot
-    return gx * _grad_scale(gy, reduction, denom, (-1, 1)), None
+    return gx * _grad_scale(gy, reduction, denom, (-1, 1))
 
 
 @_loss("nll_loss",
@@ -320,9 +392,12 @@ def _cross_entropy_backward(saved, gy):
        reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.nll_loss(
            x, t, reduction=reduction, **kw))
 def nll_loss(input, target, weight, ignore_index, reduction):
-    """Negative log-likelihood of class indices, on log-probabilities (use after log_softmax)."""
+    """Negative log-likelihood of class indices, on log-probabilities (use after log_softmax).
+
+    ``input`` is (N, C), (N, C, d1, ..., dk) or unbatched (C,), ``target`` the class
+    indices of shape (N,), (N, d1, ..., dk) or 0-d (see :func:`class_rows`)."""
     who = "nll_loss"
-    x = _logits_2d(input, who)
+    x, target, layout, _ = class_rows(input, target, who, probabilities=False)
     n, C = x.shape
     w = _weight(weight, C, x.dtype, who)
     y, _ = class_indices(target, n, C, who, ignore_index)
@@ -330,15 +405,16 @@ def nll_loss(input, target, weight, ignore_index, reduction):
     y = np.where(keep, y, 0)
     wy = (w[y] if w is not None else np.ones(n, x.dtype)) * keep
     per = -wy * x[np.arange(n), y]
-    return _reduce(per, reduction, wy.sum()), (x.shape, x.dtype, y, wy, reduction)
+    loss = item_shaped(_reduce(per, reduction, wy.sum()), reduction, layout)
+    return loss, (x.shape, x.dtype, y, wy, reduction, layout)
 
 
 @nll_loss.set_backward
 def _nll_backward(saved, gy):
-    shape, dtype, y, wy, reduction = saved
+    shape, dtype, y, wy, reduction, layout = saved
     gx = np.zeros(shape, dtype)
     gx[np.arange(len(y)), y] = -wy
-    return gx * _grad_scale(gy, reduction, wy.sum(), (-1, 1)), None
+    return input_shaped(gx * _grad_scale(rows_gy(gy, layout), reduction, wy.sum(), (-1, 1)), layout), None
 
 
 @_loss("prob_cross_entropy",
