@@ -175,6 +175,31 @@ def activation(name, **params):
     return cls(**params)
 
 
+# -- PyTorch 2.13's factory keywords --------------------------------------------------------
+
+def _float_dtype(dtype, who):
+    """A module's dtype: None is handydl's default, float32; a NumPy float dtype (or its name),
+    or a torch float dtype by its name (torch.float64 is float64: torch is not imported)."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    name = str(dtype)
+    try:
+        dt = np.dtype(name[len("torch."):] if name.startswith("torch.") else dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"{who}: dtype={dtype!r} is not valid; expected a float dtype "
+                        "(np.float32, np.float64, or None for float32)")
+    return dt
+
+
+def _cpu_only(device, who):
+    """device=None or "cpu" (as torch.device("cpu")): handydl computes with NumPy on the CPU."""
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"{who}: device={device!r} is not available; handydl computes with "
+                         "NumPy on the CPU (device=None or 'cpu')")
+
+
 # -- Linear ------------------------------------------------------------------------------
 
 class Linear(OpModule):
@@ -182,12 +207,16 @@ class Linear(OpModule):
     derivations (the transpose of torch.nn.Linear's).
 
     Initialized as PyTorch's default: W and b uniform in +-1/sqrt(in_features).
+    Constructor arguments in torch.nn.Linear's order (``device`` None or "cpu",
+    ``dtype`` None meaning float32); ``rng`` (a seed or a Generator) is handydl's.
     """
 
     op = ops.linear
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, rng=None):
         super().__init__()
+        _cpu_only(device, "Linear")
+        dtype = _float_dtype(dtype, "Linear")
         for name, n in (("in_features", in_features), ("out_features", out_features)):
             if not (isinstance(n, (int, np.integer)) and n > 0):
                 raise ValueError(f"Linear: {name}={n!r} is not valid; expected a positive integer")
@@ -199,6 +228,9 @@ class Linear(OpModule):
 
     def op_inputs(self):
         return (self.weight, self.bias)
+
+    def forward(self, input):                   # torch's name: m(input=x) works
+        return self._apply(self.op, input, self.op_inputs())[0]
 
     def get_config(self):
         return dict(in_features=self.in_features, out_features=self.out_features,
@@ -217,34 +249,56 @@ class BatchNorm1d(OpModule):
     Training: batch statistics (biased variance) normalize; the running mean and
     the running *unbiased* variance move by ``momentum`` (or a cumulative
     average when momentum is None).  Evaluation: the running statistics.
+
+    An empty batch (N = 0) has no statistics: as PyTorch, the output is empty,
+    the running statistics stay (only ``num_batches_tracked`` counts it), and
+    the gradients of weight and bias are 0 (the affine map of the eval op,
+    whose sums over no values are 0).
+
+    Constructor arguments in torch.nn.BatchNorm1d's order; ``bias=False``
+    (keyword, as PyTorch 2.13) keeps the weight and drops the bias (a constant
+    0, ``self.bias`` None); ``device`` None or "cpu", ``dtype`` None meaning float32.
     """
 
     op = ops.batch_norm
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+                 track_running_stats=True, device=None, dtype=None, *, bias=True):
         super().__init__(eps=eps)
+        _cpu_only(device, "BatchNorm1d")
+        dtype = _float_dtype(dtype, "BatchNorm1d")
         self.num_features, self.momentum, self.affine = num_features, momentum, affine
         self.track_running_stats = track_running_stats
         ones, zeros = np.ones(num_features, dtype), np.zeros(num_features, dtype)
         self.weight = Parameter(ones) if affine else ones
-        self.bias = Parameter(zeros) if affine else zeros
+        self.bias = (Parameter(zeros) if bias else None) if affine else zeros
+        self._no_bias = zeros.copy()                # the constant 0 of bias=False
         if track_running_stats:
             self.register_buffer("running_mean", zeros.copy())
             self.register_buffer("running_var", ones.copy())
             self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def op_inputs(self):
-        return (self.weight, self.bias)
+        return (self.weight, self._no_bias if self.bias is None else self.bias)
 
-    def forward(self, x):
+    def forward(self, input):                   # torch's name: m(input=x) works
+        x = input
+        if (self.training or not self.track_running_stats) and np.shape(x)[:1] == (0,):
+            return self._empty_batch(x)
         if self.training or not self.track_running_stats:
             y, saved = self._apply(ops.batch_norm, x, self.op_inputs())
             if self.training and self.track_running_stats:
                 self._update_running_stats(saved, np.shape(x))
             return y
-        extra = (self.weight, self.bias, self.running_mean, self.running_var)
+        extra = self.op_inputs() + (self.running_mean, self.running_var)
         return self._apply(ops.batch_norm_eval, x, extra)[0]
+
+    def _empty_batch(self, x):
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked = self.num_batches_tracked + 1
+        w = np.asarray(self.weight.data if isinstance(self.weight, Parameter) else self.weight)
+        stats = (np.zeros(w.shape, w.dtype), np.ones(w.shape, w.dtype))    # any: no value uses them
+        return self._apply(ops.batch_norm_eval, x, self.op_inputs() + stats)[0]
 
     def _update_running_stats(self, saved, shape):
         m = math.prod(shape) // shape[1]                 # values per feature
@@ -255,35 +309,53 @@ class BatchNorm1d(OpModule):
         self.running_var = ((1 - f) * self.running_var + f * saved.var * (m / (m - 1))).astype(dtype)
 
     def get_config(self):
-        return dict(num_features=self.num_features, eps=self.params["eps"], momentum=self.momentum,
-                    affine=self.affine, track_running_stats=self.track_running_stats,
-                    dtype=np.asarray(self.weight.data if self.affine else self.weight).dtype.name)
+        config = dict(num_features=self.num_features, eps=self.params["eps"], momentum=self.momentum,
+                      affine=self.affine, track_running_stats=self.track_running_stats,
+                      dtype=np.asarray(self.weight.data if self.affine else self.weight).dtype.name)
+        if self.bias is None:
+            config["bias"] = False
+        return config
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.params['eps']}, momentum={self.momentum}"
 
 
 class LayerNorm(OpModule):
-    """Layer normalization over the last dims, ``normalized_shape``."""
+    """Layer normalization over the last dims, ``normalized_shape``.
+
+    Constructor arguments in torch.nn.LayerNorm's order: ``bias=False`` keeps
+    the weight and drops the bias (a constant 0, ``self.bias`` None);
+    ``device`` None or "cpu", ``dtype`` None meaning float32.
+    """
 
     op = ops.layer_norm
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
+                 device=None, dtype=None):
         super().__init__(eps=eps)
+        _cpu_only(device, "LayerNorm")
+        dtype = _float_dtype(dtype, "LayerNorm")
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
         self.normalized_shape = shape
         self.elementwise_affine = elementwise_affine
         ones, zeros = np.ones(shape, dtype), np.zeros(shape, dtype)
         self.weight = Parameter(ones) if elementwise_affine else ones
-        self.bias = Parameter(zeros) if elementwise_affine else zeros
+        self.bias = (Parameter(zeros) if bias else None) if elementwise_affine else zeros
+        self._no_bias = zeros.copy()                # the constant 0 of bias=False
 
     def op_inputs(self):
-        return (self.weight, self.bias)
+        return (self.weight, self._no_bias if self.bias is None else self.bias)
+
+    def forward(self, input):                   # torch's name: m(input=x) works
+        return self._apply(self.op, input, self.op_inputs())[0]
 
     def get_config(self):
         w = self.weight.data if self.elementwise_affine else self.weight
-        return dict(normalized_shape=list(self.normalized_shape), eps=self.params["eps"],
-                    elementwise_affine=self.elementwise_affine, dtype=w.dtype.name)
+        config = dict(normalized_shape=list(self.normalized_shape), eps=self.params["eps"],
+                      elementwise_affine=self.elementwise_affine, dtype=w.dtype.name)
+        if self.bias is None:
+            config["bias"] = False
+        return config
 
 
 # -- regularization and shape -----------------------------------------------------------------
