@@ -452,3 +452,19 @@ def test_module_called_twice_gets_both_gradients():
     np.testing.assert_allclose(gx1, t1.grad.numpy(), atol=1e-10)
     np.testing.assert_allclose(gx2, t2.grad.numpy(), atol=1e-10)
     np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), atol=1e-10)
+
+
+def test_batch_norm2d_is_batch_norm_on_the_flattened_view():
+    """One derivation: the 2-D ops are batch_norm / batch_norm_eval on (N, C, H*W), bit for bit."""
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    w, b, rm, rv = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    for two_d, one_d, extra in ((normalization.batch_norm2d, ops.batch_norm, ()),
+                                (normalization.batch_norm2d_eval, ops.batch_norm_eval, (rm, rv))):
+        y2, s2 = two_d.forward(x, w, b, *extra)
+        y1, s1 = one_d.forward(x.reshape(2, 3, 20), w, b, *extra)
+        np.testing.assert_array_equal(y2, y1.reshape(x.shape))
+        g2, g1 = two_d.backward(s2, gy), one_d.backward(s1, gy.reshape(2, 3, 20))
+        np.testing.assert_array_equal(g2[0], g1[0].reshape(x.shape))
+        for a, c in zip(g2[1:3], g1[1:3]):
+            np.testing.assert_array_equal(a, c)

@@ -233,9 +233,10 @@ def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
     else:
         # every window starts out pointing at its first element inside the input,
         # which is what PyTorch reports when nothing in the window beats -inf
-        first = [[next(a for a in range(k_) if s_ * i - p_ + d_ * a >= 0) for i in range(o)]
-                 for k_, s_, p_, d_, o in zip(k, s, p, d, geo.out)]
-        start = (np.array(first[0])[:, None] * kw + np.array(first[1])[None, :]).astype(dtype)
+        # (the smallest a with s i - p + d a >= 0, per output row / column)
+        first = [np.maximum(0, -((s_ * np.arange(o) - p_) // d_))
+                 for s_, p_, d_, o in zip(s, p, d, geo.out)]
+        start = (first[0][:, None] * kw + first[1][None, :]).astype(dtype)
         arg = np.broadcast_to(start, x4.shape[:2] + geo.out).copy()
         y = np.full(arg.shape, -np.inf, dtype=x.dtype)
         rest = offsets
