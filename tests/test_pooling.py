@@ -205,18 +205,20 @@ def test_max_pool2d_nan_and_minus_inf_windows_like_torch():
 # -- BatchNorm2d and GroupNorm ------------------------------------------------------------------
 
 BN_CASES = [dict(), dict(momentum=None), dict(momentum=0.5, eps=1e-3), dict(affine=False),
-            dict(track_running_stats=False)]
+            dict(track_running_stats=False), dict(bias=False)]
 
 
 def _set_affine(ours, theirs, rng, dtype):
     if ours.affine:
         w = rng.uniform(0.5, 1.5, ours.weight.shape).astype(dtype)
-        b = rng.standard_normal(ours.bias.shape).astype(dtype)
         ours.weight.data[...] = w
-        ours.bias.data[...] = b
         with torch.no_grad():
             theirs.weight.copy_(t(w))
-            theirs.bias.copy_(t(b))
+        if ours.bias is not None:
+            b = rng.standard_normal(ours.bias.shape).astype(dtype)
+            ours.bias.data[...] = b
+            with torch.no_grad():
+                theirs.bias.copy_(t(b))
 
 
 def _step(ours, theirs, x, gy, dtype, what):
@@ -229,7 +231,10 @@ def _step(ours, theirs, x, gy, dtype, what):
     assert_close(gx, tgx, dtype, f"{what} dL/dx")
     if ours.affine:
         assert_close(ours.weight.grad, theirs.weight.grad.numpy(), dtype, f"{what} dL/dweight")
-        assert_close(ours.bias.grad, theirs.bias.grad.numpy(), dtype, f"{what} dL/dbias")
+        if ours.bias is not None:
+            assert_close(ours.bias.grad, theirs.bias.grad.numpy(), dtype, f"{what} dL/dbias")
+        else:
+            assert theirs.bias is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -257,7 +262,7 @@ def test_batchnorm2d_three_steps_then_eval_match_torch(kw, dtype):
 
 GN_CASES = [((2, 6, 5, 7), 2, {}), ((2, 6, 5, 7), 1, {}), ((2, 6, 5, 7), 6, {}),
             ((3, 4, 3, 3), 2, dict(affine=False)), ((1, 4, 5), 2, dict(eps=1e-3)), ((5, 4), 2, {}),
-            ((1, 6, 1, 1), 3, {})]
+            ((1, 6, 1, 1), 3, {}), ((2, 4, 3, 3), 2, dict(bias=False))]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -322,7 +327,8 @@ BAD_ARGS = [
     (lambda: nn.BatchNorm2d(3, eps=-1.0), r"eps=-1.0"),
     (lambda: nn.BatchNorm2d(3, momentum=1.5), r"momentum=1.5"),
     (lambda: nn.BatchNorm2d(3, affine="no"), r"affine='no'"),
-    (lambda: nn.BatchNorm2d(3, dtype=np.int64), r"dtype="),
+    (lambda: nn.BatchNorm2d(3, device="cuda"), r"device='cuda'"),
+    (lambda: nn.BatchNorm2d(3, bias=0), r"bias=0"),
     (lambda: nn.GroupNorm(3, 4), r"num_channels=4 is not divisible by num_groups=3"),
     (lambda: nn.GroupNorm(0, 4), r"num_groups=0"),
     (lambda: nn.GroupNorm(2, 4, eps=float("nan")), r"eps=nan"),
@@ -399,8 +405,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 
 @pytest.mark.parametrize("make", [lambda: nn.MaxPool2d(3, 2, 1), lambda: nn.AvgPool2d(3, 2, 1, True, False),
                                   lambda: nn.AdaptiveAvgPool2d((None, 3)), lambda: nn.BatchNorm2d(3, momentum=None),
-                                  lambda: nn.GroupNorm(3, 3, affine=False)],
-                         ids=["max", "avg", "adaptive", "bn", "gn"])
+                                  lambda: nn.GroupNorm(3, 3, affine=False),
+                                  lambda: nn.BatchNorm2d(3, bias=False), lambda: nn.GroupNorm(1, 3, bias=False)],
+                         ids=["max", "avg", "adaptive", "bn", "gn", "bn-nobias", "gn-nobias"])
 def test_config_rebuilds_the_same_module(make):
     import json
     m = make()
@@ -468,3 +475,25 @@ def test_batch_norm2d_is_batch_norm_on_the_flattened_view():
         np.testing.assert_array_equal(g2[0], g1[0].reshape(x.shape))
         for a, c in zip(g2[1:3], g1[1:3]):
             np.testing.assert_array_equal(a, c)
+
+
+def test_dtype_and_device_arguments_as_torch():
+    for make in (lambda **kw: nn.BatchNorm2d(3, **kw), lambda **kw: nn.GroupNorm(1, 3, **kw)):
+        assert make().weight.dtype == np.float32                      # None: float32
+        assert make(dtype=np.float64).weight.dtype == np.float64
+        assert make(dtype="torch.float64", device="cpu").weight.dtype == np.float64
+        with pytest.raises(TypeError, match="dtype=<class 'numpy.int64'>"):
+            make(dtype=np.int64)
+
+
+def test_batchnorm2d_empty_batch_and_keyword_input_as_torch():
+    ours, theirs = nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    x = np.zeros((0, 3, 4, 4), np.float32)
+    y = ours(input=x)
+    ty = theirs(input=t(x))
+    assert y.shape == tuple(ty.shape) == (0, 3, 4, 4)
+    np.testing.assert_array_equal(ours.running_mean, theirs.running_mean.numpy())
+    np.testing.assert_array_equal(ours.running_var, theirs.running_var.numpy())
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+    assert ours.backward(np.zeros_like(y)).shape == x.shape
+    np.testing.assert_array_equal(ours.weight.grad, np.zeros(3, np.float32))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..ops import normalization as _norm
-from .layers import BatchNorm1d, OpModule
+from .layers import BatchNorm1d, OpModule, _cpu_only, _float_dtype
 from .module import Parameter
 
 
@@ -109,16 +109,6 @@ def _check_flag(who, name, value):
         raise ValueError(f"{who}: {name}={value!r} is not valid; expected True or False")
 
 
-def _check_dtype(who, dtype):
-    try:
-        kind = np.dtype(dtype).kind
-    except TypeError:
-        kind = None
-    if kind != "f":
-        raise ValueError(f"{who}: dtype={dtype!r} is not valid; expected a float dtype "
-                         f"(float32 or float64)")
-
-
 class BatchNorm2d(BatchNorm1d):
     """Batch normalization over (N, C, H, W): BatchNorm1d over (N, H, W), as
     torch.nn.BatchNorm2d.
@@ -127,12 +117,17 @@ class BatchNorm2d(BatchNorm1d):
     variance over its N*H*W values; ``running_mean`` and the running *unbiased*
     variance move by ``momentum`` (a cumulative average when it is None).
     Evaluation (and ``track_running_stats=False`` never): the running statistics.
+
+    Constructor arguments in torch.nn.BatchNorm2d's order, as BatchNorm1d's:
+    ``device`` None or "cpu", ``dtype`` None meaning float32, keyword ``bias=False``
+    (weight kept, bias a constant 0).  An empty batch (N = 0) gives an empty
+    output and keeps the running statistics, as PyTorch.
     """
 
     op = _norm.batch_norm2d
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32):
+                 track_running_stats=True, device=None, dtype=None, *, bias=True):
         who = "BatchNorm2d"
         _check_positive_int(who, "num_features", num_features)
         _check_eps(who, eps)
@@ -141,20 +136,35 @@ class BatchNorm2d(BatchNorm1d):
                                          and 0 <= momentum <= 1):
             raise ValueError(f"{who}: momentum={momentum!r} is not valid; expected None or a number "
                              f"in [0, 1]")
-        _check_flag(who, "affine", affine)
-        _check_flag(who, "track_running_stats", track_running_stats)
-        _check_dtype(who, dtype)
+        for name, flag in (("affine", affine), ("track_running_stats", track_running_stats),
+                           ("bias", bias)):
+            _check_flag(who, name, flag)
+        _cpu_only(device, who)
         super().__init__(int(num_features), eps=eps, momentum=momentum, affine=bool(affine),
-                         track_running_stats=bool(track_running_stats), dtype=dtype)
+                         track_running_stats=bool(track_running_stats),
+                         dtype=_float_dtype(dtype, who), bias=bool(bias))
 
-    def forward(self, x):
-        if self.training or not self.track_running_stats:
+    def forward(self, input):                   # torch's name: m(input=x) works
+        x = input
+        batch_stats = self.training or not self.track_running_stats
+        if batch_stats and np.ndim(x) == 4 and np.shape(x)[0] == 0:
+            return self._empty_batch_2d(x)
+        if batch_stats:
             y, saved = self._apply(_norm.batch_norm2d, x, self.op_inputs())
             if self.training and self.track_running_stats:
                 self._update_running_stats(saved, np.shape(x))
             return y
-        extra = (self.weight, self.bias, self.running_mean, self.running_var)
+        extra = self.op_inputs() + (self.running_mean, self.running_var)
         return self._apply(_norm.batch_norm2d_eval, x, extra)[0]
+
+    def _empty_batch_2d(self, x):
+        """No values, no statistics: the eval op's affine map of nothing (weight and
+        bias gradients 0); only num_batches_tracked counts the batch, as PyTorch."""
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked = self.num_batches_tracked + 1
+        w = np.asarray(self.weight.data if isinstance(self.weight, Parameter) else self.weight)
+        stats = (np.zeros(w.shape, w.dtype), np.ones(w.shape, w.dtype))
+        return self._apply(_norm.batch_norm2d_eval, x, self.op_inputs() + stats)[0]
 
 
 class GroupNorm(OpModule):
@@ -165,7 +175,8 @@ class GroupNorm(OpModule):
 
     op = _norm.group_norm
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None,
+                 *, bias=True):
         who = "GroupNorm"
         _check_positive_int(who, "num_groups", num_groups)
         _check_positive_int(who, "num_channels", num_channels)
@@ -174,20 +185,26 @@ class GroupNorm(OpModule):
                              f"num_groups={num_groups!r}")
         _check_eps(who, eps)
         _check_flag(who, "affine", affine)
-        _check_dtype(who, dtype)
+        _check_flag(who, "bias", bias)
+        _cpu_only(device, who)
+        dtype = _float_dtype(dtype, who)
         super().__init__(num_groups=int(num_groups), eps=eps)
         self.num_groups, self.num_channels, self.affine = int(num_groups), int(num_channels), bool(affine)
         ones, zeros = np.ones(num_channels, dtype), np.zeros(num_channels, dtype)
         self.weight = Parameter(ones) if affine else ones
-        self.bias = Parameter(zeros) if affine else zeros
+        self.bias = (Parameter(zeros) if bias else None) if affine else zeros
+        self._no_bias = zeros.copy()                # the constant 0 of bias=False
 
     def op_inputs(self):
-        return (self.weight, self.bias)
+        return (self.weight, self._no_bias if self.bias is None else self.bias)
 
     def get_config(self):
         w = self.weight.data if self.affine else self.weight
-        return dict(num_groups=self.num_groups, num_channels=self.num_channels,
-                    eps=self.params["eps"], affine=self.affine, dtype=w.dtype.name)
+        config = dict(num_groups=self.num_groups, num_channels=self.num_channels,
+                      eps=self.params["eps"], affine=self.affine, dtype=w.dtype.name)
+        if self.bias is None:
+            config["bias"] = False
+        return config
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.params['eps']}, affine={self.affine}"

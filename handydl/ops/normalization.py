@@ -257,7 +257,7 @@ def _bn2d_view(x, weight, who, training):
     if training and x.size // max(x.shape[1], 1) < 2:
         raise ValueError(f"{who}: expected more than 1 value per channel in training mode, "
                          f"got input of shape {x.shape}")
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])   # (an empty batch too)
 
 
 def _bn2d_sample(rng, dtype, lo, hi):
