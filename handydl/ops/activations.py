@@ -487,7 +487,8 @@ def normal_cdf(x):
     """
     if x.dtype != np.float32:
         return 0.5 * (1 + erf(x * INV_SQRT_2))
-    t = np.abs(x) * np.float32(0.5 * INV_SQRT_2)
+    # np.asarray: on a 0-d x, NumPy returns scalars, which out= cannot write into
+    t = np.asarray(np.abs(x) * np.float32(0.5 * INV_SQRT_2))
     t += 1
     np.reciprocal(t, out=t)                         # t = 1 / (1 + z/2), z = |x| / sqrt 2
     poly = np.full_like(t, _ERFCX_COEFFS[0])
@@ -495,7 +496,7 @@ def normal_cdf(x):
         poly *= t
         poly += c
     poly *= t
-    e = np.square(x)                                # e^{-z^2} = e^{-x^2 / 2}
+    e = np.asarray(np.square(x))                    # e^{-z^2} = e^{-x^2 / 2}
     e *= -0.5
     np.exp(e, out=e)
     poly *= e

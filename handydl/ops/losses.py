@@ -36,6 +36,8 @@ def _grad_scale(gy, reduction, denom, shape=None):
     """The factor dL/dloss_item for each item: gy/denom, gy, or gy itself (per item)."""
     if reduction == "none":
         gy = np.asarray(gy)
+        if gy.ndim == 0:        # one item (unbatched): a Python float, as below
+            return gy.item()
         return gy if shape is None else gy.reshape(shape)
     # a Python float: a NumPy float64 scalar would promote float32 gradients
     gy = np.asarray(gy).item()
@@ -153,7 +155,7 @@ def input_shaped(g_rows, layout):
 
 def rows_gy(gy, layout):
     """The upstream gradient of per-item losses as one value per row."""
-    return gy if layout is None else np.reshape(gy, -1)
+    return gy if layout is None or np.ndim(gy) == 0 else np.reshape(gy, -1)
 
 
 def _reg_sample(rng, dtype, lo, hi):
