@@ -11,9 +11,12 @@ input and :math:`c` for an input channel of output channel :math:`o`'s group,
 
 **im2col.**  Gather the patches once: :math:`X_{n,(c,p,q),(i,j)} =
 \tilde x_{n,c,si+dp,sj+dq}` (a strided view of the padded input, copied once
-into a contiguous (N, g, K, P) array, K = C/g kh kw, P = Ho Wo).  Then, per
-group, the convolution is one matrix product, :math:`Y_n = W X_n + b` with W
-seen as (O/g, K).
+into a contiguous (N, g, K, P) array, K = C/g kh kw, P = Ho Wo; or, in the
+*wide* layout of ``Geometry.span``, Ho rows of the padded width, so that each
+kernel offset's patches are one run of memory).  Then, per group, the
+convolution is one matrix product (one ``np.matmul`` call over all images),
+:math:`Y_n = W X_n + b` with W seen as (O/g, K).  X is kept for dL/dW: kh kw
+times the input's size (a 1x1, stride-1 convolution keeps a view of x).
 
 **Backward** (the rule of linear.py, :math:`Y = A B`):
 
@@ -460,7 +463,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     = \mathrm{col2im}(W^\top G_n)` (a full correlation with the flipped kernel).
     Differentiable everywhere.
 
-    saved: (X (N, groups, K, Ho Wo), weight, Geometry, has bias, 2, unbatched).
+    saved: (X (N, groups, K, Ho span), weight, Geometry, has bias, 2, unbatched).
     """
     return _conv_nd("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
 
