@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.worker import WORKERS, conv_flops
+
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("handydl", "torch", "jax")
 
@@ -47,6 +49,12 @@ def workloads(quick):
     out.append(("activations", "activation", dict(ops=ops.names("activation"), size=1_000_000,
                                                   repeats=3 if quick else 9)))
     out.append(("softmax_ce_4096x1000", "softmax_ce", dict(rows=4096, classes=1000, repeats=5 if quick else 15)))
+    # convolutions (issue 15): a LeNet-size layer, a ResNet-stage layer, a small CNN's epoch
+    out.append(("conv_lenet_64x1x28x28_32f5x5", "conv",
+                dict(x=[16 if quick else 64, 1, 28, 28], out=32, k=5, padding=0, repeats=3 if quick else 9)))
+    out.append(("conv_resnet_32x64x32x32_64f3x3", "conv",
+                dict(x=[8 if quick else 32, 64, 32, 32], out=64, k=3, padding=1, repeats=2 if quick else 5)))
+    out.append(("cnn_epoch_lenet_28x28_b64", "cnn", dict(n=1024 if quick else 8192, batch=64, repeats=reps)))
     return out
 
 
@@ -91,17 +99,22 @@ def measure(quick, frameworks, cycles):
     for group in groups:
         for cycle in range(cycles):
             for fw in frameworks if cycle % 2 == 0 else frameworks[::-1]:
-                results = run_worker(fw, [(kind, params) for _, kind, params in group])
-                for (name, _, _), result in zip(group, results):
+                mine = [job for job in group if (fw, job[1]) in WORKERS]   # JAX has no conv worker
+                if not mine:
+                    continue
+                results = run_worker(fw, [(kind, params) for _, kind, params in mine])
+                for (name, _, _), result in zip(mine, results):
                     runs[name][fw].append(result)
         print(f"  measured {', '.join(name for name, _, _ in group)}", file=sys.stderr)
-    return {name: {"kind": kind, "params": params, **{fw: merge(r) for fw, r in runs[name].items()}}
+    return {name: {"kind": kind, "params": params, **{fw: merge(r) for fw, r in runs[name].items() if r}}
             for name, kind, params in jobs}
 
 
 TARGETS = [  # (workload, what, limit): handydl / peer or / floor must be <= limit
     ("mlp_epoch_b32", "fastest", 1.0), ("mlp_epoch_b128", "fastest", 0.8),
     ("mlp_epoch_b512", "fastest", 0.8), ("mlp_epoch_b512", "floor", 1.25),
+    ("conv_lenet_64x1x28x28_32f5x5", "torch", 1.5), ("conv_resnet_32x64x32x32_64f3x3", "torch", 1.5),
+    ("cnn_epoch_lenet_28x28_b64", "torch", 1.5),
 ]
 
 
@@ -127,7 +140,7 @@ def report(results, frameworks):
                     r = np.median(res["handydl"][op]["samples"]) / np.median(res["torch"][op]["samples"])
                     checks.append((f"activation {op}: handydl / torch <= 1.0", r, 1.0))
             continue
-        row = _row(name, {fw: res[fw] for fw in frameworks}, peers)
+        row = _row(name, {fw: res[fw] for fw in frameworks if fw in res}, [fw for fw in peers if fw in res])
         if "floor" in res["handydl"]:
             row["floor"] = summary(res["handydl"]["floor"])["median"]
             row["of_floor"] = row["handydl"]["median"] / row["floor"]
@@ -138,6 +151,12 @@ def report(results, frameworks):
             row["floor_gflops"] = row["flops"] / row["floor"] / 1e9
             for fw in frameworks:
                 row[fw]["gflops"] = row["flops"] / row[fw]["median"] / 1e9
+        if res["kind"] == "conv":        # the layer's three products as a rate, next to the best sgemm
+            row["flops"] = conv_flops(res["params"])
+            row["sgemm_gflops"] = max(sgemm) if sgemm else None
+            for fw in frameworks:
+                if fw in row:
+                    row[fw]["gflops"] = row["flops"] / row[fw]["median"] / 1e9
         rows.append(row)
     for name, what, limit in TARGETS:
         row = next((r for r in rows if r["name"] == name), None)
@@ -145,6 +164,9 @@ def report(results, frameworks):
             continue
         if what == "floor":
             checks.append((f"{name}: handydl / its matmul floor <= {limit}", row["of_floor"], limit))
+        elif what in peers:
+            if what in row:
+                checks.append((f"{name}: handydl / {what} <= {limit}", row[f"vs_{what}"], limit))
         elif peers:
             fastest = min(row[fw]["median"] for fw in peers)
             checks.append((f"{name}: handydl / fastest of {', '.join(peers)} <= {limit}",
@@ -195,11 +217,11 @@ def print_table(rows, checks, frameworks):
     for r in rows:
         line = f"{r['name']:<34}"
         for fw in frameworks:
-            s = r[fw]
-            line += f"{fmt(s['median'])} [{s['min'] * 1e3:7.1f}-{s['max'] * 1e3:7.1f}ms]".rjust(34)
-        line += "".join(f"{r['vs_' + fw]:9.2f}" for fw in frameworks[1:])
+            s = r.get(fw)
+            line += (f"{fmt(s['median'])} [{s['min'] * 1e3:7.1f}-{s['max'] * 1e3:7.1f}ms]" if s else "-").rjust(34)
+        line += "".join(f"{r['vs_' + fw]:9.2f}" if "vs_" + fw in r else f"{'-':>9}" for fw in frameworks[1:])
         line += f"{r['of_floor']:9.2f}" if "of_floor" in r else f"{'':9}"
-        line += ('/'.join(f"{r[fw]['peak_mb']:.0f}" for fw in frameworks)).rjust(24)
+        line += ('/'.join(f"{r[fw]['peak_mb']:.0f}" if fw in r else "-" for fw in frameworks)).rjust(24)
         print(line)
     print()
     for c in checks:
@@ -233,7 +255,8 @@ def chart(rows, frameworks, path):
     y = np.arange(len(rows))
     h = 0.8 / len(frameworks)
     for k, fw in enumerate(frameworks):
-        rel = [r[fw]["median"] / r["torch"]["median"] if "torch" in frameworks else r[fw]["median"] for r in rows]
+        rel = [np.nan if fw not in r else r[fw]["median"] / r["torch"]["median"] if "torch" in frameworks
+               else r[fw]["median"] for r in rows]
         ax.barh(y + k * h, rel, height=h, label=fw)
     ax.set_yticks(y + 0.4 - h / 2, names, fontsize=8)
     ax.invert_yaxis()

@@ -43,10 +43,29 @@ def rates(report):
     lines = ["| workload | product GFLOP per epoch | products alone | handydl | PyTorch | JAX | best sgemm (2048²) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        if "sgemm_gflops" in r:
+        if "floor_gflops" in r:
             lines.append(f"| {LABELS.get(r['name'], r['name'])} | {r['flops'] / 1e9:.1f} | {r['floor_gflops']:.0f} | "
                          + " | ".join(f"{r[fw]['gflops']:.0f}" for fw in ("handydl", "torch", "jax"))
                          + f" | {r['sgemm_gflops']:.0f} |")
+    return "\n".join(lines)
+
+
+CONV_LABELS = {"conv_lenet_64x1x28x28_32f5x5": "Conv2d 1→32, 5×5, on 64×1×28×28",
+               "conv_resnet_32x64x32x32_64f3x3": "Conv2d 64→64, 3×3, pad 1, on 32×64×32×32",
+               "cnn_epoch_lenet_28x28_b64": "LeNet-style CNN epoch, 28×28, batch 64"}
+
+
+def conv_table(report):
+    """The convolution rows: fwd+bwd of a layer (and its products' rate) and a CNN epoch."""
+    lines = ["| workload | handydl | PyTorch | / PyTorch | handydl GFLOP/s | PyTorch GFLOP/s | best sgemm |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if r["name"] not in CONV_LABELS or "torch" not in r:
+            continue
+        rate = lambda fw: f"{r[fw]['gflops']:.0f}" if "gflops" in r[fw] else ""  # noqa: E731
+        best = f"{r['sgemm_gflops']:.0f}" if r.get("sgemm_gflops") and "gflops" in r["handydl"] else ""
+        lines.append(f"| {CONV_LABELS[r['name']]} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
+                     f"{r['vs_torch']:.2f} | {rate('handydl')} | {rate('torch')} | {best} |")
     return "\n".join(lines)
 
 
@@ -55,8 +74,11 @@ if __name__ == "__main__":
         report = json.load(f)
     print(table(report))
     print()
-    if any("sgemm_gflops" in r for r in report["rows"]):
+    if any("floor_gflops" in r for r in report["rows"]):
         print(rates(report))
+        print()
+    if any(r["name"] in CONV_LABELS for r in report["rows"]):
+        print(conv_table(report))
         print()
     for c in report["targets"]:
         print(check_line(c))

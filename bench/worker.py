@@ -378,8 +378,124 @@ def jax_softmax_ce(p):
     return dict(zip(("samples", "peak_mb"), timed(step, p["repeats"], warmup=2)))
 
 
+# -- convolutions: one layer forward + backward, and a small CNN's epoch ------------------
+
+def conv_data(p, seed=0):
+    """x (N, C, H, W), weight (out, C, k, k), bias and an upstream gradient, float32."""
+    rng = np.random.default_rng(seed)
+    n, c, h, w = p["x"]
+    k, pad, out = p["k"], p["padding"], p["out"]
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    f32 = np.float32
+    return (rng.standard_normal((n, c, h, w)).astype(f32),
+            (rng.standard_normal((out, c, k, k)) / np.sqrt(c * k * k)).astype(f32),
+            rng.standard_normal(out).astype(f32), rng.standard_normal((n, out, ho, wo)).astype(f32))
+
+
+def conv_flops(p):
+    """Flops of one forward + backward (y, dL/dx, dL/dW: three products of one size)."""
+    n, c, h, w = p["x"]
+    ho, wo = h + 2 * p["padding"] - p["k"] + 1, w + 2 * p["padding"] - p["k"] + 1
+    return 3 * 2 * n * p["out"] * ho * wo * c * p["k"] ** 2
+
+
+def handydl_conv(p):
+    import handydl
+    from handydl import nn
+    handydl.tune_malloc()
+    x, W, b, g = conv_data(p)
+    m = nn.Conv2d(W.shape[1], W.shape[0], p["k"], padding=p["padding"])
+    m.weight.data[...], m.bias.data[...] = W, b
+
+    def step():
+        m(x)
+        m.backward(g)
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem, "sgemm_gflops": sgemm_rates()}
+
+
+def torch_conv(p):
+    torch = _torch()
+    x, W, b, g = (torch.from_numpy(a) for a in conv_data(p))
+    m = torch.nn.Conv2d(W.shape[1], W.shape[0], p["k"], padding=p["padding"])
+    with torch.no_grad():
+        m.weight.copy_(W)
+        m.bias.copy_(b)
+    x.requires_grad_(True)
+
+    def step():
+        m(x).backward(g)
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem}
+
+
+def cnn_data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def handydl_cnn(p):
+    """An epoch of handydl.nn.models.lenet on 28x28 images, SGD, as a user writes it."""
+    import handydl
+    from handydl import data, nn, optim
+    from handydl.nn import models
+    handydl.tune_malloc()
+    X, y = cnn_data(p["n"])
+    model, loss_fn = models.lenet((1, 28, 28), 10, rng=0), nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    loader = data.DataLoader(X, y, batch_size=p["batch"])
+
+    def epoch():
+        for xb, yb in loader:
+            opt.zero_grad()
+            loss_fn(model(xb), yb)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+    samples, mem = timed(epoch, p["repeats"])
+    return {"samples": samples, "peak_mb": mem}
+
+
+def torch_cnn(p):
+    """The same network in torch.nn, with handydl's initial weights (Linear transposed)."""
+    torch = _torch()
+    from handydl import nn
+    from handydl.nn import models
+    X, y = cnn_data(p["n"])
+    layers = []
+    for m in models.lenet((1, 28, 28), 10, rng=0):
+        if isinstance(m, nn.Conv2d):
+            t = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding)
+            with torch.no_grad():
+                t.weight.copy_(torch.from_numpy(m.weight.data))
+                t.bias.copy_(torch.from_numpy(m.bias.data))
+        elif isinstance(m, nn.Linear):
+            t = torch.nn.Linear(m.in_features, m.out_features)
+            with torch.no_grad():
+                t.weight.copy_(torch.from_numpy(m.weight.data.T.copy()))
+                t.bias.copy_(torch.from_numpy(m.bias.data))
+        else:
+            t = {"ReLU": torch.nn.ReLU, "MaxPool2d": lambda: torch.nn.MaxPool2d(2),
+                 "Flatten": torch.nn.Flatten}[type(m).__name__]()
+        layers.append(t)
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    bs = p["batch"]
+
+    def epoch():
+        for i in range(0, len(Xt), bs):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(Xt[i:i + bs]), yt[i:i + bs]).backward()
+            opt.step()
+    samples, mem = timed(epoch, p["repeats"])
+    return {"samples": samples, "peak_mb": mem}
+
+
 WORKERS = {(fw, kind): globals()[f"{fw}_{kind}"]
            for fw in ("handydl", "torch", "jax") for kind in ("mlp", "activation", "softmax_ce")}
+# no JAX convolutions here: the targets of the CNN workloads are PyTorch's
+WORKERS.update({(fw, kind): globals()[f"{fw}_{kind}"] for fw in ("handydl", "torch")
+                for kind in ("conv", "cnn")})
 
 
 def main():

@@ -266,17 +266,14 @@ def cmd_train(args) -> int:
     Xtr, ytr, Xval, yval = split(data.X_train, data.y_train, test_size=0.1, seed=args.seed,
                                  stratify=data.task == "classification")
     loader = _train_loader(args, Xtr, ytr)
-    _check_model_size([data.n_features, *args.hidden, data.n_outputs], args.batch_norm)
-    model = nn.Sequential(nn.Standardize.fit(Xtr),
-                          nn.MLP([data.n_features, *args.hidden, data.n_outputs], activation=args.activation,
-                                 dropout=args.dropout, batch_norm=args.batch_norm, rng=args.seed))
+    body, described = _model(args, data)
+    model = nn.Sequential(nn.Standardize.fit(Xtr), body)
     loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.MSELoss()
     log = _Log()
     log(f"{data.name}: {data.task}, {len(Xtr)} train / {len(Xval)} validation / {len(data.X_test)} "
         f"test samples, {data.n_features} features" +
         (f", {data.n_outputs} classes" if data.task == "classification" else ""))
-    log(f"model: {' -> '.join(map(str, [data.n_features, *args.hidden, data.n_outputs]))} "
-        f"{args.activation} MLP, {sum(p.data.size for p in model.parameters()):,} parameters")
+    log(f"model: {described}, {sum(p.data.size for p in model.parameters()):,} parameters")
     line, ok = _gradcheck_line(model, loss_fn, Xtr, ytr, data.task)
     log(line)
     if not ok:
@@ -310,6 +307,34 @@ def cmd_train(args) -> int:
 
 
 RUN_FILES = ("model.npz", "history.json", "history.csv", "curves.png")
+MODELS = ("mlp", "cnn", "resnet")
+
+
+def _model(args, data):
+    """The network --model names, for the data's width, and a line describing it."""
+    from . import nn
+    from .nn import models
+    _choose("model", args.model, MODELS)
+    if args.model == "mlp":
+        sizes = [data.n_features, *args.hidden, data.n_outputs]
+        _check_model_size(sizes, args.batch_norm)
+        return (nn.MLP(sizes, activation=args.activation, dropout=args.dropout,
+                       batch_norm=args.batch_norm, rng=args.seed),
+                f"{' -> '.join(map(str, sizes))} {args.activation} MLP")
+    if data.task != "classification":
+        raise UsageError(f"--model {args.model} classifies images; {data.name} is a {data.task} task")
+    side = math.isqrt(data.n_features)
+    if side * side != data.n_features:
+        raise UsageError(f"--model {args.model} needs square one-channel images; {data.name} has "
+                         f"{data.n_features} features, not a square number of pixels")
+    shape = (1, side, side)
+    if args.model == "cnn":
+        net = models.lenet(shape, data.n_outputs, dropout=args.dropout, rng=args.seed)
+    else:
+        net = models.resnet(shape, data.n_outputs, rng=args.seed)
+    return (nn.Sequential(nn.Unflatten(1, shape), net),
+            f"{args.model} ({'LeNet-style' if args.model == 'cnn' else 'ResNet'}) on "
+            f"{'x'.join(map(str, shape))} images")
 
 
 def _diverged(history, model):
@@ -583,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("train", help="train an MLP (default: the embedded digits data)",
+    p = sub.add_parser("train", help="train an MLP or a CNN (default: an MLP on the embedded digits)",
                        epilog="Writes model.npz, history.json, history.csv and curves.png into --out, all "
                               "four together. Exit status 1 when the gradient check fails or the run "
                               "diverges (a NaN or infinite loss or weight; try a smaller --lr): nothing is "
@@ -600,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the MNIST / Fashion-MNIST IDX files are "
                                       "(default: $HANDYDL_CACHE/<name>, ~/.cache/handydl/<name>)")
     p.add_argument("--download", action="store_true", help="fetch MNIST files missing from the cache")
+    p.add_argument("--model", default="mlp",
+                   help="mlp (default), cnn (LeNet-style: two conv 3x3 + ReLU + max pool stages, "
+                        "then two Linear) or resnet (a small ResNet of basic blocks); cnn and resnet "
+                        "take square one-channel images (digits 8x8, MNIST 28x28)")
     p.add_argument("--hidden", type=_hidden, default=[256, 128],
                    help=f"hidden sizes (default 256,128); at most {MAX_LAYERS} layers and "
                         f"{MAX_PARAMETERS:,} parameters in all")
