@@ -337,10 +337,13 @@ def _model(args, data):
         raise UsageError(f"--model {args.model} needs square one-channel images; {data.name} has "
                          f"{data.n_features} features, not a square number of pixels")
     shape = (1, side, side)
-    if args.model == "cnn":
-        net = models.lenet(shape, data.n_outputs, dropout=args.dropout, rng=args.seed)
-    else:
-        net = models.resnet(shape, data.n_outputs, rng=args.seed)
+    try:
+        if args.model == "cnn":
+            net = models.lenet(shape, data.n_outputs, dropout=args.dropout, rng=args.seed)
+        else:
+            net = models.resnet(shape, data.n_outputs, rng=args.seed)
+    except ValueError as e:             # an image too small for the network
+        raise UsageError(f"--model {args.model}: {e}") from None
     return (nn.Sequential(nn.Unflatten(1, shape), net),
             f"{args.model} ({'LeNet-style' if args.model == 'cnn' else 'ResNet'}) on "
             f"{'x'.join(map(str, shape))} images")

@@ -132,5 +132,7 @@ def test_train_cnn_and_resnet_from_the_cli_and_predict(tmp_path):
     r = run("predict", "--model", str(tmp_path / "c" / "model.npz"), "--data", str(rows))
     assert r.returncode == 0, r.stderr
     assert time.perf_counter() - start < 300
-    r = run("train", "--model", "cnn", "--dataset", "iris", "--no-progress", "--out", str(tmp_path / "i"))
+    r = run("train", "--model", "cnn", "--dataset", "wine", "--no-progress", "--out", str(tmp_path / "w"))
     assert r.returncode == 2 and "square" in r.stderr
+    r = run("train", "--model", "cnn", "--dataset", "iris", "--no-progress", "--out", str(tmp_path / "i"))
+    assert r.returncode == 2 and "too small" in r.stderr and "Traceback" not in r.stderr
