@@ -30,9 +30,12 @@ def table(report):
         r = rows[name]
         label = LABELS.get(name, name.replace(ACTIVATION_ROW, " fwd+bwd, 1M"))
         floor = f"{r['of_floor']:.2f}" if "of_floor" in r else ""
-        mem = " / ".join(f"{r[fw]['peak_mb']:.0f}" for fw in ("handydl", "torch", "jax")) if "of_floor" in r else ""
-        lines.append(f"| {label} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
-                     f"{ms(r['jax']['median'])} | {r['vs_torch']:.2f} | {r['vs_jax']:.2f} | {floor} | {mem} |")
+        mem = " / ".join(f"{r[fw]['peak_mb']:.0f}" if fw in r else "-"
+                         for fw in ("handydl", "torch", "jax")) if "of_floor" in r else ""
+        t = {fw: ms(r[fw]["median"]) if fw in r else "-" for fw in ("handydl", "torch", "jax")}
+        vs = {fw: f"{r['vs_' + fw]:.2f}" if "vs_" + fw in r else "-" for fw in ("torch", "jax")}
+        lines.append(f"| {label} | {t['handydl']} | {t['torch']} | {t['jax']} | {vs['torch']} | {vs['jax']} | "
+                     f"{floor} | {mem} |")
     return "\n".join(lines)
 
 
@@ -45,7 +48,7 @@ def rates(report):
     for r in report["rows"]:
         if "floor_gflops" in r:
             lines.append(f"| {LABELS.get(r['name'], r['name'])} | {r['flops'] / 1e9:.1f} | {r['floor_gflops']:.0f} | "
-                         + " | ".join(f"{r[fw]['gflops']:.0f}" for fw in ("handydl", "torch", "jax"))
+                         + " | ".join(f"{r[fw]['gflops']:.0f}" if fw in r else "-" for fw in ("handydl", "torch", "jax"))
                          + f" | {r['sgemm_gflops']:.0f} |")
     return "\n".join(lines)
 

@@ -136,3 +136,14 @@ def test_train_cnn_and_resnet_from_the_cli_and_predict(tmp_path):
     assert r.returncode == 2 and "square" in r.stderr
     r = run("train", "--model", "cnn", "--dataset", "iris", "--no-progress", "--out", str(tmp_path / "i"))
     assert r.returncode == 2 and "too small" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_default_cnn_reaches_98_5_percent_on_digits_within_60_s(tmp_path):
+    """The README's claim for `handydl train --model cnn` (60 epochs on the 8x8 digits)."""
+    start = time.perf_counter()
+    r = run("train", "--model", "cnn", "--no-progress", "--out", str(tmp_path))
+    seconds = time.perf_counter() - start
+    assert r.returncode == 0, r.stdout + r.stderr
+    acc = float(r.stdout.split("test accuracy: ")[1].split("%")[0])
+    assert acc >= 98.5, r.stdout
+    assert seconds < 60, f"{seconds:.1f} s"
