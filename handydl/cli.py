@@ -485,8 +485,15 @@ def _floats(text, what):
 
 
 def cmd_plot(args) -> int:
-    """Activations with their derivatives, or the softmax Jacobian as a heat map."""
+    """Activations with their derivatives, the softmax Jacobian as a heat map, or,
+    with --model, a trained CNN's first-layer filters or one input's feature maps."""
     from . import ops, plot
+    if args.model or args.filters or args.feature_maps:
+        return _plot_model(args)
+    for flag, value in (("--index", args.index is not None), ("--layer", args.layer),
+                        ("--data", args.data)):
+        if value:
+            raise UsageError(f"{flag} goes with 'handydl plot --model FILE --feature-maps'")
     if args.name == "softmax" or args.logits:
         if args.name not in (None, "softmax"):
             raise UsageError("--logits goes with 'handydl plot softmax'")
@@ -511,6 +518,85 @@ def cmd_plot(args) -> int:
     path = plot.save(fig, out)
     print(f"wrote {path}")
     return 0
+
+
+def _plot_model(args):
+    """handydl plot --model FILE --filters | --feature-maps [--index N | --data FILE] [--layer NAME]."""
+    from . import checkpoint, plot
+    if not args.model:
+        raise UsageError(f"{'--filters' if args.filters else '--feature-maps'} needs --model FILE "
+                         "(a checkpoint written by handydl train)")
+    if args.filters == args.feature_maps:
+        raise UsageError("--model goes with --filters or --feature-maps (one of them)")
+    for flag, value in (("a name", args.name), ("--ops", args.ops), ("--logits", args.logits),
+                        ("--second", args.second)):
+        if value:
+            raise UsageError(f"{flag} does not go with --model (it draws activations or the softmax Jacobian)")
+    if args.filters:
+        for flag, value in (("--index", args.index is not None), ("--layer", args.layer),
+                            ("--data", args.data)):
+            if value:
+                raise UsageError(f"{flag} goes with --feature-maps, not --filters")
+    out = _image_path(args.out or ("filters.png" if args.filters else "feature_maps.png"))
+    model, meta = checkpoint.load(args.model, return_meta=True)
+    meta = meta if isinstance(meta, dict) else {}
+    try:
+        name, conv = plot.first_conv(model)
+        if args.filters:
+            fig = plot.conv_filters(model)
+            what = f"{min(conv.out_channels, 64)} filters of layer {name}"
+        else:
+            x, label = _plot_input(args, model, meta)
+            fig = plot.feature_maps(model, x, layer=args.layer, label=label)
+            what = f"feature maps of {label}"
+    except plot.PlotInputError as e:
+        raise UsageError(f"{args.model}: {e}") from None
+    path = plot.save(fig, out)
+    print(f"wrote {path} ({what})")
+    return 0
+
+
+def _plot_input(args, model, meta):
+    """The input of --feature-maps and a line naming it: row --index (default 0) of
+    --data FILE, or test sample --index of the dataset the checkpoint was trained on."""
+    from .data import DataError, load_dataset, read_table
+    index = 0 if args.index is None else args.index
+    if args.data:
+        table = read_table(args.data)
+        X = table.feature_matrix(_feature_names(meta, table, model, args.data))
+        where, label = f"{args.data} has {len(X)} rows", f"{args.data} row {index}"
+        classes = None
+    else:
+        trained = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+        name = meta.get("dataset")
+        if not isinstance(name, str) or trained.get("data"):
+            raise UsageError(f"{args.model}: the checkpoint names no built-in dataset it was trained on; "
+                             "give the input with --data FILE")
+        seed = trained.get("seed") if isinstance(trained.get("seed"), int) else 0
+        try:
+            data = load_dataset(name, seed=seed, root=trained.get("data_dir"))
+        except (FileNotFoundError, DataError) as e:
+            raise UsageError(f"{args.model}: its dataset: {e}") from None
+        X, classes = data.X_test, data.classes
+        where, label = f"{name} has {len(X)} test samples", f"{name} test sample {index}"
+        if classes and index < len(X):
+            label += f" (class {classes[int(data.y_test[index])]})"
+    if index >= len(X):
+        raise UsageError(f"--index {index} is out of range: {where} (0..{len(X) - 1})")
+    width = _input_width(model)
+    if width is not None and X.shape[1] != width:
+        raise UsageError(f"{args.model}: the model takes {width} features; the input has {X.shape[1]}")
+    return X[index], label
+
+
+def _index(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--index must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--index must be >= 0, got {text!r}")
+    return value
 
 
 def _image_path(path):
@@ -659,14 +745,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("plot", help="draw activations with their derivatives, or the softmax Jacobian")
+    p = sub.add_parser("plot", help="draw activations with their derivatives, the softmax Jacobian, "
+                                    "or a trained CNN's filters and feature maps",
+                       epilog="A CNN: handydl plot --model runs/latest/model.npz --filters (the first Conv2d's "
+                              "filters) or --feature-maps [--index N | --data FILE] (the maps after its "
+                              "activation, for test sample N of the checkpoint's dataset or row N of FILE)")
     p.add_argument("name", nargs="?", help="one activation, or 'softmax' for its Jacobian")
     p.add_argument("--ops", help="comma-separated activations (default: all)")
     p.add_argument("--range", nargs=2, type=float, default=[-5.0, 5.0], metavar=("LO", "HI"))
     p.add_argument("--second", action="store_true", help="also draw f''")
     p.add_argument("--logits", help="logits for the softmax Jacobian (default 2,1,0.1)")
     p.add_argument("--no-torch", action="store_true", help="no PyTorch reference curve")
-    p.add_argument("--out", help="output file: .png, .svg or .pdf")
+    p.add_argument("--model", help="a checkpoint with a Conv2d (handydl train --model cnn writes one)")
+    p.add_argument("--filters", action="store_true", help="the first Conv2d's filters, as images")
+    p.add_argument("--feature-maps", action="store_true",
+                   help="one input's feature maps after the first Conv2d and its activation")
+    p.add_argument("--index", type=_index, help="--feature-maps: which test sample (or row of --data); 0")
+    p.add_argument("--data", help="--feature-maps: a CSV or .npz file of inputs (default: the "
+                                  "checkpoint's dataset)")
+    p.add_argument("--layer", help="--feature-maps: another layer, by its dotted name (e.g. 1.1.3)")
+    p.add_argument("--out", help="output file: .png, .svg or .pdf (default activations.png, "
+                                 "softmax_jacobian.png, filters.png or feature_maps.png)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("explain", help="formula, derivative and step-by-step derivation of an op")

@@ -1,4 +1,6 @@
-"""Pictures: activations and their derivatives, the softmax Jacobian, training curves.
+"""Pictures: activations and their derivatives, the softmax Jacobian, training curves,
+and what a trained convolutional network learned (its first layer's filters, the
+feature maps of one input).
 
 matplotlib is imported inside the functions, with the headless Agg backend,
 so ``import handydl`` stays light.  Functions return the Figure (for
@@ -6,6 +8,7 @@ notebooks); ``save`` writes it atomically, PNG, SVG or PDF by extension.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +156,262 @@ def softmax_jacobian(logits):
     ax.set_title("softmax Jacobian  dp_i/dz_j = p_i (δ_ij − p_j)\n"
                  "diagonal p_i(1 − p_i), off-diagonal −p_i p_j; rows sum to 0")
     fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+# -- what a convolutional network learned -----------------------------------------------------
+
+class PlotInputError(ValueError):
+    """The model or layer asked for cannot give the picture: no Conv2d, an unknown
+    layer, a layer whose output is not a stack of images."""
+
+
+def _conv2d_class():
+    from .nn.conv import Conv2d
+    return Conv2d
+
+
+def first_conv(model):
+    """(dotted name, module) of the first Conv2d in ``model``, depth-first through
+    its children (the order of ``named_modules``); PlotInputError when it has none."""
+    Conv2d = _conv2d_class()
+    if isinstance(model, Conv2d):
+        return "", model
+    for name, m in model.named_modules():
+        if isinstance(m, Conv2d):
+            return name, m
+    raise PlotInputError(f"the model ({type(model).__name__}) has no Conv2d layer")
+
+
+def _grid(n, max_cols=12):
+    """(rows, cols) for n panels, about twice as wide as tall."""
+    cols = max(1, min(n, max_cols, math.ceil(math.sqrt(2 * n))))
+    return -(-n // cols), cols
+
+
+def conv_filters(model_or_conv, max_filters=64, channel=None):
+    """The filters of the first Conv2d of a model (or of the Conv2d given) as small
+    images on a grid, one per output channel, on one diverging color scale centred at 0
+    (red positive, blue negative), so that filters compare with each other.
+
+    The weight is (out_channels, in_channels / groups, kh, kw).  A filter with
+    several input channels is shown summed over them (``channel=None``) or at one
+    input channel (``channel=c``); the title says which.  At most ``max_filters``
+    filters are drawn (the first ones)."""
+    plt = _pyplot()
+    name, conv = first_conv(model_or_conv)
+    w = np.asarray(conv.weight.data, dtype=np.float64)
+    n_out, n_in, kh, kw = w.shape
+    if channel is None:
+        images = w.sum(axis=1)
+        how = ("one input channel" if n_in == 1 else f"summed over its {n_in} input channels")
+    else:
+        if not -n_in <= channel < n_in:
+            raise PlotInputError(f"channel {channel} is out of range: the filters have {n_in} input "
+                                 f"channel{'s' if n_in != 1 else ''}")
+        images = w[:, channel]
+        how = f"input channel {channel % n_in} of {n_in}"
+    if max_filters < 1:
+        raise ValueError(f"max_filters={max_filters} is not valid; expected at least 1")
+    shown = min(n_out, max_filters)
+    rows, cols = _grid(shown)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.4, 1.1 * rows + 1.0), squeeze=False,
+                             constrained_layout=True)
+    lim = float(np.abs(images[:shown]).max()) or 1.0
+    for ax in axes.flat[shown:]:
+        ax.remove()
+    axes = list(axes.flat[:shown])
+    for i, ax in enumerate(axes):
+        im = ax.imshow(images[i], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(str(i), fontsize=8, pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
+    count = f"{n_out} filters" if shown == n_out else f"the first {shown} of {n_out} filters"
+    fig.suptitle(f"first conv layer{' ' + name if name else ''} ({n_in}→{n_out}, {kh}x{kw}): "
+                 f"{count}, {how}", fontsize=10)
+    return fig
+
+
+def _leaves(model):
+    """(dotted name, module) of the modules without children, depth-first."""
+    return [(n, m) for n, m in model.named_modules() if not m._modules]
+
+
+def _parent(model, target):
+    for m in model.modules():
+        if any(c is target for c in m._modules.values()):
+            return m
+    return None
+
+
+def _after_first_conv(model):
+    """The first Conv2d's following activation (past any normalization layer between
+    them, as conv - BatchNorm - ReLU), or the Conv2d itself when no activation follows."""
+    from . import nn
+    name, conv = first_conv(model)
+    parent = _parent(model, conv) if conv is not model else None
+    if parent is not None:
+        siblings = list(parent._modules.values())
+        activations = tuple(nn.ACTIVATIONS.values())
+        for m in siblings[next(i for i, c in enumerate(siblings) if c is conv) + 1:]:
+            if isinstance(m, activations):
+                return dict((id(mm), n) for n, mm in model.named_modules())[id(m)], m
+            if "Norm" not in type(m).__name__:
+                break
+    return name, conv
+
+
+def _select_layer(model, layer):
+    """(dotted name, module) for ``layer``: None (after the first conv), a dotted
+    name of ``named_modules``, or an int indexing the leaf modules depth-first."""
+    if layer is None:
+        return _after_first_conv(model)
+    named = dict(model.named_modules())
+    if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+        leaves = _leaves(model)
+        if not -len(leaves) <= layer < len(leaves):
+            raise PlotInputError(f"layer {layer} is out of range: the model has {len(leaves)} layers "
+                                 f"(0..{len(leaves) - 1})")
+        return leaves[layer]
+    if isinstance(layer, str) and layer in named and layer:
+        return layer, named[layer]
+    valid = ", ".join(f"{n} ({type(m).__name__})" for n, m in named.items() if n)
+    raise PlotInputError(f"unknown layer {layer!r}; layers: {valid}")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_to(model, x, target):
+    """Run ``x`` through ``model`` until ``target`` has produced its output: (output,
+    the input of the first Conv2d when it ran before, or None).  In eval mode under
+    no_grad; every module's mode is restored afterwards."""
+    from . import nn
+    Conv2d = _conv2d_class()
+    convs = [m for m in model.modules() if isinstance(m, Conv2d)]
+    first = convs[0] if convs else None
+    seen = {}
+    patched = []
+
+    def patch(m):
+        inner = m.forward
+
+        def forward(*args, **kwargs):
+            if m is first and "conv_in" not in seen:
+                seen["conv_in"] = np.asarray(args[0])
+            y = inner(*args, **kwargs)
+            if m is target:
+                seen["out"] = y
+                raise _Stop
+            return y
+        patched.append((m, m.__dict__.get("forward")))
+        object.__setattr__(m, "forward", forward)
+
+    modes = [(m, m.training) for m in model.modules()]
+    for m in {id(m): m for m in (target, first) if m is not None}.values():
+        patch(m)
+    try:
+        model.eval()
+        with nn.no_grad():
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        for m, before in patched:
+            if before is None:
+                del m.__dict__["forward"]
+            else:
+                object.__setattr__(m, "forward", before)
+        for m, mode in modes:
+            m.training = mode
+    if "out" not in seen:
+        raise PlotInputError("the layer did not run in the model's forward pass")
+    return seen["out"], seen.get("conv_in")
+
+
+def _input_image(x, conv_in):
+    """The input as a (H, W) or (H, W, 3) image: its raw values in the shape the first
+    conv saw (rows of pixels are unfolded), or, failing that, what the conv saw."""
+    shape = conv_in.shape[1:] if conv_in is not None else None
+    if shape is not None and x.size == math.prod(shape):
+        img, what = x.reshape(shape), "input"
+    elif conv_in is not None:
+        img, what = conv_in[0], "input of the first conv layer"
+    elif x.ndim == 3:
+        img, what = x, "input"
+    elif x.ndim == 1 and math.isqrt(x.size) ** 2 == x.size:
+        side = math.isqrt(x.size)
+        img, what = x.reshape(1, side, side), "input"
+    else:
+        return None, None
+    img = np.asarray(img, dtype=np.float64)
+    if img.ndim == 2:
+        return img, what
+    if img.shape[0] == 3:
+        lo, hi = img.min(), img.max()
+        return np.moveaxis((img - lo) / ((hi - lo) or 1.0), 0, -1), what
+    if img.shape[0] == 1:
+        return img[0], what
+    return img.mean(axis=0), f"{what} (mean of {img.shape[0]} channels)"
+
+
+def feature_maps(model, x, layer=None, max_maps=64, label=None):
+    """Run one input ``x`` through ``model`` (eval mode, no_grad; each module's mode
+    is restored afterwards) up to ``layer`` and show each channel of its output as an
+    image, with the input image on the left.
+
+    ``x`` is one sample without the batch axis (a row of pixels, or (C, H, W)); a
+    2-D ``x`` of one row is taken as a batch of one.  ``layer`` is None (the
+    activation that follows the first Conv2d, or the conv itself when none does), a
+    dotted module name as in ``model.named_modules()`` ("1.1.1"), or an int indexing
+    the modules without children depth-first.  ``label`` describes the input in the
+    title.  At most ``max_maps`` channels are drawn."""
+    plt = _pyplot()
+    name, target = _select_layer(model, layer)
+    x = np.asarray(x)
+    if x.dtype.kind not in "fc":
+        x = x.astype(np.float32)
+    batch = x if (x.ndim == 2 and x.shape[0] == 1) else x[None]
+    out, conv_in = _run_to(model, batch, target)
+    out = np.asarray(out[0] if isinstance(out, tuple) else out)
+    if out.ndim != 4:
+        raise PlotInputError(f"layer {name} ({type(target).__name__}) outputs shape {out.shape}, not "
+                             "feature maps (batch, channels, height, width)")
+    maps = np.asarray(out[0], dtype=np.float64)
+    if max_maps < 1:
+        raise ValueError(f"max_maps={max_maps} is not valid; expected at least 1")
+    shown = min(len(maps), max_maps)
+    rows, cols = _grid(shown, max_cols=8)
+    fig = plt.figure(figsize=(1.3 * cols + 3.4, 1.3 * rows + 1.2), constrained_layout=True)
+    gs = fig.add_gridspec(rows, cols + 2)
+    img, what = _input_image(np.asarray(x[0] if batch is x else x, dtype=np.float64), conv_in)
+    if img is not None:
+        ax = fig.add_subplot(gs[:, :2])
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray", interpolation="nearest")
+        ax.set_title(what, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    lo, hi = float(maps[:shown].min()), float(maps[:shown].max())
+    if lo < 0:                      # signed maps (a conv before its activation): centred at 0
+        lim = max(-lo, hi) or 1.0
+        style = dict(cmap="RdBu_r", vmin=-lim, vmax=lim)
+    else:
+        style = dict(cmap="viridis", vmin=0.0, vmax=hi or 1.0)
+    axes = []
+    for i in range(shown):
+        ax = fig.add_subplot(gs[i // cols, 2 + i % cols])
+        im = ax.imshow(maps[i], interpolation="nearest", **style)
+        ax.set_title(str(i), fontsize=8, pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        axes.append(ax)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="activation")
+    count = f"{len(maps)} channels" if shown == len(maps) else f"the first {shown} of {len(maps)} channels"
+    fig.suptitle(f"feature maps of layer {name} ({type(target).__name__}): {count}, "
+                 f"{maps.shape[1]}x{maps.shape[2]}" + (f"\n{label}" if label else ""), fontsize=10)
     return fig
 
 
