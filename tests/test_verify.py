@@ -160,3 +160,77 @@ def test_cli_exit_statuses_and_speed():
                 ["--expr", "sum(X @ W)", "--wrt", "W", "--claim", "X.T", "--shape", "X=3,4", "--shape", "W=4,2"]):
         r = run(*bad)
         assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# -- the window functions of convolution and pooling ---------------------------------------------
+
+def _ev(text, **env):
+    from handydl.check.expr import parse
+    return parse(text).evaluate(env)
+
+
+def test_im2col_reads_the_windows_and_col2im_is_its_transpose():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for shape, k, s, d in (((2, 3, 7), 3, 2, 1), ((1, 2, 9), 3, 1, 2), ((2, 2, 5, 6), 2, 2, 1),
+                           ((1, 1, 7, 7), 3, 2, 2)):
+        x = rng.standard_normal(shape)
+        V = _ev(f"im2col(x, {k}, {s}, {d})", x=x)
+        nd = len(shape) - 2
+        out = tuple((n - d * (k - 1) - 1) // s + 1 for n in shape[2:])
+        assert V.shape == (k,) * nd + shape[:2] + out
+        if nd == 1:                                            # V[p, n, c, i] = x[n, c, s i + d p]
+            for p in range(k):
+                for i in range(out[0]):
+                    assert np.array_equal(V[p, :, :, i], x[:, :, s * i + d * p])
+        v = rng.standard_normal(V.shape)                       # <im2col(x), v> = <x, col2im(v)>
+        back = _ev(f"col2im(v, x, {k}, {s}, {d})", v=v, x=x)
+        assert back.shape == x.shape
+        assert np.isclose(np.sum(V * v), np.sum(x * back))
+
+
+def test_pad_flip_dilate_stack():
+    import numpy as np
+    x = np.arange(6.0).reshape(1, 2, 3)
+    assert _ev("pad(x, 2)", x=x).tolist() == [[[0, 0, 0, 1, 2, 0, 0], [0, 0, 3, 4, 5, 0, 0]]]
+    assert _ev("flip(x)", x=x).tolist() == [[[2, 1, 0], [5, 4, 3]]]
+    assert _ev("dilate(x, 2)", x=x).tolist() == [[[0, 0, 1, 0, 2], [3, 0, 4, 0, 5]]]
+    x4 = np.arange(4.0).reshape(1, 1, 2, 2)
+    assert _ev("flip(x)", x=x4)[0, 0].tolist() == [[3, 2], [1, 0]]
+    assert _ev("dilate(x, 2)", x=x4)[0, 0].tolist() == [[0, 0, 1], [0, 0, 0], [2, 0, 3]]
+    assert _ev("pad(x, 1)", x=x4).shape == (1, 1, 4, 4)
+    assert _ev("stack(eye(2)[0], eye(2)[1], 1)", x=x).tolist() == [[1, 0], [0, 1], [1, 1]]
+    assert _ev("col2im(G / 4, x, 2, 2, 1)", x=np.zeros((1, 1, 4, 4)),
+               G=np.ones((1, 1, 2, 2))).tolist() == [[np.full((4, 4), 0.25).tolist()]]
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("im2col(x, 100, 1, 1)", "must be an integer in [1, 64]"),
+    ("im2col(x, 2.5, 1, 1)", "must be an integer"),
+    ("im2col(x, 4, 1, 1)", "does not fit"),
+    ("pad(x, 10**9)", "must be an integer in [0, 64]"),
+    ("dilate(x, 0)", "must be an integer in [1, 64]"),
+    ("dilate(dilate(dilate(pad(x, 64), 64), 64), 64)", "more than"),
+    ("flip(sum(x))", "at least 3 dims"),
+    ("col2im(x, x, 2, 1, 1)", "do not broadcast"),
+    ("im2col(x.__class__, 2, 1, 1)", "'.__class__'"),
+    ("im2col(x, 'os', 1, 1)", "numbers only"),
+])
+def test_window_functions_refuse_bad_or_unbounded_arguments(text, fragment):
+    import numpy as np
+    from handydl.check.expr import parse
+    with pytest.raises(ExprError) as info:
+        parse(text).evaluate({"x": np.ones((1, 2, 3))})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("claim,correct", [
+    ("col2im(einsum('noi,ocp->pnci', G, W), X, 3, 2, 1)", True),
+    ("einsum('ocp,pnou->ncu', flip(W), im2col(pad(dilate(G, 2), 2), 3, 1, 1))", True),
+    ("einsum('ocp,pnou->ncu', W, im2col(pad(dilate(G, 2), 2), 3, 1, 1))", False),    # kernel not flipped
+    ("col2im(einsum('noi,ocp->pnci', G, W), X, 3, 1, 2)", False),                    # dilation for stride
+])
+def test_convolution_gradient_claims(claim, correct):
+    shapes = {"X": (2, 2, 7), "W": (3, 2, 3), "G": (2, 3, 3)}
+    v = verify_gradient("sum(G * einsum('ocp,pnci->noi', W, im2col(X, 3, 2, 1)))", "X", claim, shapes)
+    assert v.correct is correct, str(v)

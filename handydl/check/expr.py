@@ -13,6 +13,13 @@ Vocabulary: every op in the registry (``sigmoid(x)``, ``softmax(o)``,
 ``relu(x)``, ...), plus exp, log, sqrt, abs, sign, sin, cos, tan, tanh, sinh,
 cosh, erf, sum, mean, max, min, dot, outer, diag, transpose, where, eye, einsum, and
 ``+ - * / ** @``, comparisons, ``a if cond else b``, indexing ``p[i]`` and ``.T``.
+
+For convolutions and pooling, on arrays (N, C, *spatial) (or kernels (O, C,
+*spatial)) whose axes after the first two are spatial: ``im2col(x, k, s, d)``
+(the windows, kernel offsets first), its transpose ``col2im(v, x, k, s, d)``,
+``pad(x, p)``, ``flip(x)``, ``dilate(x, s)``; and ``stack(a, b, ...)``.  They
+are plain NumPy on bounded sizes (``_MAX_ELEMENTS``), with small integer
+parameters.
 """
 from __future__ import annotations
 
@@ -42,6 +49,126 @@ def _np_min(x, axis=None):
     return np.min(x, axis=axis)
 
 
+# -- windows: the index maps of convolution and pooling ------------------------------------
+#
+# Arrays are (N, C, *spatial): every axis after the first two is spatial (a kernel
+# (O, C, kh, kw) reads the same way).  All sizes are bounded: no function here
+# makes an array of more than _MAX_ELEMENTS elements or takes a parameter beyond
+# _MAX_PARAM, so an expression cannot ask for unbounded memory through them.
+
+_MAX_ELEMENTS = 1 << 22
+_MAX_PARAM = 64
+
+
+def _param(v, name, who, lo):
+    """A small integer parameter (an int, or a float with an integer value)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: {name} must be a number, got {v!r}") from None
+    if np.ndim(v) != 0 or f != int(f) or not lo <= int(f) <= _MAX_PARAM:
+        raise ValueError(f"{who}: {name}={v!r} must be an integer in [{lo}, {_MAX_PARAM}]")
+    return int(f)
+
+
+def _spatial(x, who):
+    x = np.asarray(x)
+    if x.ndim < 3:
+        raise ValueError(f"{who}: expected an array (N, C, *spatial) of at least 3 dims, got shape {x.shape}")
+    return x
+
+
+def _bounded(shape, who):
+    n = int(np.prod(shape, dtype=np.float64))
+    if n > _MAX_ELEMENTS:
+        raise ValueError(f"{who}: the result would have shape {tuple(shape)}, more than "
+                         f"{_MAX_ELEMENTS} elements")
+    return tuple(shape)
+
+
+def _window_geometry(x, k, s, d, who):
+    """(k, s, d, output sizes) of windows of size k, stride s, dilation d on x's spatial axes."""
+    k, s, d = _param(k, "k", who, 1), _param(s, "s", who, 1), _param(d, "d", who, 1)
+    out = []
+    for n in x.shape[2:]:
+        reach = d * (k - 1) + 1
+        if reach > n:
+            raise ValueError(f"{who}: a window of size {k} (dilation {d}: spans {reach}) does not fit "
+                             f"in a spatial size {n} (shape {x.shape})")
+        out.append((n - reach) // s + 1)
+    return k, s, d, tuple(out)
+
+
+def _taps(k, nd):
+    return [tuple(int(i) for i in t) for t in np.ndindex(*(k,) * nd)]
+
+
+def _tap_slice(tap, s, d, out):
+    return (Ellipsis,) + tuple(slice(d * p, d * p + s * (o - 1) + 1, s) for p, o in zip(tap, out))
+
+
+def _im2col(x, k, s=1, d=1):
+    r"""The windows of x: V[p, q, ..., n, c, i, j] = x[n, c, s i + d p, s j + d q]
+    (kernel offsets first, in scan order), shape (k,)*nd + (N, C) + out."""
+    x = _spatial(x, "im2col")
+    k, s, d, out = _window_geometry(x, k, s, d, "im2col")
+    nd = x.ndim - 2
+    shape = _bounded((k,) * nd + x.shape[:2] + out, "im2col")
+    return np.stack([x[_tap_slice(t, s, d, out)] for t in _taps(k, nd)]).reshape(shape)
+
+
+def _col2im(v, x, k, s=1, d=1):
+    r"""The transpose of im2col at x's shape: every window entry v[p, q, ..., n, c, i, j]
+    added back onto x's position (n, c, s i + d p, s j + d q); v broadcasts to
+    im2col's shape (so col2im(G / 4, x, 2, 2, 1) spreads G / 4 over each window)."""
+    x = _spatial(x, "col2im")
+    k, s, d, out = _window_geometry(x, k, s, d, "col2im")
+    nd = x.ndim - 2
+    shape = _bounded((k,) * nd + x.shape[:2] + out, "col2im")
+    try:
+        v = np.broadcast_to(np.asarray(v), shape)
+    except ValueError:
+        raise ValueError(f"col2im: windows of shape {np.shape(v)} do not broadcast to im2col's "
+                         f"shape {shape} (x of shape {x.shape}, k={k}, s={s}, d={d})") from None
+    gx = np.zeros(x.shape, dtype=np.result_type(v.dtype, np.float64))
+    for t in _taps(k, nd):
+        gx[_tap_slice(t, s, d, out)] += v[t]
+    return gx
+
+
+def _pad(x, p):
+    """x with p zeros on both sides of every spatial axis."""
+    x = _spatial(x, "pad")
+    p = _param(p, "p", "pad", 0)
+    _bounded(x.shape[:2] + tuple(n + 2 * p for n in x.shape[2:]), "pad")
+    return np.pad(x, [(0, 0), (0, 0)] + [(p, p)] * (x.ndim - 2))
+
+
+def _flip(x):
+    """x reversed along every spatial axis (a kernel flipped)."""
+    x = _spatial(x, "flip")
+    return np.flip(x, axis=tuple(range(2, x.ndim)))
+
+
+def _dilate(x, s):
+    """x with s - 1 zeros between neighbours along every spatial axis (a stride undone)."""
+    x = _spatial(x, "dilate")
+    s = _param(s, "s", "dilate", 1)
+    shape = _bounded(x.shape[:2] + tuple((n - 1) * s + 1 for n in x.shape[2:]), "dilate")
+    out = np.zeros(shape, dtype=np.result_type(x.dtype, np.float64))
+    out[(Ellipsis,) + (slice(None, None, s),) * (x.ndim - 2)] = x
+    return out
+
+
+def _stack(*arrays):
+    """np.stack of the arguments (broadcast to one shape) along a new first axis."""
+    if not 1 <= len(arrays) <= _MAX_PARAM:
+        raise ValueError(f"stack: expected 1 to {_MAX_PARAM} arrays, got {len(arrays)}")
+    arrays = np.broadcast_arrays(*[np.asarray(a) for a in arrays])
+    _bounded((len(arrays),) + arrays[0].shape, "stack")
+    return np.stack(arrays)
+
+
 # name -> numeric implementation.  Registry ops are added below, by name.
 NUMERIC = {
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs, "sin": np.sin, "cos": np.cos,
@@ -51,6 +178,8 @@ NUMERIC = {
     "min": lambda a, b=None: np.min(a) if b is None else np.minimum(a, b),
     "dot": np.dot, "outer": np.outer, "diag": np.diag, "transpose": np.transpose,
     "where": np.where, "eye": lambda n: np.eye(int(n)), "einsum": np.einsum,
+    "im2col": _im2col, "col2im": _col2im, "pad": _pad, "flip": _flip, "dilate": _dilate,
+    "stack": _stack,
 }
 for _name, _op in ops.REGISTRY.items():      # every registered op, with its defaults
     NUMERIC.setdefault(_name, _op)
