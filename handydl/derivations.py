@@ -83,6 +83,326 @@ def _residual_backward(env):
     return block.backward(env["G"])
 
 
+# -- convolution, pooling and 2-D normalization (the CNN ops) -------------------------------
+#
+# The windows of a convolution or a pooling are written with the expression language's
+# im2col(x, k, s, d) (kernel offsets first: V[p, n, c, i] = x[n, c, s i + d p]) and its
+# transpose col2im(v, x, k, s, d), which adds every window entry back onto the position
+# it was read from; pad, flip and dilate act on the spatial axes (after the first two).
+
+_CONV1 = "einsum('ocp,pnci->noi', W, im2col(X, 3, {s}, {d}))"
+_CONV1_L = "sum(G * " + _CONV1 + ") + einsum('noi,o->', G, b)"
+_CONV1_SHAPES = {"X": (2, 2, 6), "W": (3, 2, 3), "b": (3,), "G": (2, 3, 4)}
+_CONV1_STRIDED = {"X": (2, 2, 7), "W": (3, 2, 3), "b": (3,), "G": (2, 3, 3)}
+_CONV1_SETUP = (r"y_{n,o,i} = b_o + \sum_{c,p} W_{o,c,p}\,x_{n,c,\,{pos}},\ "
+                r"x: (N, C, L) = ({shape}),\ W: (O, C, k) = (3, 2, 3),\ G = \partial L/\partial y"
+                r"\ (\text{im2col}(x)_{p,n,c,i} = x_{n,c,\,{pos}},\ \text{the windows})")
+
+
+def _conv1_setup(pos, shape):
+    return _CONV1_SETUP.replace("{pos}", pos).replace("{shape}", shape)
+
+
+def _conv_x_steps(s, d):
+    """dL/dx of conv1d with stride s and dilation d, kernel 3, as three lines."""
+    pad = d * 2
+    g = "G" if s == 1 else f"dilate(G, {s})"
+    pos = "i + p" if (s, d) == (1, 1) else (f"{s}i + p" if d == 1 else f"i + {d}p")
+    if (s, d) == (1, 1):
+        why_sum = ("y_{n,o,i} = b_o + sum_{c,p} W_{o,c,p} x_{n,c,i+p}, so x_{n,c,u} reaches y_{n,o,i} "
+                   "through the tap p = u - i, with weight W_{o,c,p}. The window gradients W^T g "
+                   "(one per tap p and position i) are summed back onto the positions they were "
+                   "read from: col2im, the transpose of im2col")
+        why_corr = ("keep, for each u, the terms with i = u - p in range: with g zero-padded by "
+                    "k - 1 = 2 on both sides the range takes care of itself, and p' = k - 1 - p "
+                    "turns u - p into u + p': a full correlation of g with the flipped kernel")
+        tex_sum = r"\frac{\partial L}{\partial x_{n,c,u}} = \sum_{o,i,p} g_{n,o,i}\,W_{o,c,p}\,[u = i + p]"
+        tex_corr = (r"= \sum_{o,p} g_{n,o,u-p} W_{o,c,p} = \sum_{o,p'} \tilde g_{n,o,u+p'}\,W_{o,c,k-1-p'},"
+                    r"\quad \tilde g = \mathrm{pad}(g, k-1)")
+    elif d == 1:
+        why_sum = (f"with stride s = {s}, y_{{n,o,i}} reads x_{{n,c,{s}i+p}}: x_{{n,c,u}} is in window i "
+                   f"at tap p = u - {s}i, so only the (i, p) with {s}i + p = u meet in its sum, and a "
+                   "position no window reads gets nothing. col2im with the stride sums back exactly those")
+        why_corr = (f"put g on the input's grid: dilate(g, {s}) holds g_i at position {s}i and zeros "
+                    "between (the positions the stride skipped); then it is the stride-1 case, a full "
+                    "correlation of the padded, dilated g with the flipped kernel. A stride in the "
+                    "forward pass is a dilation of g in the backward pass")
+        tex_sum = (r"\frac{\partial L}{\partial x_{n,c,u}} = \sum_{o,i,p} g_{n,o,i}\,W_{o,c,p}\,[u = "
+                   + f"{s}i + p]")
+        tex_corr = (r"= \sum_{o,p'} \tilde g_{n,o,u+p'}\,W_{o,c,k-1-p'},\quad \tilde g = "
+                    r"\mathrm{pad}\bigl(\mathrm{dilate}(g, s), k-1\bigr)")
+    else:
+        why_sum = (f"with dilation d = {d} the kernel's taps are {d} apart: y_{{n,o,i}} reads "
+                   f"x_{{n,c,i+{d}p}}, so x_{{n,c,u}} is in window i at tap p when i + {d}p = u; "
+                   "col2im with the dilation sums back exactly those terms")
+        why_corr = (f"the full correlation with the flipped kernel keeps the dilation: pad g by "
+                    f"d (k - 1) = {pad} on both sides and read it with taps {d} apart "
+                    "(where a stride became a dilation of g, a dilation stays a dilation of the kernel)")
+        tex_sum = (r"\frac{\partial L}{\partial x_{n,c,u}} = \sum_{o,i,p} g_{n,o,i}\,W_{o,c,p}\,[u = i + "
+                   + f"{d}p]")
+        tex_corr = (r"= \sum_{o,p'} \tilde g_{n,o,u+dp'}\,W_{o,c,k-1-p'},\quad \tilde g = "
+                    r"\mathrm{pad}\bigl(g, d(k-1)\bigr)")
+    steps = [
+        Step(tex_sum, f"col2im(einsum('noi,ocp->pnci', G, W), X, 3, {s}, {d})", why_sum),
+        Step(tex_corr, f"einsum('ocp,pnou->ncu', flip(W), im2col(pad({g}, {pad}), 3, 1, {d}))", why_corr),
+    ]
+    if d == 1:
+        steps.append(Step(
+            r"= \mathrm{conv1d}\bigl(\tilde g,\ \mathrm{flip}(W)^{\top}\bigr)\quad"
+            r"(W^{\top}\text{: in and out channels swapped})",
+            f"conv1d(pad({g}, 2), einsum('ocp->cop', flip(W)))",
+            "that correlation is itself a convolution: of the padded upstream gradient (O channels) "
+            "with the flipped kernel whose in and out channels are swapped (C outputs). The backward "
+            "pass of a convolution is a convolution"))
+    return steps, pos
+
+
+def _conv1_x(s, d, title):
+    shapes = _CONV1_SHAPES if (s, d) == (1, 1) else _CONV1_STRIDED
+    steps, pos = _conv_x_steps(s, d)
+    return Derivation(
+        "conv1d", title, _CONV1_L.format(s=s, d=d), steps, wrt="X", shapes=shapes,
+        setup=_conv1_setup(pos, ", ".join(map(str, shapes["X"]))),
+        code=lambda env: _backward(ops.conv1d, env["X"], env["W"], env["b"], gy=env["G"], index=0,
+                                   stride=s, dilation=d))
+
+
+def _conv1_w(s, title):
+    shapes = _CONV1_SHAPES if s == 1 else _CONV1_STRIDED
+    g = "G" if s == 1 else f"dilate(G, {s})"
+    pos = "i + p" if s == 1 else f"{s}i + p"
+    steps = [
+        Step(r"\frac{\partial L}{\partial W_{o,c,p}} = \sum_{n,i} g_{n,o,i}\,\frac{\partial y_{n,o,i}}"
+             r"{\partial W_{o,c,p}} = \sum_{n,i} g_{n,o,i}\,x_{n,c,\," + pos + "}",
+             f"einsum('noi,pnci->ocp', G, im2col(X, 3, {s}, 1))",
+             f"dy_{{n,o,i}}/dW_{{o,c,p}} = x_{{n,c,{pos}}}, tap p of window i; the weight is shared by "
+             "every window and every sample, so the terms add over n and i: sum_n G_n X_n^T with "
+             "X = im2col(x), the rule of the linear layer"),
+        Step(r"= \sum_n \bigl(x_{n,c} \star " + ("g" if s == 1 else r"\mathrm{dilate}(g, s)")
+             + r"_{n,o}\bigr)_p = \mathrm{conv1d}\bigl(x^{\top}, " + ("g" if s == 1 else
+                                                                     r"\mathrm{dilate}(g, s)")
+             + r"^{\top}\bigr)^{\top}",
+             f"einsum('cop->ocp', conv1d(einsum('ncu->cnu', X), einsum('noi->oni', {g})))",
+             ("a correlation of the input with the upstream gradient: g is the kernel (length Lo), "
+              "the batch n plays the channels that are summed over (x as (C, N, L), g as (O, N, Lo)), "
+              "and the result (C, O, k) is W's shape transposed") if s == 1 else
+             (f"x correlated with the dilated g: sum_i g_i x_{{{s}i+p}} = sum_j dilate(g, {s})_j x_{{j+p}}. "
+              "The stride of the forward pass becomes a dilation of the kernel g here (length "
+              f"{s}(Lo - 1) + 1 = 5, so the correlation with x (L = 7) has length 3 = k)")),
+    ]
+    return Derivation(
+        "conv1d", title, _CONV1_L.format(s=s, d=1), steps, wrt="W", shapes=shapes,
+        setup=_conv1_setup(pos, ", ".join(map(str, shapes["X"]))),
+        code=lambda env: _backward(ops.conv1d, env["X"], env["W"], env["b"], gy=env["G"], index=1, stride=s))
+
+
+_CONV2 = "einsum('ocpq,pqncij->noij', W, im2col(X, 3, 2, 1))"
+_CONV2_SHAPES = {"X": (2, 2, 5, 5), "W": (3, 2, 3, 3), "b": (3,), "G": (2, 3, 2, 2)}
+_CONV2_X_STEPS = [
+    Step(r"\frac{\partial L}{\partial x_{n,c,u,v}} = \sum_{o,i,j,p,q} {g}_{n,o,i,j}\,W_{o,c,p,q}\,"
+         r"[(u, v) = (2i + p, 2j + q)]",
+         "col2im(einsum('noij,ocpq->pqncij', {g}, W), X, 3, 2, 1)",
+         "x_{n,c,u,v} meets output (i, j) through every tap (p, q) with (u, v) = (2i + p, 2j + q): "
+         "the window gradients W^T {g} summed back onto the input, col2im (the transpose of im2col)"),
+    Step(r"= \sum_{o,p',q'} \tilde {g}_{n,o,u+p',v+q'}\,W_{o,c,k-1-p',k-1-q'},\quad \tilde {g} = "
+         r"\mathrm{pad}\bigl(\mathrm{dilate}({g}, 2), k-1\bigr)",
+         "einsum('ocpq,pqnouv->ncuv', flip(W), im2col(pad(dilate({g}, 2), 2), 3, 1, 1))",
+         "{g} dilated by the stride (zeros where the stride skipped), padded by k - 1, correlated "
+         "with the flipped kernel: a full correlation, in two dimensions as in one"),
+]
+
+
+def _conv2_steps(g):
+    return [Step(s.tex.replace("{g}", g), s.expr.replace("{g}", g.upper()), s.why.replace("{g}", g))
+            for s in _CONV2_X_STEPS]
+
+
+_POOL_SHAPES = {"X": (2, 2, 4, 4), "G": (2, 2, 2, 2)}
+_MEMBERS = "stack(eye(2)[0], eye(2)[0], eye(2)[1], eye(2)[1])"     # row u: the one-hot of u // 2
+
+_BN2D_LET = ["M = 12", "Z = einsum('ncuv->nuvc', X)", "GZ = einsum('ncuv->nuvc', G)",
+             "mu = einsum('nuvc->c', Z) / M", "s = sqrt(einsum('nuvc->c', (Z - mu)**2) / M + 0.00001)",
+             "zhat = (Z - mu) / s"]
+_GN_LET = ["M = 18", f"A = {_MEMBERS}", "Z = einsum('ncuv->uvnc', X)", "GZ = einsum('ncuv->uvnc', G)",
+           "mu = (einsum('uvnc,cg->ng', Z, A) / M) @ A.T",
+           "s = sqrt(einsum('uvnc,cg->ng', (Z - mu)**2, A) / M + 0.00001) @ A.T",
+           "zhat = (Z - mu) / s"]
+_GN_SHAPES = {"X": (2, 4, 3, 3), "gamma": (4,), "beta": (4,), "G": (2, 4, 3, 3)}
+_GN_SETUP = (r"\hat x_{n,c,h,w} = \frac{x_{n,c,h,w} - \mu_{n,g}}{\sigma_{n,g}},\ "
+             r"y = \gamma_c \hat x + \beta_c,\ \text{group } g = \lfloor c / 2 \rfloor \text{ of } G = 2 "
+             r"\text{ (C = 4), statistics over its } M = \tfrac{C}{G} H W = 18 \text{ values}")
+
+_CNN = [
+    _conv1_x(1, 1, "the 1-D convolution: dL/dx, a full correlation with the flipped kernel"),
+    _conv1_w(1, "the 1-D convolution: dL/dW, a correlation of input and upstream gradient"),
+    Derivation(
+        "conv1d", "the 1-D convolution: dL/db", _CONV1_L.format(s=1, d=1), [
+            Step(r"\frac{\partial L}{\partial b_o} = \sum_{n,i} g_{n,o,i}\,\frac{\partial y_{n,o,i}}"
+                 r"{\partial b_o} = \sum_{n,i} g_{n,o,i} \cdot 1",
+                 "einsum('noi->o', G)", "dy_{n,o,i}/db_o = 1 at every position i of every sample n"),
+            Step(r"\frac{\partial L}{\partial b} = \textstyle\sum_n \sum_i g_{n,:,i}", "sum(sum(G, 0), 1)",
+                 "the sums of g over the batch and the positions (over (n, h, w) in two dimensions); "
+                 "stride and dilation change nothing here"),
+        ],
+        wrt="b", shapes=_CONV1_SHAPES, setup=_conv1_setup("i + p", "2, 2, 6"),
+        code=lambda env: _backward(ops.conv1d, env["X"], env["W"], env["b"], gy=env["G"], index=2)),
+    _conv1_x(2, 1, "the 1-D convolution with stride 2: dL/dx"),
+    _conv1_w(2, "the 1-D convolution with stride 2: dL/dW"),
+    _conv1_x(1, 2, "the 1-D convolution with dilation 2: dL/dx"),
+    Derivation(
+        "conv2d", "the 2-D convolution with stride 2: dL/dx", f"sum(G * {_CONV2}) + einsum('noij,o->', G, b)",
+        _conv2_steps("g"), wrt="X", shapes=_CONV2_SHAPES,
+        setup=(r"y_{n,o,i,j} = b_o + \sum_{c,p,q} W_{o,c,p,q}\,x_{n,c,\,2i+p,\,2j+q},\ x: (2, 2, 5, 5),\ "
+               r"W: (3, 2, 3, 3),\ G = \partial L/\partial y\ (2, 3, 2, 2)"),
+        code=lambda env: _backward(ops.conv2d, env["X"], env["W"], env["b"], gy=env["G"], index=0, stride=2)),
+    Derivation(
+        "conv_transpose2d", "the transposed convolution is conv2d's input gradient (the adjoint)",
+        f"sum(Y * {_CONV2})", _conv2_steps("y"), wrt="X",
+        shapes={"X": (2, 2, 5, 5), "W": (3, 2, 3, 3), "Y": (2, 3, 2, 2)},
+        setup=(r"\langle \mathrm{conv2d}(x, W), y\rangle = \langle x, \mathrm{conv\_transpose2d}(y, W)\rangle"
+               r"\ \text{for all } x, y,\ \text{so}\ \mathrm{conv\_transpose2d}(y, W) = "
+               r"\frac{\partial}{\partial x} \langle \mathrm{conv2d}(x, W), y\rangle"
+               r"\quad(\text{stride } 2,\ 3\times 3,\ y: (2, 3, 2, 2) \to (2, 2, 5, 5))"),
+        code=lambda env: ops.conv_transpose2d(env["Y"], env["W"], stride=2)),
+    Derivation(
+        "conv_transpose2d", "the transposed convolution: dL/dx is conv2d", "sum(G * conv_transpose2d(Y, W))", [
+            Step(r"\frac{\partial L}{\partial y_{n,o,i,j}} = \sum_{c,p,q} W_{o,c,p,q}\,g_{n,c,\,i+p,\,j+q}",
+                 "einsum('ocpq,pqncij->noij', W, im2col(G, 3, 1, 1))",
+                 "conv_transpose2d(y) = A^T y for the linear map A = conv2d(., W); the gradient of "
+                 "<g, A^T y> in y is A g: the adjoint of the adjoint is the convolution itself"),
+            Step(r"= \mathrm{conv2d}(g, W)", "conv2d(G, W)", "the same sum, as the registered conv2d"),
+        ],
+        wrt="Y", shapes={"Y": (2, 3, 3, 3), "W": (3, 2, 3, 3), "G": (2, 2, 5, 5)},
+        setup=r"z = \mathrm{conv\_transpose2d}(y, W),\ W: (C_{in}, C_{out}, k, k) = (3, 2, 3, 3),\ g = \partial L/\partial z",
+        code=lambda env: _backward(ops.conv_transpose2d, env["Y"], env["W"], gy=env["G"], index=0)),
+    Derivation(
+        "max_pool2d", "max pooling routes the gradient to each window's maximum", "sum(G * max_pool2d(X))", [
+            Step(r"\frac{\partial L}{\partial x_{n,c,u,v}} = \sum_{i,j} g_{n,c,i,j}\,"
+                 r"\frac{\partial y_{n,c,i,j}}{\partial x_{n,c,u,v}} = \sum_{(i,j):\,(u,v) \in W_{ij}} "
+                 r"g_{n,c,i,j}\,[x_{n,c,u,v} = y_{n,c,i,j}]",
+                 "col2im(G * (V == y), X, 2, 2, 1)",
+                 "y_ij, the max of window (i, j), is one of its entries, and near a point without ties it "
+                 "stays that entry: dy_ij/dx_uv is 1 at the window's argmax and 0 elsewhere. (V == y) "
+                 "marks the argmax among the window's entries V = im2col(x); col2im sends each g_ij "
+                 "there, whole: routing"),
+            Step(r"= \sum_{(i,j)} g_{n,c,i,j}\,\bigl[(u, v) = \text{the first maximum of window } (i, j) "
+                 r"\text{ in scan order}\bigr]",
+                 "col2im(G * R, X, 2, 2, 1)",
+                 "at a tie the max has no derivative; PyTorch, and the op, give the whole g_ij to the "
+                 "first maximum in scan order (kernel rows top to bottom, each left to right): w is the "
+                 "first offset 2a + b whose entry equals the max, R its one-hot. Without ties R is "
+                 "(V == y), so this line equals the last; at a tie it is the convention (the test suite "
+                 "checks it on tied inputs)"),
+        ],
+        wrt="X", shapes=_POOL_SHAPES,
+        let=["y = max_pool2d(X)", "V = im2col(X, 2, 2, 1)",
+             "w = where(V[0, 0] == y, 0, where(V[0, 1] == y, 1, where(V[1, 0] == y, 2, 3)))",
+             "R = stack(stack(w == 0, w == 1), stack(w == 2, w == 3))"],
+        setup=(r"y_{n,c,i,j} = \max_{0 \le a, b < 2} x_{n,c,\,2i+a,\,2j+b}\ (\text{kernel } 2 \times 2,"
+               r"\ \text{stride } 2),\ x: (2, 2, 4, 4),\ G = \partial L/\partial y"),
+        code=lambda env: _backward(ops.max_pool2d, env["X"], gy=env["G"])),
+    Derivation(
+        "avg_pool2d", "average pooling spreads g / k^2 over each window", "sum(G * avg_pool2d(X))", [
+            Step(r"\frac{\partial L}{\partial x_{n,c,u,v}} = \sum_{(i,j):\,(u,v) \in W_{ij}} g_{n,c,i,j}\,"
+                 r"\frac{\partial}{\partial x_{n,c,u,v}} \frac{1}{k^2} \sum_{(a,b) \in W_{ij}} x_{n,c,a,b}"
+                 r" = \sum_{(i,j):\,(u,v) \in W_{ij}} \frac{g_{n,c,i,j}}{k^2}",
+                 "col2im(G / 4, X, 2, 2, 1)",
+                 "y_ij is the mean of the k^2 = 4 entries of its window, each with derivative 1/4: "
+                 "g_ij / 4 goes to every entry (col2im of one value at every tap), and where windows "
+                 "overlap the shares add. With padding the divisor D_ij is the window's size clipped "
+                 "to the padded input (count_include_pad) or to the input, as PyTorch"),
+            Step(r"= \frac{g_{n,c,\lfloor u/2 \rfloor,\lfloor v/2 \rfloor}}{4}",
+                 "einsum('ncij,ui,vj->ncuv', G, U, U) / 4",
+                 "stride = kernel: the windows tile the input, each x_uv lies in exactly one window, "
+                 "(floor(u/2), floor(v/2)): g upsampled by the membership matrix U_{ui} = [floor(u/2) = i], "
+                 "divided by 4"),
+        ],
+        wrt="X", shapes=_POOL_SHAPES, let=[f"U = {_MEMBERS}"],
+        setup=(r"y_{n,c,i,j} = \frac{1}{4} \sum_{0 \le a, b < 2} x_{n,c,\,2i+a,\,2j+b}\ (\text{kernel } 2 \times 2,"
+               r"\ \text{stride } 2),\ x: (2, 2, 4, 4),\ G = \partial L/\partial y"),
+        code=lambda env: _backward(ops.avg_pool2d, env["X"], gy=env["G"])),
+    Derivation(
+        "adaptive_avg_pool2d", "global average pooling spreads g / (H W) over the image",
+        "sum(G * adaptive_avg_pool2d(X))", [
+            Step(r"\frac{\partial L}{\partial x_{n,c,u,v}} = g_{n,c}\,\frac{\partial}{\partial x_{n,c,u,v}}"
+                 r"\frac{1}{HW}\sum_{a,b} x_{n,c,a,b} = \frac{g_{n,c}}{HW}",
+                 "col2im(G / 16, X, 4, 1, 1)",
+                 "output_size 1: one window the size of the image (H = W = 4), y_nc the mean of its "
+                 "16 values; average pooling with k = H, so g_nc / 16 is spread over the whole image"),
+        ],
+        wrt="X", shapes={"X": (2, 3, 4, 4), "G": (2, 3, 1, 1)},
+        setup=r"y_{n,c} = \frac{1}{HW}\sum_{u,v} x_{n,c,u,v}\ (\text{output\_size } 1),\ x: (2, 3, 4, 4)",
+        code=lambda env: _backward(ops.adaptive_avg_pool2d, env["X"], gy=env["G"])),
+    Derivation(
+        "batch_norm2d", "BatchNorm2d is BatchNorm1d over (N, H, W): dL/dx",
+        "sum(G * batch_norm2d(X, gamma, beta))", [
+            Step(r"\frac{\partial L}{\partial x} = \frac{\gamma G}{\sigma}"
+                 r" + \frac{\partial L}{\partial \sigma_B^2} \frac{2 (z - \mu)}{M}"
+                 r" + \frac{\partial L}{\partial \mu} \frac{1}{M}\ \text{on } z_{(n,h,w),c} = x_{n,c,h,w},\ "
+                 r"\frac{\partial L}{\partial \sigma_B^2} = -\tfrac12 \sum_{n,h,w} \gamma G (z - \mu) \sigma^{-3},\ "
+                 r"\frac{\partial L}{\partial \mu} = -\sum_{n,h,w} \frac{\gamma G}{\sigma}",
+                 "einsum('nuvc->ncuv', gamma * GZ / s + (-0.5 * einsum('nuvc->c', gamma * GZ * (Z - mu))"
+                 " * s**(-3)) * 2 * (Z - mu) / M + (-einsum('nuvc->c', gamma * GZ) / s) / M)",
+                 "batch_norm2d normalizes each channel over its M = N H W = 12 values: it is BatchNorm1d "
+                 "on the channels-last view z (rows (n, h, w), one column per channel; einsum('ncuv->nuvc') "
+                 "is that view), so BatchNorm1d's chain rule applies as it is, with sums over (n, h, w)"),
+            Step(r"= \frac{1}{\sigma_c}\Bigl(\gamma_c g_{nchw} - \overline{\gamma g}_c - \hat x_{nchw}\,"
+                 r"\overline{\gamma g \hat x}_c\Bigr)\quad(\text{bars: means over } (n, h, w))",
+                 "einsum('nuvc->ncuv', (gamma * GZ - einsum('nuvc->c', gamma * GZ) / M"
+                 " - zhat * einsum('nuvc->c', gamma * GZ * zhat) / M) / s)",
+                 "BatchNorm1d's compact form, (x - mu)/sigma = xhat, and the view back to (N, C, H, W)"),
+        ],
+        wrt="X", shapes={"X": (2, 3, 2, 3), "gamma": (3,), "beta": (3,), "G": (2, 3, 2, 3)},
+        let=_BN2D_LET,
+        setup=(r"\hat x_{n,c,h,w} = \frac{x_{n,c,h,w} - \mu_c}{\sigma_c},\ y = \gamma_c \hat x + \beta_c,\ "
+               r"\mu_c, \sigma_c^2 \text{ over the } M = N H W \text{ values of channel } c,\ x: (2, 3, 2, 3)"),
+        code=lambda env: _backward(ops.get("batch_norm2d"), env["X"], env["gamma"], env["beta"], gy=env["G"])),
+    Derivation(
+        "group_norm", "GroupNorm: layer norm over each group, then the per-channel affine: dL/dx",
+        "sum(G * group_norm(X, gamma, beta))", [
+            Step(r"\frac{\partial L}{\partial x} = \frac{\hat g}{\sigma_{ng}}"
+                 r" + \frac{\partial L}{\partial \sigma_{ng}^2} \frac{2 (x - \mu_{ng})}{M}"
+                 r" + \frac{\partial L}{\partial \mu_{ng}} \frac{1}{M},\ \hat g = \gamma_c g,\ "
+                 r"\frac{\partial L}{\partial \sigma_{ng}^2} = -\tfrac12 \sum_{c \in g,h,w} \hat g (x - \mu_{ng})"
+                 r" \sigma_{ng}^{-3},\ \frac{\partial L}{\partial \mu_{ng}} = -\sum_{c \in g,h,w} \frac{\hat g}{\sigma_{ng}}",
+                 "einsum('uvnc->ncuv', gamma * GZ / s + ((-0.5 * einsum('uvnc,cg->ng', gamma * GZ * (Z - mu), A))"
+                 " @ A.T) * s**(-3) * 2 * (Z - mu) / M + (-(einsum('uvnc,cg->ng', gamma * GZ, A) @ A.T) / s) / M)",
+                 "the affine y = gamma_c xhat + beta_c is per channel, so dL/dxhat = gamma_c g; xhat is a "
+                 "layer norm of each sample's group (its C/G channels and all positions), so the chain rule "
+                 "of batch norm applies with sums over the group: einsum with the membership matrix "
+                 "A_{cg} = [c in group g] sums over a group, @ A.T hands each channel its group's value"),
+            Step(r"= \frac{1}{\sigma_{ng}}\Bigl(\gamma_c g - \overline{\gamma g}_{ng} - \hat x\,"
+                 r"\overline{\gamma g \hat x}_{ng}\Bigr)\quad(\text{bars: means over each group's "
+                 r"} (C/G, H, W) \text{ values})",
+                 "einsum('uvnc->ncuv', (gamma * GZ - (einsum('uvnc,cg->ng', gamma * GZ, A) / M) @ A.T"
+                 " - zhat * ((einsum('uvnc,cg->ng', gamma * GZ * zhat, A) / M) @ A.T)) / s)",
+                 "the compact form of the normalization's backward, means over the group, sigma per "
+                 "(sample, group)"),
+        ],
+        wrt="X", shapes=_GN_SHAPES, let=_GN_LET, setup=_GN_SETUP,
+        code=lambda env: _backward(ops.get("group_norm"), env["X"], env["gamma"], env["beta"], gy=env["G"],
+                                   num_groups=2)),
+    Derivation(
+        "group_norm", "GroupNorm: dL/dgamma", "sum(G * group_norm(X, gamma, beta))", [
+            Step(r"\frac{\partial L}{\partial \gamma_c} = \sum_{n,h,w} g_{n,c,h,w}\,\hat x_{n,c,h,w}",
+                 "einsum('uvnc->c', GZ * zhat)",
+                 "y = gamma_c xhat + beta_c and xhat does not depend on gamma; the affine is per channel "
+                 "(not per group), so the sum runs over the batch and the positions of channel c"),
+        ],
+        wrt="gamma", shapes=_GN_SHAPES, let=_GN_LET, setup=_GN_SETUP,
+        code=lambda env: _backward(ops.get("group_norm"), env["X"], env["gamma"], env["beta"], gy=env["G"],
+                                   index=1, num_groups=2)),
+    Derivation(
+        "group_norm", "GroupNorm: dL/dbeta", "sum(G * group_norm(X, gamma, beta))", [
+            Step(r"\frac{\partial L}{\partial \beta_c} = \sum_{n,h,w} g_{n,c,h,w}",
+                 "einsum('ncuv->c', G)", "dy/dbeta_c = 1 at every (n, h, w) of channel c"),
+        ],
+        wrt="beta", shapes=_GN_SHAPES, let=_GN_LET, setup=_GN_SETUP,
+        code=lambda env: _backward(ops.get("group_norm"), env["X"], env["gamma"], env["beta"], gy=env["G"],
+                                   index=2, num_groups=2)),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -279,6 +599,7 @@ DERIVATIONS = [
         setup=r"y = x + f(x),\ f(x) = \tanh(x W)\ \text{(a one-layer branch)},\ G = \partial L/\partial y",
         code=_residual_backward,
     ),
+    *_CNN,
 ]
 
 
@@ -350,6 +671,9 @@ def explain(name, fmt="text"):
         out += [f"### {d.title}" if md else f"derivation: {d.title}", ""]
         if d.setup:
             out += [math(d.setup), ""]
+        if d.let:
+            out += (["where " + ", ".join(f"`{t}`" for t in d.let), ""] if md
+                    else ["  where " + "; ".join(d.let), ""])
         for k, step in enumerate(d.steps, start=1):
             if md:
                 out += [f"{k}. $${step.tex}$$", f"   *{step.why}*  ", f"   checked as `{step.expr}`", ""]
