@@ -78,6 +78,8 @@ def merge(runs):
                 out[key] = sum((r[key] for r in runs), [])
         if "loss" in runs[0]:
             out["loss"] = runs[-1]["loss"]
+        if "pieces" in runs[0]:
+            out["pieces"] = {k: sum((r["pieces"][k] for r in runs), []) for k in runs[0]["pieces"]}
         return out
     return {op: merge([r[op] for r in runs]) for op in runs[0]}
 
@@ -153,6 +155,7 @@ def report(results, frameworks):
                 row[fw]["gflops"] = row["flops"] / row[fw]["median"] / 1e9
         if res["kind"] == "conv":        # the layer's three products as a rate, next to the best sgemm
             row["flops"] = conv_flops(res["params"])
+            row["pieces"] = {k: float(np.median(v)) for k, v in res["handydl"].get("pieces", {}).items()}
             row["sgemm_gflops"] = max(sgemm) if sgemm else None
             for fw in frameworks:
                 if fw in row:
@@ -226,6 +229,16 @@ def print_table(rows, checks, frameworks):
     print()
     for c in checks:
         print(check_line(c))
+    for r in rows:
+        if r.get("pieces"):
+            print(pieces_line(r))
+
+
+def pieces_line(row):
+    """Where a conv layer's fwd+bwd time goes, piece by piece (handydl's medians)."""
+    parts = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row["pieces"].items())
+    return (f"  {row['name']}: {parts} (pieces {sum(row['pieces'].values()) * 1e3:.1f} ms "
+            f"of the step's {row['handydl']['median'] * 1e3:.1f} ms)")
 
 
 def machine():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.__main__ import check_line
+from bench.__main__ import check_line, pieces_line
 
 LABELS = {"mlp_epoch_b32": "MLP epoch, batch 32", "mlp_epoch_b128": "MLP epoch, batch 128",
           "mlp_epoch_b512": "MLP epoch, batch 512", "deep_mlp_gelu_adam_b128": "deep MLP, GELU + Adam, batch 128",
@@ -85,3 +85,6 @@ if __name__ == "__main__":
         print()
     for c in report["targets"]:
         print(check_line(c))
+    for r in report["rows"]:
+        if r.get("pieces"):
+            print(pieces_line(r))

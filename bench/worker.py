@@ -411,7 +411,26 @@ def handydl_conv(p):
         m(x)
         m.backward(g)
     samples, mem = timed(step, p["repeats"], warmup=2)
-    return {"samples": samples, "peak_mb": mem, "sgemm_gflops": sgemm_rates()}
+    return {"samples": samples, "peak_mb": mem, "sgemm_gflops": sgemm_rates(),
+            "pieces": conv_pieces(x, W, b, g, p)}
+
+
+def conv_pieces(x, W, b, g, p):
+    """{piece: [seconds]}: where a conv2d step's time goes, each piece of
+    handydl/ops/conv.py timed alone on the same arrays (the bench reads the op's
+    internals here, and only here, to say what limits it)."""
+    from handydl.ops import conv as C
+    geo = C._geometry("conv2d", x.shape, W.shape, (1, 1), (p["padding"],) * 2, (1, 1), 1, ("H", "W"))
+    cols = C._im2col(x, geo)
+    gyw = C._wide(g, geo)
+    Wt = C._grouped(W, geo).swapaxes(-1, -2)
+    gcols = np.matmul(Wt, gyw)
+    pieces = {"im2col": lambda: C._im2col(x, geo),
+              "forward product (+ bias)": lambda: C._forward(cols, W, b, geo),
+              "dL/dW product": lambda: C._weight_grad(cols, gyw, geo, W.shape),
+              "dL/dx product": lambda: np.matmul(Wt, gyw),
+              "col2im": lambda: C._col2im(gcols, geo)}
+    return {name: timed(fn, p["repeats"], warmup=1)[0] for name, fn in pieces.items()}
 
 
 def torch_conv(p):

@@ -11,7 +11,8 @@ from .activations import (celu, elu, gelu, hardsigmoid, hardswish, identity,  # 
 from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax_jacobian,  # noqa: F401
                       sum_normalize)
 from .linear import chain_matmul, linear, matmul  # noqa: F401
-from .normalization import batch_norm, batch_norm_eval, layer_norm, lp_norm, standardize  # noqa: F401
+from .normalization import (batch_norm, batch_norm2d, batch_norm2d_eval, batch_norm_eval,  # noqa: F401
+                            group_norm, layer_norm, lp_norm, standardize)
 from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
                      binary_cross_entropy_with_logits, cross_entropy, half_squared_error,
                      huber_loss, l1_loss, mse_loss, multi_margin_loss, nll_loss,
