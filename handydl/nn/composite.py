@@ -21,6 +21,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import ops
+from .layers import ChildList
 from .module import Module, call_backward, check_gy
 
 MERGES = ("sum", "concat", "tuple")
@@ -68,7 +69,7 @@ class Residual(Module):
         return cls(children["f"], children.get("shortcut"))
 
 
-class Parallel(Module):
+class Parallel(ChildList, Module):
     """Every branch applied to the same input; their outputs summed (``merge="sum"``),
     concatenated along ``dim`` (``"concat"``) or returned as a tuple (``"tuple"``).
 
@@ -141,14 +142,8 @@ class Parallel(Module):
     def from_config(cls, config, children):
         return cls(*children.values(), **config)
 
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
 
-    def __len__(self):
-        return len(self._modules)
-
-
-class ModuleList(Module):
+class ModuleList(ChildList, Module):
     """Modules held in a list, as torch.nn.ModuleList: their parameters are the
     owner's; a user-written forward decides how they are called."""
 
@@ -156,23 +151,10 @@ class ModuleList(Module):
         super().__init__()
         self.extend(modules)
 
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
     def extend(self, modules):
         for m in modules:
             self.append(m)
         return self
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
     def get_config(self):
         return {}

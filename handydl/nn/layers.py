@@ -379,7 +379,23 @@ class Dropout(OpModule):
         return f"p={self.params['p']}"
 
 
-class Flatten(Module):
+class _Reshaping(Module):
+    """The same numbers in another shape (the reshape op); backward reshapes the
+    gradient back to the input's shape."""
+
+    def _reshape(self, x, shape):
+        y, _ = ops.reshape.forward(x, shape=shape)
+        self.save(x.shape, y.shape)
+        return y
+
+    def backward(self, gy, input_grad=True):
+        x_shape, y_shape = self._peek_saved()
+        gx = check_gy(gy, y_shape, type(self).__name__).reshape(x_shape)
+        self.saved()
+        return gx if input_grad else None
+
+
+class Flatten(_Reshaping):
     """Flattens dims start_dim..end_dim into one (default: all but the batch dim)."""
 
     def __init__(self, start_dim=1, end_dim=-1):
@@ -390,21 +406,13 @@ class Flatten(Module):
         x = np.asarray(x)
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
-        y, _ = ops.reshape.forward(x, shape=x.shape[:start] + (-1,) + x.shape[end + 1:])
-        self.save(x.shape, y.shape)
-        return y
-
-    def backward(self, gy, input_grad=True):
-        x_shape, y_shape = self._peek_saved()
-        gx = check_gy(gy, y_shape, "Flatten").reshape(x_shape)
-        self.saved()
-        return gx if input_grad else None
+        return self._reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def get_config(self):
         return dict(start_dim=self.start_dim, end_dim=self.end_dim)
 
 
-class Unflatten(Module):
+class Unflatten(_Reshaping):
     """Dim ``dim`` unfolded into ``unflattened_size``, as torch.nn.Unflatten: rows of
     64 features into (1, 8, 8) images.  Backward reshapes the gradient back."""
 
@@ -423,15 +431,7 @@ class Unflatten(Module):
             raise ValueError(f"Unflatten: dim {self.dim} of an input of shape {x.shape} should have "
                              f"{math.prod(self.unflattened_size)} elements, to unfold into "
                              f"{self.unflattened_size}")
-        y, _ = ops.reshape.forward(x, shape=x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
-        self.save(x.shape, y.shape)
-        return y
-
-    def backward(self, gy, input_grad=True):
-        x_shape, y_shape = self._peek_saved()
-        gx = check_gy(gy, y_shape, "Unflatten").reshape(x_shape)
-        self.saved()
-        return gx if input_grad else None
+        return self._reshape(x, x.shape[:d] + self.unflattened_size + x.shape[d + 1:])
 
     def get_config(self):
         return dict(dim=self.dim, unflattened_size=list(self.unflattened_size))
@@ -482,7 +482,25 @@ class Standardize(Module):
         return cls(np.zeros(shape, dtype), np.ones(shape, dtype))
 
 
-class Sequential(Module):
+class ChildList:
+    """Children numbered 0, 1, ... (Sequential, ModuleList, Parallel): append,
+    indexing, len and iteration, in order."""
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class Sequential(ChildList, Module):
     """Modules applied in order; backward runs them in reverse (the delta rule)."""
 
     def __init__(self, *modules):
@@ -531,16 +549,4 @@ class Sequential(Module):
     def from_config(cls, config, children):
         return cls(*children.values())
 
-    def append(self, module):
-        setattr(self, str(len(self._modules)), module)
-        return self
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
