@@ -18,7 +18,13 @@ class Loss(Module):
 
     def __init__(self, reduction="mean", **params):
         super().__init__()
-        self.params = self.op.bind({"reduction": reduction, **params})
+        try:
+            self.params = self.op.bind({"reduction": reduction, **params})
+        except (TypeError, ValueError) as e:      # the op's name in front: the class's instead
+            head, sep, rest = str(e).partition(": ")
+            if sep and head == self.op.name:
+                raise type(e)(f"{type(self).__name__}: {rest}") from None
+            raise
 
     @property
     def reduction(self):

@@ -18,9 +18,17 @@ class MLP(Sequential):
 
     def __init__(self, sizes, activation="relu", output_activation=None, dropout=0.0,
                  batch_norm=False, init="default", dtype=np.float32, rng=None):
-        sizes = [int(s) for s in sizes]
+        expected = "[in, hidden..., out], positive integers"
+        try:
+            given = list(sizes)
+        except TypeError:
+            raise TypeError(f"MLP: sizes={sizes!r} is not valid; expected {expected}") from None
+        # an integer type: int(2.7) would silently make a layer of width 2, and True one of width 1
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in given):
+            raise TypeError(f"MLP: sizes={sizes!r} is not valid; expected {expected}")
+        sizes = [int(s) for s in given]
         if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"MLP: sizes={sizes!r} is not valid; expected [in, hidden..., out], all >= 1")
+            raise ValueError(f"MLP: sizes={sizes!r} is not valid; expected {expected}")
         rng = resolve_rng(rng)
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):

@@ -16,6 +16,7 @@ The NumPy code above each kernel is the reference the tests hold it to.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -30,6 +31,37 @@ SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 GELU_TANH_C = 0.044715
+
+
+# -- checking parameters at construction (each op's check_params) -------------------
+# Messages in PyTorch's style: "ELU: alpha='x' is not valid; expected a finite number".
+# A bool is not a number here (True would silently be 1), nor is a string.
+
+def check_real(who, name, value, expected, valid=math.isfinite):
+    """Raise TypeError unless ``value`` is a real number (a bool is not), and
+    ValueError unless ``valid(float(value))``: by default, finite (NaN fails
+    every comparison, so a range check refuses it too)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    if not valid(float(value)):
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+
+
+def check_int(who, name, value, expected="a positive integer", valid=lambda n: n > 0):
+    """Raise TypeError unless ``value`` is an integer (a bool or 2.0 is not), and
+    ValueError unless ``valid(int(value))``: by default, positive."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    if not valid(int(value)):
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+
+
+def _finite(who, *names):
+    """check_params: each of ``names`` a finite real number."""
+    def check(p):
+        for name in names:
+            check_real(who, name, p[name], "a finite number")
+    return check
 
 
 def stable_sigmoid(x):
@@ -153,6 +185,7 @@ def _relu_kernel(x):
     kinks=(0.0,), domains=WIDE,
     symbolic=lambda x, sp, negative_slope: sp.Piecewise((x, x > 0), (negative_slope * x, True)),
     reference=lambda torch, x, negative_slope: torch.nn.functional.leaky_relu(x, negative_slope),
+    check_params=_finite("LeakyReLU", "negative_slope"),
 )
 def leaky_relu(x, negative_slope):
     """x for x > 0, negative_slope * x otherwise; slope a at 0 (and at NaN, as PyTorch).
@@ -241,8 +274,8 @@ def _prelu_backward(saved, gy):
 
 
 def _nonzero_alpha(who, alpha):
-    if alpha == 0:
-        raise ValueError(f"{who}: alpha=0 is not valid; expected a non-zero alpha")
+    check_real(who, "alpha", alpha, "a finite, non-zero number",
+               lambda a: math.isfinite(a) and a != 0)
 
 
 def _exponential_linear(x, scale, alpha, inv_alpha=1.0):
@@ -280,6 +313,7 @@ def _exponential_linear(x, scale, alpha, inv_alpha=1.0):
     kinks=(0.0,), domains=WIDE,
     symbolic=lambda x, sp, alpha: sp.Piecewise((x, x > 0), (alpha * (sp.exp(x) - 1), True)),
     reference=lambda torch, x, alpha: torch.nn.functional.elu(x, alpha),
+    check_params=_finite("ELU", "alpha"),
 )
 def elu(x, alpha):
     """x for x > 0, alpha (e^x - 1) otherwise; ELU'(0) = alpha, the left limit."""
@@ -306,7 +340,7 @@ def _elu_kernel(x, alpha):
     domains=WIDE,
     symbolic=lambda x, sp, alpha: sp.Piecewise((x, x > 0), (alpha * (sp.exp(x / alpha) - 1), True)),
     reference=lambda torch, x, alpha: torch.nn.functional.celu(x, alpha),
-    check_params=lambda p: _nonzero_alpha("celu", p["alpha"]),
+    check_params=lambda p: _nonzero_alpha("CELU", p["alpha"]),
 )
 def celu(x, alpha):
     """ELU with the exponent scaled by 1/alpha, so its derivative is continuous."""
@@ -507,6 +541,13 @@ def normal_cdf(x):
     return poly
 
 
+def _softplus_params(beta, threshold):
+    # beta = 0 divides by zero; a threshold of +-inf is meaningful (never / always linear)
+    check_real("Softplus", "beta", beta, "a finite, non-zero number",
+               lambda b: math.isfinite(b) and b != 0)
+    check_real("Softplus", "threshold", threshold, "a number (not NaN)", lambda t: not math.isnan(t))
+
+
 def _softplus(x):
     """log(1 + e^x) = max(x, 0) + log(1 + e^{-|x|}): no overflow for any x, and
     (unlike np.logaddexp) no invalid-value warning for NaN, which just propagates."""
@@ -554,6 +595,7 @@ def _mish_kernel(x):
     domains=WIDE,
     symbolic=lambda x, sp, beta, threshold: sp.log(1 + sp.exp(beta * x)) / beta,
     reference=lambda torch, x, beta, threshold: torch.nn.functional.softplus(x, beta, threshold),
+    check_params=lambda p: _softplus_params(p["beta"], p["threshold"]),
 )
 def softplus(x, beta, threshold):
     """Smooth ReLU; reverts to the identity where beta * x > threshold (as PyTorch).

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import check_real
 from .registry import as_float, register
 
 
@@ -22,6 +23,8 @@ def _generator(seed):
     params={"p": 0.5, "training": True, "seed": 0},
     test_params=({"p": 0.2}, {"training": False}),
     complex_step=True, domains=((-6.0, 6.0), (-1000.0, 1000.0)),
+    check_params=lambda params: check_real("dropout", "p", params["p"], "a probability in [0, 1]",
+                                           lambda p: 0 <= p <= 1),
 )
 def dropout(x, p, training, seed):
     """Zero each element with probability p and scale the survivors by 1/(1 - p).

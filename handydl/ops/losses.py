@@ -8,10 +8,12 @@ loss, exactly as PyTorch.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import fused
-from .activations import stable_sigmoid
+from .activations import check_int, check_real, stable_sigmoid
 from .registry import as_float, register
 from .softmax import log_softmax
 
@@ -178,6 +180,11 @@ def _simplex_sample(rng, dtype, lo, hi):
     return (p / p.sum(1, keepdims=True)).astype(dtype), (y / y.sum(1, keepdims=True)).astype(dtype)
 
 
+def _check_ignore_index(who, ignore_index):
+    check_int(who, "ignore_index", ignore_index, "an integer (a class index never to count)",
+              lambda n: True)
+
+
 def _loss(name, formula, derivative, sample=_reg_sample, params=None, choices=None, **fields):
     """register() with what every loss shares: two inputs, the target not differentiated."""
     return register(
@@ -252,7 +259,9 @@ def _l1_backward(saved, gy):
        convention="continuously differentiable: at |d| = delta the derivative is +-delta",
        params={"delta": 1.0}, test_params=({"delta": 0.5},),
        reference=lambda torch, x, t, delta, reduction: torch.nn.functional.huber_loss(
-           x, t, reduction=reduction, delta=delta))
+           x, t, reduction=reduction, delta=delta),
+       check_params=lambda p: check_real("huber_loss", "delta", p["delta"], "a finite number > 0",
+                                         lambda d: 0 < d < math.inf))
 def huber_loss(input, target, delta, reduction):
     """Quadratic near zero, linear beyond delta: robust to outliers."""
     if not delta > 0:
@@ -283,7 +292,10 @@ def _huber_backward(saved, gy):
                     {"label_smoothing": 0.1}),
        domains=((-3.0, 3.0), (-1000.0, 1000.0)),
        reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.cross_entropy(
-           x, t, reduction=reduction, **kw))
+           x, t, reduction=reduction, **kw),
+       check_params=lambda p: (_check_ignore_index("cross_entropy", p["ignore_index"]),
+                               check_real("cross_entropy", "label_smoothing", p["label_smoothing"],
+                                          "a number in [0, 1]", lambda e: 0 <= e <= 1)))
 def cross_entropy(input, target, weight, ignore_index, label_smoothing, reduction):
     r"""Softmax cross-entropy on logits, fused so that backward is softmax - target.
 
@@ -392,7 +404,8 @@ def _cross_entropy_rows_backward(saved, gy):
        test_params=({"weight": np.array([0.5, 2.0, 1.0, 1.5])}, {"ignore_index": 2}),
        domains=((-6.0, 0.0),),
        reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.nll_loss(
-           x, t, reduction=reduction, **kw))
+           x, t, reduction=reduction, **kw),
+       check_params=lambda p: _check_ignore_index("nll_loss", p["ignore_index"]))
 def nll_loss(input, target, weight, ignore_index, reduction):
     """Negative log-likelihood of class indices, on log-probabilities (use after log_softmax).
 
@@ -425,7 +438,9 @@ def _nll_backward(saved, gy):
                    r"\quad\text{(through softmax: } p - y \text{)}"),
        sample=_simplex_sample, params={"eps": 1e-12},
        domains=((0.0, 1.0),),
-       reference=lambda torch, p, y, eps, reduction: _torch_prob_ce(torch, p, y, eps, reduction))
+       reference=lambda torch, p, y, eps, reduction: _torch_prob_ce(torch, p, y, eps, reduction),
+       check_params=lambda p: check_real("prob_cross_entropy", "eps", p["eps"], "a finite number >= 0",
+                                         lambda e: 0 <= e < math.inf))
 def prob_cross_entropy(input, target, eps, reduction):
     """Cross-entropy on probabilities, with eps inside the log; "mean" averages over rows.
 
@@ -528,7 +543,9 @@ def _bce_logits_backward(saved, gy):
        test_params=({"p": 2}, {"margin": 0.5, "weight": np.array([0.5, 2.0, 1.0, 1.5])},
                     {"p": 2, "weight": np.array([0.5, 2.0, 1.0, 1.5])}),
        reference=lambda torch, x, t, reduction, **kw: torch.nn.functional.multi_margin_loss(
-           x, t, reduction=reduction, **kw))
+           x, t, reduction=reduction, **kw),
+       check_params=lambda p: (check_int("multi_margin_loss", "p", p["p"], "1 or 2", lambda n: n in (1, 2)),
+                               check_real("multi_margin_loss", "margin", p["margin"], "a finite number")))
 def multi_margin_loss(input, target, p, margin, weight, reduction):
     """The multi-class SVM hinge loss (PyTorch's MultiMarginLoss), p in {1, 2}."""
     who = "multi_margin_loss"

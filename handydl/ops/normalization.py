@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import math
+
 import numpy as np
 
+from .activations import check_int, check_real
 from .registry import as_float, register
 
 
@@ -36,6 +39,11 @@ def _normalize_backward(saved: NormSaved, gy):
     gxhat_mean = (g * xhat).mean(axis=axes, keepdims=True)
     gx = inv_std * (g - g_mean - xhat * gxhat_mean)
     return gx, (gy * xhat).sum(axis=param_axes), gy.sum(axis=param_axes)
+
+
+def check_eps(who, eps):
+    """eps >= 0 and finite, as PyTorch accepts eps = 0 (a constant feature then divides by 0)."""
+    check_real(who, "eps", eps, "a finite number >= 0", lambda e: 0 <= e < math.inf)
 
 
 def _bn_axes(x, weight, who):
@@ -70,6 +78,7 @@ def _bn_sample(rng, dtype, lo, hi):
                 r"\frac{\partial L}{\partial\beta} = \sum g_y"),
     convention="training mode: batch statistics with the biased variance",
     inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    check_params=lambda p: check_eps("batch_norm", p["eps"]),
     domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_bn_sample,
     reference=lambda torch, x, weight, bias, eps: torch.nn.functional.batch_norm(
         x, None, None, weight, bias, training=True, eps=eps),
@@ -119,6 +128,7 @@ def _bn_eval_sample(rng, dtype, lo, hi):
     inputs=("x", "weight", "bias", "running_mean", "running_var"),
     differentiable=(True, True, True, False, False),
     params={"eps": 1e-5}, complex_step=True,
+    check_params=lambda p: check_eps("batch_norm_eval", p["eps"]),
     domains=((-3.0, 3.0),), sample=_bn_eval_sample,
     reference=lambda torch, x, weight, bias, rm, rv, eps: torch.nn.functional.batch_norm(
         x, rm, rv, weight, bias, training=False, eps=eps),
@@ -153,6 +163,7 @@ def _ln_sample(rng, dtype, lo, hi):
     derivative=(r"g_x = \frac{1}{\sqrt{\sigma^2+\epsilon}}\Bigl(\gamma g_y - \overline{\gamma g_y}"
                 r" - \hat x\,\overline{\gamma g_y \hat x}\Bigr)"),
     inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    check_params=lambda p: check_eps("layer_norm", p["eps"]),
     domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_ln_sample,
     reference=lambda torch, x, weight, bias, eps: torch.nn.functional.layer_norm(
         x, weight.shape, weight, bias, eps),
@@ -179,6 +190,13 @@ def _layer_norm_backward(saved, gy):
     return _normalize_backward(saved, gy)
 
 
+def _check_lp_norm(p, dim, keepdim):
+    check_real("LpNorm", "p", p, "a finite number > 0", lambda v: 0 < v < math.inf)
+    check_int("LpNorm", "dim", dim, "an integer (the axis to reduce)", lambda n: True)
+    if not isinstance(keepdim, (bool, np.bool_)):
+        raise TypeError(f"LpNorm: keepdim={keepdim!r} is not valid; expected True or False")
+
+
 def _norm_sample(rng, dtype, lo, hi):
     return (rng.uniform(lo, hi, size=(3, 5)).astype(dtype),)
 
@@ -193,6 +211,7 @@ def _norm_sample(rng, dtype, lo, hi):
     test_params=({"p": 1.0}, {"p": 3.0}, {"p": 0.5}, {"p": 2.0, "keepdim": True}),
     domains=((-3.0, 3.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_norm_sample,
     reference=lambda torch, x, p, dim, keepdim: torch.linalg.vector_norm(x, ord=p, dim=dim, keepdim=keepdim),
+    check_params=lambda params: _check_lp_norm(**params),
 )
 def lp_norm(x, p, dim, keepdim):
     """The Lp norm along ``dim`` for p > 0, computed as m * ||x/m||_p with m = max|x|
@@ -274,6 +293,7 @@ def _bn2d_sample(rng, dtype, lo, hi):
     derivative=batch_norm.derivative + r"\quad\text{(bars and sums over } (n, h, w) \text{ per channel)}",
     convention="training mode: batch statistics with the biased variance; BatchNorm1d over (N, H, W)",
     inputs=("x", "weight", "bias"), params={"eps": 1e-5}, complex_step=True,
+    check_params=lambda p: check_eps("batch_norm2d", p["eps"]),
     domains=((-3.0, 3.0), (100.0, 1000.0)), sample=_bn2d_sample,
     reference=lambda torch, x, weight, bias, eps: torch.nn.functional.batch_norm(
         x, None, None, weight, bias, training=True, eps=eps),
@@ -304,6 +324,7 @@ def _bn2d_eval_sample(rng, dtype, lo, hi):
     inputs=("x", "weight", "bias", "running_mean", "running_var"),
     differentiable=(True, True, True, False, False),
     params={"eps": 1e-5}, complex_step=True,
+    check_params=lambda p: check_eps("batch_norm2d_eval", p["eps"]),
     domains=((-3.0, 3.0),), sample=_bn2d_eval_sample,
     reference=lambda torch, x, weight, bias, rm, rv, eps: torch.nn.functional.batch_norm(
         x, rm, rv, weight, bias, training=False, eps=eps),
