@@ -157,14 +157,20 @@ def _probability(name):
     return parse
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {text!r}")
-    return value
+def _non_negative_int(name):
+    """A flag's parser: an integer >= 0 (--seed, --index)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text!r}")
+        return value
+    return parse
+
+
+_seed = _non_negative_int("--seed")
 
 
 def _choose(kind, value, valid):
@@ -589,14 +595,7 @@ def _plot_input(args, model, meta):
     return X[index], label
 
 
-def _index(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--index must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--index must be >= 0, got {text!r}")
-    return value
+_index = _non_negative_int("--index")
 
 
 def _image_path(path):
