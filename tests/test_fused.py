@@ -471,3 +471,39 @@ def test_set_kernel_says_what_is_wrong():
         with pytest.raises(ValueError, match=match):
             op.set_kernel(**kwargs)
     assert len(op._kernels) == 1                        # nothing was attached
+
+
+# -- the saved state never aliases the input (issue 14, item 5) ---------------------------
+# Before, fused ReLU kept a reference to x and the NumPy path a mask: changing x in place
+# between forward and backward gave 0.0 through one path and 10.0 through the other.
+# Now neither path's saved state shares memory with the input, so the gradient is that of
+# the function at the x the forward saw, whatever happens to x afterwards.
+
+@pytest.mark.parametrize("op, params", CASES)
+@pytest.mark.parametrize("path", ["fused", "numpy"])
+def test_changing_the_input_after_forward_does_not_change_the_gradient(op, params, path):
+    x = inputs(op)
+    gy = np.random.default_rng(1).standard_normal(x.size).astype(np.float32)
+    switch = contextlib.nullcontext() if path == "fused" else fused.disabled()
+    with switch:
+        _, saved_ref = op.forward(x.copy(), **params)
+        expected = op.backward(saved_ref, gy)[0]
+        _, saved = op.forward(x, **params)
+        x[:] = -x                              # the caller reuses its buffer
+        x[::7] = np.nan
+        got = op.backward(saved, gy)[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_relu_gradient_through_both_paths_after_the_input_changes():
+    """The issue's example, exactly: sum of gx after x is overwritten with -1."""
+    x = np.ones(fused.MIN_SIZE * 4, np.float32)
+    gy = np.ones_like(x)
+    sums = {}
+    for path, switch in (("fused", contextlib.nullcontext()), ("numpy", fused.disabled())):
+        with switch:
+            xi = x.copy()
+            _, saved = ops.REGISTRY["relu"].forward(xi)
+            xi[:] = -1
+            sums[path] = float(ops.REGISTRY["relu"].backward(saved, gy)[0].sum())
+    assert sums == {"fused": float(x.size), "numpy": float(x.size)}

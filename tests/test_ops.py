@@ -64,7 +64,7 @@ def test_forward_and_backward_match_torch(op, params, domain, dtype):
         assert_close(grads[i], expected, dtype, f"{op.name} d/d{op.inputs[min(i, len(op.inputs) - 1)]}", tol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + [np.float16])
 @pytest.mark.parametrize("op,params,domain", CASES)
 def test_dtype_is_kept(op, params, domain, dtype):
     params = cast_params(params, dtype)
@@ -197,3 +197,4 @@ def test_every_op_is_documented():
         assert op.formula and op.derivative and op.fn.__doc__, op.name
         assert op.kind in {"activation", "softmax", "linear", "normalization", "loss", "regularization",
                            "structure", "convolution", "pooling"}
+

@@ -433,7 +433,7 @@ def gelu(x, approximate):
     x = as_float(x)
     if approximate == "none":
         cdf = normal_cdf(x)
-        return x * cdf, (approximate, x, cdf)
+        return x * cdf, (approximate, x.copy(), cdf)     # a copy: the caller may change x
     # |x| is capped inside the cube only: tanh has saturated long before 1e4,
     # and the cap keeps x^3 finite in float32.
     xc = np.clip(x, -1e4, 1e4)
@@ -485,7 +485,7 @@ def silu(x):
     """Sigmoid-weighted linear unit (swish): x * sigmoid(x)."""
     x = as_float(x)
     s = stable_sigmoid(x)
-    return x * s, (x, s)
+    return x * s, (x.copy(), s)         # a copy: the caller may change x before backward
 
 
 @silu.set_backward
@@ -520,7 +520,8 @@ def normal_cdf(x):
     Phi(x) = 1 - Phi(-|x|) for x >= 0.
     """
     if x.dtype != np.float32:
-        return 0.5 * (1 + erf(x * INV_SQRT_2))
+        # SciPy has no float16 erf (it computes float16 in float64): cast back
+        return (0.5 * (1 + erf(x * INV_SQRT_2))).astype(x.dtype, copy=False)
     # np.asarray: on a 0-d x, NumPy returns scalars, which out= cannot write into
     t = np.asarray(np.abs(x) * np.float32(0.5 * INV_SQRT_2))
     t += 1
@@ -566,7 +567,7 @@ def mish(x):
     """x tanh(softplus(x)); softplus' = sigmoid gives the second term of the derivative."""
     x = as_float(x)
     t = np.tanh(_softplus(x))
-    return x * t, (x, t)
+    return x * t, (x.copy(), t)         # a copy: the caller may change x before backward
 
 
 @mish.set_backward
@@ -672,7 +673,7 @@ def _hardsigmoid_kernel(x):
 def hardswish(x):
     """x * hardsigmoid(x), the MobileNetV3 activation."""
     x = as_float(x)
-    return x * np.clip(x + 3, 0, 6) / 6, x
+    return x * np.clip(x + 3, 0, 6) / 6, x.copy()       # a copy: the caller may change x
 
 
 @hardswish.set_backward

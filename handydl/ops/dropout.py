@@ -40,7 +40,9 @@ def dropout(x, p, training, seed):
         return x, None
     if p == 1:
         return np.zeros_like(x), np.zeros(x.shape, dtype=x.real.dtype)
-    keep = _generator(seed).random(x.shape, dtype=x.real.dtype) >= p
+    # Generator.random draws float32 or float64 only; a float16 x draws float32
+    draw = np.float64 if x.real.dtype == np.float64 else np.float32
+    keep = _generator(seed).random(x.shape, dtype=draw) >= p
     scaled_mask = keep * x.real.dtype.type(1 / (1 - p))
     return x * scaled_mask, scaled_mask
 

@@ -8,8 +8,8 @@ an activation that declares a *scalar kernel* gets the same: numba compiles
 the kernel into one vectorized float32 loop that writes y and dy/dx together
 (split across the cores on large arrays, by threads.py); backward is then
 ``gx = gy * dy/dx``.  Two other ways to save move less memory:
-piecewise-linear kernels declare ``save="input"`` (forward writes y alone,
-backward recomputes dy/dx from x), and sigmoid ``save="output"`` with its
+piecewise-linear kernels declare ``save="input"`` (forward writes y and keeps
+a copy of x, backward recomputes dy/dx from it), and sigmoid ``save="output"`` with its
 slope y (1 - y) (forward writes y alone, backward reads y).  Without numba,
 or for anything but large contiguous float32 arrays, the op's NumPy code runs
 instead; tests/test_fused.py holds both paths to the same accuracy, on every
@@ -412,7 +412,9 @@ def forward(kernel, x, params):
         return y, Derivative(d)
     _run(loops["value"], _flat(x, y), params, chunk=loops["chunk"])
     if kernel.save == "input":
-        return y, Recompute(kernel.f, x, params)
+        # A copy, not x itself: the caller may overwrite x before backward, and the
+        # NumPy path (which keeps a mask) would then disagree.  One memcpy.
+        return y, Recompute(kernel.f, x.copy(), params)
     return y, FromOutput(kernel.slope, y, params)
 
 
