@@ -622,7 +622,8 @@ def _output_file(flag, path):
 
 
 def cmd_explain(args) -> int:
-    """Formula, derivative, convention and step-by-step derivation of an op."""
+    """Formula, derivative, convention and step-by-step derivation of an op, in Unicode
+    math in the terminal, every step checked as it prints (unless --no-check)."""
     from . import derivations, ops
     if args.all:
         _write_stdout(derivations.render_all(args.format))
@@ -630,7 +631,8 @@ def cmd_explain(args) -> int:
     names = ops.names() + list(derivations.COMPOSITES)      # ops and patterns such as residual
     if not args.name:
         raise UsageError(f"name an op, or --all; ops: {', '.join(names)}")
-    _write_stdout(derivations.explain(_choose("op", args.name, sorted(names)), args.format))
+    _write_stdout(derivations.explain(_choose("op", args.name, sorted(names)), args.format,
+                                      check=not args.no_check))
     return 0
 
 
@@ -771,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a registered op")
     p.add_argument("--all", action="store_true", help="every op that has a derivation")
     p.add_argument("--format", choices=["text", "markdown", "latex"], default="text")
+    p.add_argument("--no-check", action="store_true",
+                   help="do not run the checks of the steps (say how the test suite checks them); "
+                        "--all never runs them")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("verify", help="check a derivative you wrote (exit 0 correct, 1 wrong, 2 unusable)",

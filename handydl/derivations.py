@@ -46,6 +46,30 @@ class Derivation:
     def scalar(self):
         return not self.shapes
 
+    def check(self, seed=0):
+        """derivations.check(self): a verdict for every step, and for the code."""
+        return check(self, seed)
+
+    def explain(self, fmt="text", check=True):
+        """This derivation alone in ``fmt`` (text, markdown or latex), every step marked as
+        checked: ``check=True`` runs the checks (remembered for this content)."""
+        render = {"text": _text, "markdown": _markdown, "latex": _latex_derivation}
+        if fmt not in render:
+            raise ValueError(f"format={fmt!r} is not valid; expected one of {', '.join(render)}")
+        return "\n".join(render[fmt](self, check)).rstrip() + "\n"
+
+    # Jupyter displays the derivation as rendered math, checked (students work there).
+    def _repr_markdown_(self):
+        return self.explain("markdown")
+
+    def _repr_latex_(self):
+        marks = _marks(self, True)
+        lines = [(r"&\text{" + _tex_text(self.title) + r"}\\")] + ([f"&{self.setup} \\\\"] if self.setup else [])
+        for k, step in enumerate(self.steps, start=1):
+            how = "checked" if marks[k][0] else "does NOT follow"
+            lines.append(f"&{step.tex} && \\text{{({k}, {how}) {_tex_text(step.why)}}} \\\\")
+        return "$$\\begin{aligned}\n" + "\n".join(lines) + "\n\\end{aligned}$$"
+
 
 def _backward(op, *inputs, gy, index=0, **params):
     """The registry op's hand-written backward, for tying derivations to the code."""
@@ -646,66 +670,156 @@ def _check_code(derivation, seed):
 
 
 # -- rendering -------------------------------------------------------------------------------
+#
+# Three formats: text (the terminal: the LaTeX rendered as Unicode by handydl.mathtext),
+# markdown (KaTeX/MathJax math between $$) and latex (a document body for amsmath).  Each
+# step is marked as checked: ``check=True`` runs derivations.check when it prints and shows
+# the verdict (and how it was reached); ``check=False`` (docs/derivations.md, so that the file
+# does not change with the wording of a verdict) says how the test suite checks it.
 
 FORMATS = ("text", "markdown", "latex")
+HOW_SCALAR = "symbolically by SymPy (the line minus the derivative simplifies to 0), and at sampled points"
+HOW_ARRAY = "numerically: against central differences in float64, on random draws of the inputs"
+HOW_CODE = "the op's hand-written backward equals the last line on random inputs"
 
 
-def explain(name, fmt="text"):
+def _how(d):
+    return HOW_SCALAR if d.scalar else HOW_ARRAY
+
+
+def _marks(d, check):
+    """{step number or "code": (ok, how)}; None when not checked here."""
+    if not check:
+        return None
+    return {k: (bool(v.correct), v.method) for k, v in _checked(d)}
+
+
+_CHECKED = {}
+
+
+def _checked(d, seed=0):
+    """derivations.check(d), remembered for the derivation's content (explain, the notebook
+    display and the tests ask for the same checks)."""
+    key = (d.function, d.wrt, tuple(s.expr for s in d.steps), tuple(sorted(d.shapes.items())),
+           tuple(d.let), d.positive, id(d.code), seed)
+    if key not in _CHECKED:
+        _CHECKED[key] = check(d, seed)
+    return _CHECKED[key]
+
+
+def _mark(ok):
+    return "✓" if ok else "✗ does not follow:"
+
+
+def explain(name, fmt="text", check=True):
     """Formula, derivative, convention at kinks and derivations of one op (or of a
-    composite pattern of modules, such as ``residual``)."""
+    composite pattern of modules, such as ``residual``), every step marked as checked:
+    ``check=True`` runs the checks now and shows their verdicts; ``check=False`` says
+    how the test suite checks each step."""
     op = COMPOSITES[name] if name in COMPOSITES else ops.get(name)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not valid; expected one of {', '.join(FORMATS)}")
     derivations = for_op(name)
     if fmt == "latex":
-        return _latex(op, derivations)
-    md = fmt == "markdown"
-    out = [f"## {name}" if md else name, ""]
-    math = (lambda s: f"$${s}$$") if md else (lambda s: f"    {s}")
-    out += ["forward:", math(op.formula), "", "derivative:", math(op.derivative), ""]
-    out += [f"at kinks: {op.convention}", ""]
-    if not derivations:
-        out.append("(no step-by-step derivation for this op yet; the derivative above is checked "
-                   "against PyTorch, finite differences and, for scalar ops, SymPy)")
+        return _latex(op, derivations, check)
+    if fmt == "markdown":
+        out = [f"## {name}", "", "forward:", f"$${op.formula}$$", "", "derivative:",
+               f"$${op.derivative}$$", "", f"at kinks: {op.convention}", ""]
+        for d in derivations:
+            out += _markdown(d, check)
+        return "\n".join(out).rstrip() + "\n"
+    from .mathtext import to_unicode
+    out = [name, "", f"  forward     {to_unicode(op.formula)}",
+           f"  derivative  {to_unicode(op.derivative)}", f"  at kinks    {op.convention}", ""]
     for d in derivations:
-        out += [f"### {d.title}" if md else f"derivation: {d.title}", ""]
-        if d.setup:
-            out += [math(d.setup), ""]
-        if d.let:
-            out += (["where " + ", ".join(f"`{t}`" for t in d.let), ""] if md
-                    else ["  where " + "; ".join(d.let), ""])
-        for k, step in enumerate(d.steps, start=1):
-            if md:
-                out += [f"{k}. $${step.tex}$$", f"   *{step.why}*  ", f"   checked as `{step.expr}`", ""]
-            else:
-                out += [f"  {k}. {step.expr}", f"       {step.tex}", f"       ({step.why})"]
-        out.append("")
+        out += _text(d, check)
     return "\n".join(out).rstrip() + "\n"
 
 
-def _latex(op, derivations):
-    out = [f"% {op.name}", r"\paragraph{" + op.name.replace("_", r"\_") + "}",
+def _text(d, check):
+    from .mathtext import to_unicode
+    marks = _marks(d, check)
+    out = [f"derivation: {d.title}"]
+    if d.setup:
+        out += [f"  setting: {to_unicode(d.setup)}"]
+    if d.let:
+        out += ["  definitions (as the check evaluates them):"] + [f"    {t}" for t in d.let]
+    out.append("")
+    for k, step in enumerate(d.steps, start=1):
+        out += [f"  {k}. {to_unicode(step.tex)}", f"     why: {step.why}", f"     as:  {step.expr}"]
+        out.append(f"     {_mark(marks[k][0])} {marks[k][1]}" if marks else f"     checked by the test suite {_how(d)}")
+    if d.code is not None:
+        out.append(f"  {_mark(marks['code'][0])} {HOW_CODE}" if marks
+                   else f"  the test suite checks that {HOW_CODE}")
+    if marks:
+        out.append("  (checked just now by handydl.derivations.check)")
+    return out + [""]
+
+
+def _markdown(d, check):
+    marks = _marks(d, check)
+    out = [f"### {d.title}", ""]
+    if d.setup:
+        out += [f"$${d.setup}$$", ""]
+    if d.let:
+        out += ["definitions (as the check evaluates them): " + ", ".join(f"`{t}`" for t in d.let), ""]
+    for k, step in enumerate(d.steps, start=1):
+        how = f"{_mark(marks[k][0])} {marks[k][1]}" if marks else f"checked {_how(d)}"
+        out += [f"{k}. $${step.tex}$$", f"   *{step.why}*  ", f"   `{step.expr}`: {how}", ""]
+    if d.code is not None:
+        out += [(f"{_mark(marks['code'][0])} {HOW_CODE}." if marks
+                 else f"The test suite checks that {HOW_CODE}."), ""]
+    return out
+
+
+def _latex(op, derivations, check=True):
+    out = [f"% {op.name}", r"\paragraph{" + _tex_text(op.name) + "}",
            r"\[ " + op.formula + r" \]", r"\[ " + op.derivative + r" \]",
-           "Convention at kinks: " + op.convention.replace("_", r"\_") + "."]
+           "Convention at kinks: " + _tex_text(op.convention) + "."]
     for d in derivations:
-        out.append(r"\subparagraph{" + d.title + "}")
-        if d.setup:
-            out.append(r"\[ " + d.setup + r" \]")
-        out.append(r"\begin{align*}")
-        out += [f"  &{s.tex} && \\text{{{_tex_text(s.why)}}} \\\\" for s in d.steps]
-        out.append(r"\end{align*}")
+        out += _latex_derivation(d, check)
     return "\n".join(out) + "\n"
 
 
+def _latex_derivation(d, check):
+    marks = _marks(d, check)
+    out = [r"\subparagraph{" + _tex_text(d.title) + "}"]
+    if d.setup:
+        out.append(r"\[ " + d.setup + r" \]")
+    if d.let:
+        out.append("Definitions (as the check evaluates them): "
+                   + ", ".join(r"\texttt{" + _tex_text(t) + "}" for t in d.let) + ".")
+    out.append(r"\begin{align*}")
+    out += [f"  &{s.tex} && \\text{{{_tex_text(s.why)}}} \\\\" for s in d.steps]
+    out.append(r"\end{align*}")
+    if marks:
+        out += [f"Line {k}: " + ("checked, " if ok else "does not follow, ") + _tex_text(how) + "."
+                for k, (ok, how) in marks.items() if k != "code"]
+        if "code" in marks:
+            out.append(("Checked: " if marks["code"][0] else "Fails: ") + _tex_text(HOW_CODE) + ".")
+    else:
+        out.append("Every line is checked by the test suite " + _tex_text(_how(d))
+                   + ("; " + _tex_text(HOW_CODE) if d.code is not None else "") + ".")
+    return out
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "^": r"\textasciicircum{}", "{": r"\{",
+                "}": r"\}", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "~": r"\textasciitilde{}"}
+
+
 def _tex_text(s):
-    return s.replace("_", r"\_").replace("^", r"\^{}").replace("{", r"\{").replace("}", r"\}")
+    """Plain text for LaTeX's text mode, every special character escaped once."""
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in s)
 
 
-def render_all(fmt="markdown"):
+def render_all(fmt="markdown", check=False):
     """Every op with a derivation, in registry order: the text of docs/derivations.md."""
     names = [n for n in ops.names() if for_op(n)] + list(COMPOSITES)
     head = ("# Derivations\n\nGenerated by `handydl explain --all --format markdown` from "
             "`handydl/derivations.py`; every step is machine-checked by the test suite "
             "(SymPy for scalar steps, central differences on random inputs for arrays), and "
-            "the op's hand-written backward is compared with the last line.\n\n")
-    return head + "\n".join(explain(n, fmt) for n in names)
+            "the op's hand-written backward is compared with the last line. "
+            "`handydl explain NAME` runs the checks when it prints.\n\n")
+    if fmt != "markdown":
+        head = ("% " if fmt == "latex" else "") + "Derivations, generated from handydl/derivations.py\n\n"
+    return head + "\n".join(explain(n, fmt, check) for n in names)

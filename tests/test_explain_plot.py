@@ -57,10 +57,12 @@ def test_docs_are_generated_from_the_derivations_and_up_to_date():
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "latex"])
 def test_explain_every_op_in_every_format(fmt):
+    from handydl.mathtext import to_unicode
     for name in ops.names():
-        out = derivations.explain(name, fmt)
+        out = derivations.explain(name, fmt, check=False)
         assert name.replace("_", r"\_") in out or name in out
-        assert ops.get(name).formula in out
+        formula = ops.get(name).formula
+        assert (to_unicode(formula) if fmt == "text" else formula) in out
 
 
 def test_explain_cli():

@@ -27,7 +27,7 @@ def _shift_by_max(x, dim):
 @register(
     "softmax", module="Softmax", kind="softmax",
     formula=r"p_i = \mathrm{softmax}(x)_i = \frac{e^{x_i}}{\sum_k e^{x_k}}",
-    derivative=(r"\frac{\partial p_i}{\partial x_j} = p_i(\delta_{ij} - p_j),\quad"
+    derivative=(r"\frac{\partial p_i}{\partial x_j} = p_i(\delta_{ij} - p_j),\quad "
                 r"g_x = p \odot \bigl(g_y - \textstyle\sum_k g_{y,k}\,p_k\bigr)"),
     params={"dim": -1}, inputs=("x",), complex_step=True,
     domains=((-6.0, 6.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_row_sample,
@@ -61,7 +61,7 @@ def softmax_jacobian(x, dim=-1):
 @register(
     "log_softmax", module="LogSoftmax", kind="softmax",
     formula=r"\log p_i = x_i - \log\sum_k e^{x_k}",
-    derivative=(r"\frac{\partial \log p_i}{\partial x_j} = \delta_{ij} - p_j,\quad"
+    derivative=(r"\frac{\partial \log p_i}{\partial x_j} = \delta_{ij} - p_j,\quad "
                 r"g_x = g_y - p \textstyle\sum_k g_{y,k}"),
     params={"dim": -1}, inputs=("x",), complex_step=True,
     domains=((-6.0, 6.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_row_sample,
@@ -90,7 +90,7 @@ def log_softmax_jacobian(x, dim=-1):
 @register(
     "sum_normalize", module="SumNormalize", kind="softmax",
     formula=r"y_i = \frac{x_i}{S},\quad S = \sum_k x_k",
-    derivative=(r"\frac{\partial y_i}{\partial x_j} = \frac{\delta_{ij}}{S} - \frac{x_i}{S^2},\quad"
+    derivative=(r"\frac{\partial y_i}{\partial x_j} = \frac{\delta_{ij}}{S} - \frac{x_i}{S^2},\quad "
                 r"g_{x,i} = \frac{g_{y,i}}{S} - \frac{\sum_k g_{y,k} x_k}{S^2}"),
     convention="undefined where S = 0 (the result is inf or NaN there, as x / x.sum() in PyTorch)",
     params={"dim": -1}, inputs=("x",), complex_step=True,
