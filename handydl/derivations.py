@@ -41,6 +41,7 @@ class Derivation:
     positive: bool = False       # draw positive inputs (x / sum(x) needs sum(x) far from 0)
     setup: str = ""              # the setting, in words
     code: Callable | None = None  # env -> the library's backward, to compare with the last step
+    domain: tuple = (-6.0, 6.0)  # scalar derivations: where the steps and the code are compared
 
     @property
     def scalar(self):
@@ -427,6 +428,432 @@ _CNN = [
 ]
 
 
+# -- every other activation: scalar derivations, checked by SymPy and sampling -----------------
+
+def _scalar_code(op, **params):
+    """The op's backward with upstream gradient 1: its derivative at every x."""
+    return lambda env: _backward(op, env["x"], gy=_ones(env["x"]), **params)
+
+
+_SELU_L, _SELU_A = "1.0507009873554805", "1.6732632423543772"   # PyTorch's scale and alpha
+_GELU_TANH_U = "sqrt(2 / pi) * (x + 0.044715 * x**3)"
+_MISH_S = "log(1 + exp(x))"
+
+_ACTIVATIONS = [
+    Derivation(
+        "leaky_relu", "the derivative of LeakyReLU", "x if x > 0 else 0.01 * x", [
+            Step(r"\mathrm{LeakyReLU}'(x) = \begin{cases} \frac{d}{dx} x = 1 & x > 0 \\ \frac{d}{dx}\, a x = a & x \le 0 \end{cases}",
+                 "1 if x > 0 else 0.01",
+                 "differentiate each piece; at x = 0 the left derivative is a and the right one 1, "
+                 "so LeakyReLU'(0) is a convention: a, as PyTorch"),
+            Step(r"= a + (1 - a)\,[x > 0]", "0.01 + 0.99 * where(x > 0, 1, 0)",
+                 "one expression: backward scales g by 1 where x > 0 and by a elsewhere"),
+        ],
+        setup=r"\mathrm{LeakyReLU}(x) = \begin{cases} x & x > 0 \\ a x & x \le 0 \end{cases},\quad a = 0.01\ (\text{negative\_slope})",
+        code=_scalar_code(ops.leaky_relu)),
+    Derivation(
+        "prelu", "PReLU: dL/dx, the LeakyReLU rule with the learned slope", "x if x > 0 else 0.25 * x", [
+            Step(r"\frac{\partial y}{\partial x} = \begin{cases} 1 & x > 0 \\ a & x \le 0 \end{cases}",
+                 "1 if x > 0 else 0.25",
+                 "as LeakyReLU, with a the learned slope (here its initial value 0.25); at 0 the "
+                 "convention is a, as PyTorch"),
+        ],
+        setup=r"\mathrm{PReLU}(x) = \begin{cases} x & x > 0 \\ a x & x \le 0 \end{cases},\quad a = 0.25",
+        code=lambda env: _backward(ops.prelu, env["x"], np.array([0.25]), gy=_ones(env["x"]))),
+    Derivation(
+        "prelu", "PReLU: dL/da, one slope per channel", "sum(G * where(X > 0, X, a * X))", [
+            Step(r"\frac{\partial L}{\partial a_c} = \sum_{n} g_{n,c}\,\frac{\partial y_{n,c}}{\partial a_c}"
+                 r" = \sum_n g_{n,c}\, x_{n,c}\, [x_{n,c} \le 0]",
+                 "einsum('nc->c', G * X * (X <= 0))",
+                 "y_{n,c} = a_c x_{n,c} where x_{n,c} <= 0 (derivative x_{n,c}) and x_{n,c} elsewhere "
+                 "(derivative 0); a_c is shared by every sample of channel c, so the terms add over n"),
+        ],
+        wrt="a", shapes={"X": (5, 3), "a": (3,), "G": (5, 3)},
+        setup=r"y_{n,c} = \begin{cases} x_{n,c} & x_{n,c} > 0 \\ a_c x_{n,c} & x_{n,c} \le 0 \end{cases},"
+              r"\ x: (N, C) = (5, 3),\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.prelu, env["X"], env["a"], gy=env["G"], index=1)),
+    Derivation(
+        "elu", "the derivative of ELU", "x if x > 0 else exp(x) - 1", [
+            Step(r"\mathrm{ELU}'(x) = \begin{cases} 1 & x > 0 \\ \alpha e^{x} & x \le 0 \end{cases}",
+                 "1 if x > 0 else exp(x)",
+                 "differentiate each piece (here alpha = 1, the default); at 0 the convention is the left "
+                 "limit alpha, as PyTorch (with alpha = 1 both sides are 1)"),
+            Step(r"= \begin{cases} 1 & x > 0 \\ y + \alpha & x \le 0 \end{cases}", "1 if x > 0 else elu(x) + 1",
+                 "alpha e^x = alpha (e^x - 1) + alpha = y + alpha: the derivative from the output"),
+        ],
+        setup=r"\mathrm{ELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases},\quad \alpha = 1",
+        code=_scalar_code(ops.elu)),
+    Derivation(
+        "celu", "the derivative of CELU (alpha = 2)", "x if x > 0 else 2 * (exp(x / 2) - 1)", [
+            Step(r"\mathrm{CELU}'(x) = \begin{cases} 1 & x > 0 \\ \alpha\, e^{x/\alpha} \cdot \frac{1}{\alpha} & x \le 0 \end{cases}",
+                 "1 if x > 0 else 2 * exp(x / 2) * (1 / 2)", "chain rule on e^{x/alpha}: the inner derivative is 1/alpha"),
+            Step(r"= \begin{cases} 1 & x > 0 \\ e^{x/\alpha} & x \le 0 \end{cases}", "1 if x > 0 else exp(x / 2)",
+                 "alpha cancels; at 0 both sides are 1, for every alpha: CELU is continuously differentiable"),
+            Step(r"= \begin{cases} 1 & x > 0 \\ y/\alpha + 1 & x \le 0 \end{cases}",
+                 "1 if x > 0 else (2 * (exp(x / 2) - 1)) / 2 + 1", "e^{x/alpha} = (y / alpha) + 1: from the output"),
+        ],
+        setup=r"\mathrm{CELU}(x) = \begin{cases} x & x > 0 \\ \alpha (e^{x/\alpha} - 1) & x \le 0 \end{cases},\quad \alpha = 2",
+        code=_scalar_code(ops.celu, alpha=2.0)),
+    Derivation(
+        "selu", "the derivative of SELU", f"{_SELU_L} * (x if x > 0 else {_SELU_A} * (exp(x) - 1))", [
+            Step(r"\mathrm{SELU}'(x) = \begin{cases} \lambda & x > 0 \\ \lambda \alpha e^{x} & x \le 0 \end{cases}",
+                 f"{_SELU_L} if x > 0 else {_SELU_L} * {_SELU_A} * exp(x)",
+                 "the ELU rule scaled by lambda; at 0 the convention is the left limit lambda alpha, as PyTorch"),
+            Step(r"= \begin{cases} \lambda & x > 0 \\ y + \lambda\alpha & x \le 0 \end{cases}",
+                 f"{_SELU_L} if x > 0 else {_SELU_L} * {_SELU_A} * (exp(x) - 1) + {_SELU_L} * {_SELU_A}",
+                 "lambda alpha e^x = lambda alpha (e^x - 1) + lambda alpha = y + lambda alpha: from the output"),
+        ],
+        setup=(r"\mathrm{SELU}(x) = \lambda \begin{cases} x & x > 0 \\ \alpha (e^{x} - 1) & x \le 0 \end{cases},\ "
+               r"\lambda = 1.0507009873554805,\ \alpha = 1.6732632423543772"),
+        code=_scalar_code(ops.selu)),
+    Derivation(
+        "relu6", "the derivative of ReLU6", "min(max(0, x), 6)", [
+            Step(r"\mathrm{ReLU6}'(x) = \begin{cases} 0 & x < 0 \\ 1 & 0 < x < 6 \\ 0 & x > 6 \end{cases}",
+                 "0 if x <= 0 else (1 if x < 6 else 0)",
+                 "three pieces, 0, x and 6; at the kinks 0 and 6 the one-sided derivatives differ (0 and 1), "
+                 "and the convention is 0 at both, as PyTorch"),
+            Step(r"= [0 < x < 6]", "where(x > 0, where(x < 6, 1, 0), 0)",
+                 "the indicator of the linear piece: backward keeps g only there"),
+        ],
+        setup=r"\mathrm{ReLU6}(x) = \min(\max(0, x), 6)",
+        code=_scalar_code(ops.relu6)),
+    Derivation(
+        "gelu", "the derivative of GELU (exact, erf)", "x * (1 + erf(x / sqrt(2))) / 2", [
+            Step(r"\mathrm{GELU}'(x) = \frac12\Bigl(1 + \mathrm{erf}\bigl(\tfrac{x}{\sqrt2}\bigr)\Bigr)"
+                 r" + \frac{x}{2} \cdot \frac{2}{\sqrt\pi} e^{-x^2/2} \cdot \frac{1}{\sqrt2}",
+                 "(1 + erf(x / sqrt(2))) / 2 + x / 2 * (2 / sqrt(pi)) * exp(-x**2 / 2) / sqrt(2)",
+                 "product rule on x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2; erf'(u) = (2 / sqrt pi) "
+                 "e^{-u^2}, and u = x / sqrt 2 has derivative 1 / sqrt 2"),
+            Step(r"= \Phi(x) + x\,\varphi(x),\quad \varphi(x) = \frac{e^{-x^2/2}}{\sqrt{2\pi}}",
+                 "(1 + erf(x / sqrt(2))) / 2 + x * exp(-x**2 / 2) / sqrt(2 * pi)",
+                 "2 / (2 sqrt(pi) sqrt(2)) = 1 / sqrt(2 pi): the normal CDF plus x times the normal density"),
+        ],
+        setup=r"\mathrm{GELU}(x) = x\,\Phi(x) = \frac{x}{2}\Bigl(1 + \mathrm{erf}\bigl(\tfrac{x}{\sqrt2}\bigr)\Bigr)"
+              r"\quad(\text{approximate='none', the default, as PyTorch})",
+        code=_scalar_code(ops.gelu)),
+    Derivation(
+        "gelu", "the derivative of GELU (tanh approximation)", f"sum(x / 2 * (1 + tanh({_GELU_TANH_U})))", [
+            Step(r"\mathrm{GELU}'(x) = \frac12 (1 + t) + \frac{x}{2}\,(1 - t^2)\,u',\quad "
+                 r"t = \tanh u,\ u = \sqrt{2/\pi}\,(x + 0.044715\,x^3)",
+                 f"(1 + tanh({_GELU_TANH_U})) / 2 + x / 2 * (1 - tanh({_GELU_TANH_U})**2)"
+                 " * sqrt(2 / pi) * (1 + 3 * 0.044715 * x**2)",
+                 "product rule on (x/2)(1 + t), tanh' = 1 - tanh^2, and the chain rule through u"),
+            Step(r"= \frac12 (1 + t) + \frac{x}{2}\,(1 - t^2)\sqrt{2/\pi}\,(1 + 0.134145\,x^2)",
+                 f"(1 + tanh({_GELU_TANH_U})) / 2 + x / 2 * (1 - tanh({_GELU_TANH_U})**2)"
+                 " * sqrt(2 / pi) * (1 + 0.134145 * x**2)",
+                 "u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2); backward keeps t from the forward pass"),
+        ],
+        # checked elementwise on a vector (central differences): SymPy takes a minute to simplify
+        # the derivative of tanh of a cubic, and sampling decides anyway
+        shapes={"x": (9,)},
+        setup=r"\mathrm{GELU}_{\tanh}(x) = \frac{x}{2}\Bigl(1 + \tanh\bigl(\sqrt{2/\pi}\,(x + 0.044715\,x^3)\bigr)\Bigr)"
+              r"\quad(\text{approximate='tanh'})",
+        code=_scalar_code(ops.gelu, approximate="tanh")),
+    Derivation(
+        "silu", "the derivative of SiLU (swish)", "x / (1 + exp(-x))", [
+            Step(r"\mathrm{SiLU}'(x) = \sigma(x) + x\,\sigma(x)\bigl(1 - \sigma(x)\bigr)",
+                 "sigmoid(x) + x * sigmoid(x) * (1 - sigmoid(x))",
+                 "product rule on x sigma(x), with sigma' = sigma (1 - sigma)"),
+            Step(r"= \sigma(x)\bigl(1 + x(1 - \sigma(x))\bigr)", "sigmoid(x) * (1 + x * (1 - sigmoid(x)))",
+                 "factor sigma(x): backward needs only x and sigma(x)"),
+        ],
+        setup=r"\mathrm{SiLU}(x) = x\,\sigma(x) = \frac{x}{1 + e^{-x}}",
+        code=_scalar_code(ops.silu)),
+    Derivation(
+        "mish", "the derivative of Mish", f"x * tanh({_MISH_S})", [
+            Step(r"\mathrm{Mish}'(x) = \tanh s + x\,(1 - \tanh^2 s)\,s',\quad s = \ln(1 + e^{x}),\ s' = \frac{e^{x}}{1 + e^{x}}",
+                 f"tanh({_MISH_S}) + x * (1 - tanh({_MISH_S})**2) * exp(x) / (1 + exp(x))",
+                 "product rule on x tanh(s), then the chain rule through tanh (1 - tanh^2) and softplus"),
+            Step(r"= \tanh s + x\,\sigma(x)\,(1 - \tanh^2 s)",
+                 f"tanh({_MISH_S}) + x * sigmoid(x) * (1 - tanh({_MISH_S})**2)",
+                 "softplus' = e^x / (1 + e^x) = sigma(x)"),
+        ],
+        setup=r"\mathrm{Mish}(x) = x \tanh\bigl(\mathrm{softplus}(x)\bigr) = x \tanh\bigl(\ln(1 + e^{x})\bigr)",
+        code=_scalar_code(ops.mish)),
+    Derivation(
+        "hardsigmoid", "the derivative of hardsigmoid", "min(max(0, x / 6 + 1 / 2), 1)", [
+            Step(r"\mathrm{hardsigmoid}'(x) = \begin{cases} 0 & x \le -3 \\ \frac16 & -3 < x < 3 \\ 0 & x \ge 3 \end{cases}",
+                 "0 if x <= -3 else (1 / 6 if x < 3 else 0)",
+                 "x/6 + 1/2 leaves [0, 1] at x = -3 and x = 3; the slope of the middle piece is 1/6, the "
+                 "clipped pieces are constant. At the kinks the convention is 0, as PyTorch"),
+            Step(r"= \tfrac16\,[-3 < x < 3]", "where(x > -3, where(x < 3, 1 / 6, 0), 0)", "as an indicator"),
+        ],
+        setup=r"\mathrm{hardsigmoid}(x) = \min\bigl(\max(0, \tfrac{x}{6} + \tfrac12), 1\bigr)",
+        code=_scalar_code(ops.hardsigmoid)),
+    Derivation(
+        "hardswish", "the derivative of hardswish", "x * min(max(0, x + 3), 6) / 6", [
+            Step(r"\mathrm{hardswish}'(x) = \begin{cases} 0 & x \le -3 \\ \frac{d}{dx} \frac{x (x + 3)}{6} = \frac{2x + 3}{6} & -3 < x < 3 \\ 1 & x \ge 3 \end{cases}",
+                 "0 if x <= -3 else ((2 * x + 3) / 6 if x < 3 else 1)",
+                 "three pieces: 0, x (x + 3) / 6 and x. At x = -3 the sides are 0 and -1/2 and at x = 3 "
+                 "they are 3/2 and 1: the conventions are 0 and 1 (the outer pieces), as PyTorch"),
+            Step(r"= \begin{cases} 0 & x \le -3 \\ \frac{x}{3} + \frac12 & -3 < x < 3 \\ 1 & x \ge 3 \end{cases}",
+                 "where(x <= -3, 0, where(x < 3, x / 3 + 1 / 2, 1))", "(2x + 3)/6 = x/3 + 1/2"),
+        ],
+        setup=r"\mathrm{hardswish}(x) = x\,\frac{\min(\max(0, x + 3), 6)}{6}",
+        code=_scalar_code(ops.hardswish)),
+    Derivation(
+        "identity", "the derivative of the identity", "x", [
+            Step(r"f'(x) = \frac{d}{dx}\, x = 1", "1",
+                 "the identity passes the upstream gradient unchanged: g_x = g_y"),
+        ],
+        setup=r"f(x) = x", code=_scalar_code(ops.identity)),
+]
+
+
+# -- the rest of the registry: arrays, checked against central differences ----------------------
+
+def _onehot(rows, classes):
+    """A fixed one-hot matrix in the expression language: row n is the one-hot of rows[n]."""
+    return "stack(" + ", ".join(f"eye({classes})[{r}]" for r in rows) + ")"
+
+
+_TARGETS = (0, 2, 1, 0)                        # class indices of the 4 rows of the loss examples
+_Y1H = _onehot(_TARGETS, 3)
+_LN_LET = ["M = 5", "Z = X.T", "GZ = G.T", "H = einsum('d,dn->dn', gamma, GZ)", "mu = mean(Z, 0)",
+           "s = sqrt(mean((Z - mu)**2, 0) + 0.00001)", "zhat = (Z - mu) / s"]
+_RESHAPED = "stack(" + ", ".join("stack(" + ", ".join(f"G[{4 * i + j}]" for j in range(4)) + ")"
+                                 for i in range(3)) + ")"
+
+_REST = [
+    Derivation(
+        "log_softmax", "the gradient of log-softmax", "sum(G * (o - log(sum(exp(o)))))", [
+            Step(r"\frac{\partial L}{\partial o_j} = \sum_i g_i\,\frac{\partial \log p_i}{\partial o_j}"
+                 r" = \sum_i g_i \Bigl(\delta_{ij} - \frac{e^{o_j}}{\sum_k e^{o_k}}\Bigr)",
+                 "G - sum(G) * exp(o) / sum(exp(o))",
+                 "log p_i = o_i - log sum_k e^{o_k}: d o_i/d o_j = delta_ij, and the log-sum-exp has "
+                 "derivative e^{o_j} / sum_k e^{o_k} = p_j"),
+            Step(r"= g_j - p_j \sum_i g_i", "G - p * sum(G)",
+                 "sum_i g_i delta_ij = g_j; backward needs only p = exp(y), from the output"),
+        ],
+        wrt="o", shapes={"o": (5,), "G": (5,)}, let=["p = softmax(o)"],
+        setup=r"y_i = \log p_i = o_i - \log\sum_k e^{o_k},\quad G = \partial L/\partial y",
+        code=lambda env: _backward(ops.log_softmax, env["o"], gy=env["G"])),
+    Derivation(
+        "matmul", "the matrix product: dL/dA", "sum(G * (A @ B))", [
+            Step(r"\frac{\partial L}{\partial A_{ik}} = \sum_j G_{ij}\,\frac{\partial Y_{ij}}{\partial A_{ik}} = \sum_j G_{ij} B_{kj}",
+                 "einsum('ij,kj->ik', G, B)", "Y_ij = sum_k A_ik B_kj, so dY_ij/dA_ik = B_kj"),
+            Step(r"\frac{\partial L}{\partial A} = G B^\top", "G @ B.T", "the sum over j is a product with B^T"),
+        ],
+        wrt="A", shapes={"A": (3, 4), "B": (4, 2), "G": (3, 2)}, setup=r"Y = A B,\ G = \partial L/\partial Y",
+        code=lambda env: _backward(ops.matmul, env["A"], env["B"], gy=env["G"], index=0)),
+    Derivation(
+        "matmul", "the matrix product: dL/dB", "sum(G * (A @ B))", [
+            Step(r"\frac{\partial L}{\partial B_{kj}} = \sum_i G_{ij} A_{ik}", "einsum('ij,ik->kj', G, A)",
+                 "dY_ij/dB_kj = A_ik, summed over the rows i"),
+            Step(r"\frac{\partial L}{\partial B} = A^\top G", "A.T @ G", "a product with A^T"),
+        ],
+        wrt="B", shapes={"A": (3, 4), "B": (4, 2), "G": (3, 2)}, setup=r"Y = A B,\ G = \partial L/\partial Y",
+        code=lambda env: _backward(ops.matmul, env["A"], env["B"], gy=env["G"], index=1)),
+    Derivation(
+        "chain_matmul", "a chain of products: dL/dX_2 of X_1 X_2 X_3", "sum(G * (X1 @ X2 @ X3))", [
+            Step(r"\frac{\partial L}{\partial (X_2)_{kl}} = \sum_{i,m} G_{im} (X_1)_{ik} (X_3)_{lm}",
+                 "einsum('im,ik,lm->kl', G, X1, X3)",
+                 "Y_im = sum_{k,l} (X_1)_ik (X_2)_kl (X_3)_lm is linear in X_2"),
+            Step(r"= \bigl(X_1^\top G X_3^\top\bigr)_{kl}", "X1.T @ G @ X3.T",
+                 "the factors on the left enter transposed on the left, those on the right transposed on "
+                 "the right: the matmul rule applied twice"),
+        ],
+        wrt="X2", shapes={"X1": (2, 3), "X2": (3, 4), "X3": (4, 2), "G": (2, 2)},
+        setup=r"Y = X_1 X_2 X_3,\ G = \partial L/\partial Y",
+        code=lambda env: _backward(ops.chain_matmul, env["X1"], env["X2"], env["X3"], gy=env["G"], index=1)),
+    Derivation(
+        "batch_norm_eval", "batch normalization in evaluation mode: dL/dx",
+        "sum(G * (gamma * (X - m) / sqrt(v + 0.00001) + beta))", [
+            Step(r"\frac{\partial L}{\partial x} = \frac{\gamma\,G}{\sqrt{\hat\sigma^2 + \epsilon}}",
+                 "gamma * G / sqrt(v + 0.00001)",
+                 "the running statistics are constants in evaluation mode, so y is affine in x with "
+                 "slope gamma / sqrt(var + eps) per feature: none of training mode's paths through "
+                 "the batch mean and variance"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "gamma": (3,), "beta": (3,), "m": (3,), "v": (3,), "G": (4, 3)},
+        positive=True,
+        setup=r"y = \gamma\,\frac{x - \hat\mu}{\sqrt{\hat\sigma^2 + \epsilon}} + \beta\quad(\hat\mu = m,\ \hat\sigma^2 = v\text{: running statistics})",
+        code=lambda env: _backward(ops.batch_norm_eval, env["X"], env["gamma"], env["beta"], env["m"], env["v"],
+                                   gy=env["G"])),
+    Derivation(
+        "batch_norm2d_eval", "BatchNorm2d in evaluation mode: dL/dx", "sum(GZ * (gamma * (Z - m) / sqrt(v + 0.00001)))", [
+            Step(r"\frac{\partial L}{\partial x_{n,c,h,w}} = \frac{\gamma_c\,g_{n,c,h,w}}{\sqrt{\hat\sigma_c^2 + \epsilon}}",
+                 "einsum('nuvc->ncuv', gamma * GZ / sqrt(v + 0.00001))",
+                 "per channel c an affine map with constant statistics: the slope gamma_c / sqrt(var_c + eps) "
+                 "at every (n, h, w); z is the channels-last view"),
+        ],
+        wrt="X", shapes={"X": (2, 3, 2, 2), "gamma": (3,), "m": (3,), "v": (3,), "G": (2, 3, 2, 2)},
+        let=["Z = einsum('ncuv->nuvc', X)", "GZ = einsum('ncuv->nuvc', G)"], positive=True,
+        setup=r"y_{n,c,h,w} = \gamma_c\,\frac{x_{n,c,h,w} - \hat\mu_c}{\sqrt{\hat\sigma_c^2 + \epsilon}} + \beta_c"
+              r"\quad(\text{running statistics})",
+        code=lambda env: _backward(ops.batch_norm2d_eval, env["X"], env["gamma"], np.zeros(3), env["m"], env["v"],
+                                   gy=env["G"])),
+    Derivation(
+        "layer_norm", "layer normalization: dL/dx, batch norm's rule over each sample's features",
+        "sum(G * layer_norm(X, gamma, beta))", [
+            Step(r"\frac{\partial L}{\partial x} = \frac{h}{\sigma} + \frac{\partial L}{\partial \sigma^2} \frac{2 (x - \mu)}{M}"
+                 r" + \frac{\partial L}{\partial \mu} \frac{1}{M},\quad h = \gamma \odot g,\ "
+                 r"\frac{\partial L}{\partial \sigma^2} = -\tfrac12 \sum_d h_d (x_d - \mu) \sigma^{-3},\ "
+                 r"\frac{\partial L}{\partial \mu} = -\sum_d \frac{h_d}{\sigma}",
+                 "einsum('dn->nd', H / s + (-0.5 * sum(H * (Z - mu), 0) * s**(-3)) * 2 * (Z - mu) / M"
+                 " + (-sum(H, 0) / s) / M)",
+                 "each sample (a row of x) is normalized over its M = 5 features: batch norm's chain rule "
+                 "with the roles of the axes swapped (z = x^T has one column per sample); the affine "
+                 "gamma, beta is per feature, so dL/dxhat = gamma g = h"),
+            Step(r"= \frac{1}{\sigma}\Bigl(h - \bar h - \hat x\,\overline{h \hat x}\Bigr)\quad(\text{bars: means over the features})",
+                 "einsum('dn->nd', (H - mean(H, 0) - zhat * mean(H * zhat, 0)) / s)",
+                 "the compact form, as for batch norm"),
+        ],
+        wrt="X", shapes={"X": (3, 5), "gamma": (5,), "beta": (5,), "G": (3, 5)}, let=_LN_LET,
+        setup=r"\hat x_{n,d} = \frac{x_{n,d} - \mu_n}{\sigma_n},\ \sigma_n = \sqrt{\sigma_n^2 + \epsilon},\ "
+              r"y = \gamma_d \hat x_{n,d} + \beta_d,\ \mu_n, \sigma_n^2 \text{ over the } M = 5 \text{ features of sample } n",
+        code=lambda env: _backward(ops.layer_norm, env["X"], env["gamma"], env["beta"], gy=env["G"])),
+    Derivation(
+        "standardize", "standardizing with fixed statistics: dL/dx", "sum(G * (X - m) / sd)", [
+            Step(r"\frac{\partial L}{\partial x} = \frac{G}{s}", "G / sd",
+                 "mean and std are constants (the training set's), so y is x shifted and scaled per "
+                 "feature: the gradient is scaled by 1/std"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "m": (3,), "sd": (3,), "G": (4, 3)}, positive=True,
+        setup=r"y = \frac{x - \mu}{s},\ \mu, s \text{ fixed}",
+        code=lambda env: _backward(ops.standardize, env["X"], env["m"], env["sd"], gy=env["G"])),
+    Derivation(
+        "l1_loss", "the gradient of the mean absolute error", "mean(abs(yhat - y))", [
+            Step(r"\frac{\partial L}{\partial \hat y_i} = \frac{1}{n}\,\mathrm{sign}(\hat y_i - y_i)",
+                 "sign(yhat - y) / n",
+                 "|u|' = sign(u) away from u = 0; at u = 0 the convention is sign(0) = 0, as PyTorch"),
+        ],
+        wrt="yhat", shapes={"yhat": (4, 3), "y": (4, 3)}, let=["n = 12"],
+        setup=r"L = \frac{1}{n} \sum_i |\hat y_i - y_i|",
+        code=lambda env: _backward(ops.l1_loss, env["yhat"], env["y"], gy=1.0)),
+    Derivation(
+        "huber_loss", "the gradient of the Huber loss (delta = 1)",
+        "mean(where(abs(yhat - y) <= 1, 0.5 * (yhat - y)**2, abs(yhat - y) - 0.5))", [
+            Step(r"\frac{\partial L}{\partial \hat y_i} = \frac{1}{n} \begin{cases} d_i & |d_i| \le \delta \\ \delta\,\mathrm{sign}(d_i) & |d_i| > \delta \end{cases}",
+                 "where(abs(d) <= 1, d, sign(d)) / n",
+                 "the quadratic piece d^2/2 has derivative d, the linear piece delta (|d| - delta/2) has "
+                 "derivative delta sign(d); at |d| = delta both are delta sign(d): continuously differentiable"),
+            Step(r"= \frac{1}{n}\,\mathrm{clip}(d_i, -\delta, \delta)", "max(-1, min(1, d)) / n",
+                 "as a clip: d between -delta and delta"),
+        ],
+        wrt="yhat", shapes={"yhat": (4, 3), "y": (4, 3)}, let=["n = 12", "d = yhat - y"],
+        setup=r"L = \frac{1}{n} \sum_i \begin{cases} \tfrac12 d_i^2 & |d_i| \le \delta \\ \delta (|d_i| - \tfrac12 \delta) & \text{otherwise} \end{cases},\ d = \hat y - y,\ \delta = 1",
+        code=lambda env: _backward(ops.huber_loss, env["yhat"], env["y"], gy=1.0)),
+    Derivation(
+        "nll_loss", "the gradient of the negative log-likelihood", "-sum(Y * X) / N", [
+            Step(r"\frac{\partial L}{\partial x_{n,k}} = -\frac{1}{N}\,[k = y_n]", "-Y / N",
+                 "L = -(1/N) sum_n x_{n, y_n} picks one log-probability per row: its derivative is -1/N at "
+                 "the target class and 0 elsewhere (Y is the one-hot of the targets 0, 2, 1, 0)"),
+        ],
+        wrt="X", shapes={"X": (4, 3)}, let=["N = 4", f"Y = {_Y1H}"],
+        setup=r"L = -\frac{1}{N} \sum_n x_{n, y_n}\quad(x: \text{log-probabilities},\ y_n: \text{class indices})",
+        code=lambda env: _backward(ops.nll_loss, env["X"], np.array(_TARGETS), gy=1.0)),
+    Derivation(
+        "prob_cross_entropy", "the gradient of cross-entropy on probabilities",
+        "-sum(Y * log(P + 0.000000000001)) / N", [
+            Step(r"\frac{\partial L}{\partial p_{n,c}} = -\frac{1}{N}\,\frac{y_{n,c}}{p_{n,c} + \epsilon}",
+                 "-Y / (P + 0.000000000001) / N", "(log u)' = 1/u; the mean is over the N rows"),
+        ],
+        wrt="P", shapes={"P": (4, 3), "Y": (4, 3)}, let=["N = 4"], positive=True,
+        setup=r"L = -\frac{1}{N} \sum_{n,c} y_{n,c} \log(p_{n,c} + \epsilon),\ \epsilon = 10^{-12}",
+        code=lambda env: _backward(ops.prob_cross_entropy, env["P"], env["Y"], gy=1.0)),
+    Derivation(
+        "binary_cross_entropy", "the derivative of binary cross-entropy (target 0.3)",
+        "-(0.3 * log(p) + 0.7 * log(1 - p))", [
+            Step(r"\frac{\partial L}{\partial p} = -\Bigl(\frac{y}{p} - \frac{1 - y}{1 - p}\Bigr)",
+                 "-(0.3 / p - 0.7 / (1 - p))", "(log p)' = 1/p and (log(1 - p))' = -1/(1 - p)"),
+            Step(r"= \frac{p - y}{p\,(1 - p)}", "(p - 0.3) / (p * (1 - p))",
+                 "over the common denominator: -(y (1 - p) - (1 - y) p) = p - y. The op clamps p (1 - p) "
+                 "at 1e-12 so that the gradient stays finite at p = 0 and 1, as PyTorch"),
+        ],
+        wrt="p", domain=(0.001, 0.999),
+        setup=r"L = -\bigl(y \log p + (1 - y) \log(1 - p)\bigr),\ y = 0.3\ (\text{one element; the mean divides by } n)",
+        code=lambda env: _backward(ops.binary_cross_entropy, env["p"], np.full_like(env["p"], 0.3), gy=1.0,
+                                   reduction="sum")),
+    Derivation(
+        "binary_cross_entropy_with_logits", "binary cross-entropy on logits: the gradient is (sigma(x) - y)/n",
+        "-mean(Y * log(sigmoid(X)) + (1 - Y) * log(1 - sigmoid(X)))", [
+            Step(r"\frac{\partial L}{\partial x_i} = -\frac{1}{n}\Bigl(y_i \bigl(1 - \sigma(x_i)\bigr) - (1 - y_i)\,\sigma(x_i)\Bigr)",
+                 "-(Y * (1 - sigmoid(X)) - (1 - Y) * sigmoid(X)) / n",
+                 "(log sigma)' = 1 - sigma and (log(1 - sigma))' = -sigma"),
+            Step(r"= \frac{1}{n}\bigl(\sigma(x_i) - y_i\bigr)", "(sigmoid(X) - Y) / n",
+                 "the y sigma terms cancel: the logistic regression gradient, p - y"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "Y": (4, 3)}, let=["n = 12"],
+        setup=r"L = -\frac{1}{n} \sum_i y_i \log \sigma(x_i) + (1 - y_i) \log\bigl(1 - \sigma(x_i)\bigr)",
+        code=lambda env: _backward(ops.binary_cross_entropy_with_logits, env["X"], env["Y"], gy=1.0)),
+    Derivation(
+        "multi_margin_loss", "the gradient of the multi-class hinge loss (p = 1, margin 1)",
+        "sum(max(0, Hm) * (1 - Y.T)) / (C * N)", [
+            Step(r"\frac{\partial L}{\partial x_{n,i}} = \frac{[h_{n,i} > 0]}{C N}\ (i \ne y_n),\quad"
+                 r"\frac{\partial L}{\partial x_{n,y_n}} = -\sum_{i \ne y_n} \frac{[h_{n,i} > 0]}{C N}",
+                 "A - (Y.T * einsum('nc->n', A)).T",
+                 "h_{n,i} = 1 - x_{n,y_n} + x_{n,i} enters where it is positive: +1 for x_{n,i}, -1 for "
+                 "x_{n,y_n}, once per violated class; A holds the first part, and the target's entry "
+                 "collects minus its row sum"),
+        ],
+        wrt="X", shapes={"X": (4, 3)},
+        let=["C = 3", "N = 4", f"Y = {_Y1H}", "Hm = 1 - einsum('nc,nc->n', X, Y) + X.T",
+             "A = (where(Hm > 0, 1, 0) * (1 - Y.T)).T / (C * N)"],
+        setup=r"L = \frac{1}{N} \sum_n \frac{1}{C} \sum_{i \ne y_n} \max(0, h_{n,i}),\ h_{n,i} = 1 - x_{n,y_n} + x_{n,i}",
+        code=lambda env: _backward(ops.multi_margin_loss, env["X"], np.array(_TARGETS), gy=1.0)),
+    Derivation(
+        "dropout", "dropout: the gradient goes through the kept units, scaled", "sum(G * dropout(X))", [
+            Step(r"\frac{\partial L}{\partial x_i} = g_i\,\frac{m_i}{1 - p}", "G * M / (1 - 0.5)",
+                 "y_i = m_i x_i / (1 - p) with the mask m drawn once in the forward pass: backward uses "
+                 "the same mask (here the op's own, seed 0, p = 0.5), so a dropped unit gets no gradient"),
+        ],
+        wrt="X", shapes={"X": (4, 5), "G": (4, 5)}, let=["M = dropout(X * 0 + 1) * (1 - 0.5)"],
+        setup=r"y = \frac{m \odot x}{1 - p},\ m_i \sim \mathrm{Bernoulli}(1 - p),\ p = 0.5",
+        code=lambda env: _backward(ops.dropout, env["X"], gy=env["G"])),
+    Derivation(
+        "add", "addition with broadcasting: dL/db sums over the broadcast axis", "sum(G * (a + b))", [
+            Step(r"\frac{\partial L}{\partial b_k} = \sum_n g_{n,k}\,\frac{\partial y_{n,k}}{\partial b_k} = \sum_n g_{n,k}",
+                 "einsum('nk->k', G)",
+                 "b (shape (3,)) is broadcast over the 4 rows, so each b_k reaches 4 outputs: a fork, "
+                 "and the gradients of its copies add (dL/da = g, shape and all)"),
+        ],
+        wrt="b", shapes={"a": (4, 3), "b": (3,), "G": (4, 3)},
+        setup=r"y_{n,k} = a_{n,k} + b_k\ (\text{b broadcast over the rows}),\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.add, env["a"], env["b"], gy=env["G"], index=1)),
+    Derivation(
+        "mul", "elementwise product with broadcasting: dL/db", "sum(G * (a * b))", [
+            Step(r"\frac{\partial L}{\partial b_k} = \sum_n g_{n,k}\, a_{n,k}", "einsum('nk,nk->k', G, a)",
+                 "dy_{n,k}/db_k = a_{n,k}; b is broadcast over the rows, so the terms add over n "
+                 "(and dL/da = g * b)"),
+        ],
+        wrt="b", shapes={"a": (4, 3), "b": (3,), "G": (4, 3)},
+        setup=r"y_{n,k} = a_{n,k}\, b_k,\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.mul, env["a"], env["b"], gy=env["G"], index=1)),
+    Derivation(
+        "concat", "concatenation: each input gets its slice of the gradient", "sum(G * concat(A, B))", [
+            Step(r"\frac{\partial L}{\partial a_{i,j}} = g_{i,j}\quad(j < 2,\ \text{the columns where } a \text{ stands})",
+                 "einsum('ik,jk->ij', G, S)",
+                 "y = [a, b] along the last axis: a_{i,j} is y_{i,j}, so its gradient is g_{i,j}; S selects "
+                 "the first 2 of the 6 columns"),
+        ],
+        wrt="A", shapes={"A": (3, 2), "B": (3, 4), "G": (3, 6)}, let=["S = stack(eye(6)[0], eye(6)[1])"],
+        setup=r"y = [a, b]\ \text{along the last axis},\ a: (3, 2),\ b: (3, 4)",
+        code=lambda env: _backward(ops.concat, env["A"], env["B"], gy=env["G"], index=0)),
+    Derivation(
+        "split", "split: the gradient is the pieces' gradients put back together",
+        "sum(G1 * (X @ S1.T)) + sum(G2 * (X @ S2.T))", [
+            Step(r"\frac{\partial L}{\partial x} = [g_1, g_2]\ \text{along the last axis}", "concat(G1, G2)",
+                 "split(x, 2) cuts x (3, 4) into y_1 = x[:, :2] and y_2 = x[:, 2:] (written with the "
+                 "selection matrices S_1, S_2); each entry of x is in one piece, so its gradient is that "
+                 "piece's, in place"),
+        ],
+        wrt="X", shapes={"X": (3, 4), "G1": (3, 2), "G2": (3, 2)},
+        let=["S1 = stack(eye(4)[0], eye(4)[1])", "S2 = stack(eye(4)[2], eye(4)[3])"],
+        setup=r"[y_1, y_2] = \mathrm{split}(x, 2),\ x: (3, 4),\ g_k = \partial L/\partial y_k",
+        code=lambda env: ops.split.backward(ops.split.forward(env["X"])[1], env["G1"], env["G2"])[0]),
+    Derivation(
+        "reshape", "reshape: the gradient takes the input's shape back", "sum(G * reshape(X))", [
+            Step(r"\frac{\partial L}{\partial x_{i,j}} = g_{4i + j}", _RESHAPED,
+                 "reshape(x) to (12,) puts x_{i,j} at position 4i + j and changes no value: its gradient "
+                 "is g there, and reshape(g, x.shape) puts every g_k back"),
+        ],
+        wrt="X", shapes={"X": (3, 4), "G": (12,)},
+        setup=r"y = \mathrm{reshape}(x, (12,)),\ x: (3, 4)",
+        code=lambda env: _backward(ops.reshape, env["X"], gy=env["G"])),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -624,6 +1051,8 @@ DERIVATIONS = [
         code=_residual_backward,
     ),
     *_CNN,
+    *_ACTIVATIONS,
+    *_REST,
 ]
 
 
@@ -641,7 +1070,8 @@ def check(derivation, seed=0):
     results = []
     for k, step in enumerate(derivation.steps, start=1):
         if derivation.scalar:
-            v = verify_derivative(derivation.function, step.expr, var=derivation.wrt, lo=-6, hi=6)
+            lo, hi = derivation.domain
+            v = verify_derivative(derivation.function, step.expr, var=derivation.wrt, lo=lo, hi=hi)
         else:
             v = verify_gradient(derivation.function, derivation.wrt, step.expr, derivation.shapes,
                                 let=derivation.let, seed=seed, positive=derivation.positive)
@@ -657,14 +1087,16 @@ def _check_code(derivation, seed):
     from .check.verify import Verdict, _draw, parse_let
     rng = np.random.default_rng(seed)
     if derivation.scalar:
-        x = np.linspace(-6, 6, 97) + 0.0123
-        env = {derivation.wrt: x}
+        lo, hi = derivation.domain              # inside it, off 0 and the kinks of the registry
+        env = {derivation.wrt: np.linspace(lo, hi, 98)[1:-1] + (hi - lo) * 1e-3}
     else:
         env = _draw(rng, derivation.shapes, derivation.positive)
         for name, e in (parse_let(t) for t in derivation.let):
             env[name] = np.asarray(e.evaluate(env), dtype=np.float64)
     last = np.asarray(parse(derivation.steps[-1].expr).evaluate(env), dtype=np.float64)
     code = np.asarray(derivation.code(env), dtype=np.float64)
+    if derivation.scalar:                  # a constant derivative (the identity's 1) at every x
+        last = np.broadcast_to(last, code.shape)
     ok = code.shape == last.shape and np.allclose(code, last, rtol=1e-9, atol=1e-12)
     return Verdict(bool(ok), "the op's backward against the last line on random inputs")
 

@@ -63,6 +63,7 @@ SYMBOLS = {
     "textasciicircum": "^", "textasciitilde": "~", "textbackslash": "\\",
 }
 FRACTIONS = ("frac", "dfrac", "tfrac")
+_SIZING = ("left", "right", "bigl", "bigr", "Bigl", "Bigr", "big", "Big", "biggl", "biggr")
 CONTENT = ("text", "mathrm", "mathbf", "mathit", "mathsf", "mathtt", "texttt", "textbf", "textit",
            "emph", "operatorname", "mathrel", "mathop", "boldsymbol", "mbox", "underbrace")
 ACCENTS = {"hat": "\u0302", "widehat": "\u0302", "tilde": "\u0303", "widetilde": "\u0303",
@@ -154,12 +155,26 @@ def _atomic(text):
     return True
 
 
+def _enclosed(text):
+    """Is ``text`` one parenthesized group, as (a + b)?"""
+    if not (text.startswith("(") and text.endswith(")")):
+        return False
+    depth = 0
+    for ch in text[:-1]:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return False
+    return True
+
+
 def _wrap(text):
     return text if _atomic(text) else f"({text})"
 
 
 class _Render:
     """A walk of pylatexenc's nodes that writes Unicode."""
+
+    in_text = False                          # inside \text{...}: a quote stays a quote
 
     def nodes(self, nodelist):
         from pylatexenc.latexwalker import LatexCharsNode
@@ -180,7 +195,7 @@ class _Render:
                 i += 1
                 out.append(_script(arg, SUP if t == "^" else SUB, t))
             elif isinstance(t, str):
-                out.append("′" if t == "'" else t)
+                out.append("′" if t == "'" and not self.in_text else t)
             elif getattr(t, "macroname", None) in ("left", "right") and i < len(tokens) and _is(tokens[i], "."):
                 i += 1                      # \left. is an invisible delimiter
             elif getattr(t, "macroname", None) == "underbrace" and i < len(tokens) and _is(tokens[i], "_"):
@@ -192,8 +207,11 @@ class _Render:
                 if getattr(t, "macroname", None) in SYMBOLS and t.macro_post_space and i < len(tokens) and isinstance(tokens[i], str) \
                         and not (tokens[i].isalnum() or tokens[i] in " _^'({[") and not text.endswith(" "):
                     text += " "             # σ = …, not σ= …
-                if getattr(t, "macroname", None) in FRACTIONS and i < len(tokens) \
-                        and (not isinstance(tokens[i], str) or tokens[i].isalnum() or tokens[i] == "("):
+                j = i                       # what comes next, past invisible sizing macros
+                while j < len(tokens) and getattr(tokens[j], "macroname", "") in _SIZING:
+                    j += 1
+                if getattr(t, "macroname", None) in FRACTIONS and j < len(tokens) \
+                        and (not isinstance(tokens[j], str) or tokens[j].isalnum() or tokens[j] == "("):
                     text += " "             # 1/S (G - …), not 1/S(G - …)
                 out.append(text)
         return "".join(out)
@@ -231,8 +249,15 @@ class _Render:
             return f"C({args[0]}, {args[1]})"
         if name == "sqrt":
             root = {"3": "∛", "4": "∜"}.get((args[0] or "").strip(), "√" if not args[0] else f"{args[0]}√")
-            return root + _wrap(args[1].strip())
+            body = args[1].strip()
+            return root + (body if len(body) == 1 or body.isdigit() or _enclosed(body) else f"({body})")
         if name in CONTENT or name in TEXT_ONLY:
+            if name in ("text", "texttt", "textbf", "textit", "emph", "mbox"):
+                self.in_text, before = True, self.in_text
+                try:
+                    return self.node(n.nodeargd.argnlist[0])
+                finally:
+                    self.in_text = before
             return args[0]
         if name in ACCENTS:
             return "".join(ch + ACCENTS[name] if ch.isalnum() else ch for ch in args[0]

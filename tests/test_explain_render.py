@@ -191,3 +191,20 @@ def test_jupyter_formatter_picks_the_math():
     bundle, _ = formatters.DisplayFormatter().format(d)
     assert "text/markdown" in bundle and "text/latex" in bundle
     assert "p_j - y_j" in bundle["text/markdown"]
+
+
+# -- every op is derived -----------------------------------------------------------------------
+
+def test_every_registered_op_has_a_checked_derivation():
+    derived = {d.op for d in derivations.DERIVATIONS}
+    missing = [n for n in ops.names() if n not in derived]
+    assert not missing, (
+        f"no derivation for {', '.join(missing)}: add to DERIVATIONS in handydl/derivations.py, for each, "
+        "Derivation(OP, TITLE, FUNCTION, [Step(LATEX, EXPR, WHY), ...], code=lambda env: ...) "
+        "(FUNCTION and EXPR in the language of handydl.check.expr; scalar ops: wrt='x', "
+        "array ops: wrt=NAME and shapes={NAME: SHAPE, ...}, see the existing ones); "
+        "tests/test_explain_plot.py checks every step and ties the op's backward to the last step "
+        "through code; then regenerate docs/derivations.md")
+    # every derivation is tied to the op's hand-written backward (its last line is the code)
+    untied = [d.title for d in derivations.DERIVATIONS if d.code is None]
+    assert not untied, f"derivations without code= (the op's backward to compare with the last step): {untied}"
