@@ -806,6 +806,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _math_arguments(argv):
+    """`handydl verify "cos(x)" "-sin(x)"`: a math argument that starts with '-' is
+    not an option.  argparse reads any word with a space as a value, so such words
+    get a leading space (the math parser strips it)."""
+    if "verify" not in argv[:2]:
+        return argv
+    out = []
+    for a in argv:
+        is_flag = a.startswith("--") or a in ("-h",) or not a.startswith("-")
+        out.append(a if is_flag else " " + a)
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad flag reported in one line (and exit status 2)."""
 
@@ -850,7 +863,7 @@ def main(argv=None) -> int:
     instead of the one-line message."""
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_math_arguments(sys.argv[1:] if argv is None else list(argv)))
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -105,11 +105,12 @@ def test_jacobian_as_a_matrix_claim():
 @pytest.mark.parametrize("text,fragment", [
     ("__import__('os')", "'__import__'"),
     ("x.__class__", "'.__class__'"),
-    ("(lambda: 1)()", "calling"),
-    ("[x for x in y]", "ListComp"),
-    ("os.system('ls')", "'os.system'"),
+    ("(lambda: 1)()", "'lambda' is not allowed"),
+    ("[x for x in y]", "a list '[...]' is not allowed"),
+    ("os.system('ls')", "calling 'os.system' is not allowed"),
     ("foo(x)", "unknown function 'foo'"),
-    ("x ^ 2", "BitXor"),
+    ("eval('1')", "'eval' is not allowed"),
+    ("x.__class__.__mro__", "'.__class__'"),
     ("'text'", "numbers only"),
 ])
 def test_unsafe_or_unknown_tokens_are_rejected_by_name(text, fragment):
