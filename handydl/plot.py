@@ -90,7 +90,10 @@ def activations(names=None, xrange=(-5.0, 5.0), second=False, torch_reference=Tr
         raise ValueError(f"range {lo} {hi} is empty; expected LO < HI")
     cols = min(4, len(selected))
     rows = -(-len(selected) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False,
+    # one panel gets a figure of its own size (the grid's 4 x 3.2 in cells cannot hold the title
+    # and the legend); the legend below and the title are laid out to the figure's width
+    width, height = (6.4, 5.2) if len(selected) == 1 else (4 * cols, 3.2 * rows + (1.0 if rows == 1 else 0))
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False,
                              constrained_layout=True)
     x = np.linspace(lo, hi, 1001)
     xs = np.linspace(lo, hi, 31) + (hi - lo) * 1e-3          # where the numerical dots go
@@ -127,10 +130,35 @@ def activations(names=None, xrange=(-5.0, 5.0), second=False, torch_reference=Tr
     for ax in fig.axes:
         for hnd, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, hnd)
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(5, len(handles)))
-    fig.suptitle("activations and their derivatives: hand-derived vs numerical"
-                 + (" vs PyTorch" if torch_reference else ""))
+    _bottom_legend(fig, handles)
+    title = ("activations and their derivatives" if len(selected) > 1 else f"{selected[0].name} and its derivative") \
+        + ": hand-derived vs numerical" + (" vs PyTorch" if torch_reference else "")
+    fig.suptitle(_wrap(title, width))
     return fig
+
+
+def _bottom_legend(fig, handles):
+    """One legend under the panels, with as many columns as the figure's width holds."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(len(handles), 0, -1):
+        legend = fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=ncol)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width:
+            return legend
+        legend.remove()
+
+
+def _wrap(text, width_in, points=12):
+    """``text`` in lines that fit ``width_in`` inches at ``points`` (a character of DejaVu
+    Sans is about 0.6 of the size wide), broken after ": " and ", " so that phrases stay whole."""
+    import re
+    import textwrap
+    chars = max(10, int(width_in * 72 / (0.6 * points)) - 4)
+    lines = [""]
+    for piece in re.split(r"(?<=[:,]) ", text):
+        if lines[-1] and len(lines[-1]) + 1 + len(piece) > chars:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {piece}".strip()
+    return "\n".join(part for line in lines for part in textwrap.wrap(line, chars))
 
 
 def softmax_jacobian(logits):
@@ -215,7 +243,8 @@ def conv_filters(model_or_conv, max_filters=64, channel=None):
         raise ValueError(f"max_filters={max_filters} is not valid; expected at least 1")
     shown = min(n_out, max_filters)
     rows, cols = _grid(shown)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.4, 1.1 * rows + 1.0), squeeze=False,
+    width = max(3.6, 1.1 * cols + 1.4)            # a few filters still leave room for the title
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.1 * rows + 1.2), squeeze=False,
                              constrained_layout=True)
     lim = float(np.abs(images[:shown]).max()) or 1.0
     for ax in axes.flat[shown:]:
@@ -228,8 +257,8 @@ def conv_filters(model_or_conv, max_filters=64, channel=None):
         ax.set_yticks([])
     fig.colorbar(im, ax=axes, shrink=0.8, label="weight")
     count = f"{n_out} filters" if shown == n_out else f"the first {shown} of {n_out} filters"
-    fig.suptitle(f"first conv layer{' ' + name if name else ''} ({n_in}→{n_out}, {kh}x{kw}): "
-                 f"{count}, {how}", fontsize=10)
+    fig.suptitle(_wrap(f"first conv layer{' ' + name if name else ''} ({n_in}→{n_out}, {kh}x{kw}): "
+                       f"{count}, {how}", width, 10), fontsize=10)
     return fig
 
 
@@ -385,7 +414,8 @@ def feature_maps(model, x, layer=None, max_maps=64, label=None):
         raise ValueError(f"max_maps={max_maps} is not valid; expected at least 1")
     shown = min(len(maps), max_maps)
     rows, cols = _grid(shown, max_cols=8)
-    fig = plt.figure(figsize=(1.3 * cols + 3.4, 1.3 * rows + 1.2), constrained_layout=True)
+    width = 1.3 * cols + 3.4
+    fig = plt.figure(figsize=(width, 1.3 * rows + 1.2), constrained_layout=True)
     gs = fig.add_gridspec(rows, cols + 2)
     img, what = _input_image(np.asarray(x[0] if batch is x else x, dtype=np.float64), conv_in)
     if img is not None:
@@ -410,8 +440,9 @@ def feature_maps(model, x, layer=None, max_maps=64, label=None):
         axes.append(ax)
     fig.colorbar(im, ax=axes, shrink=0.8, label="activation")
     count = f"{len(maps)} channels" if shown == len(maps) else f"the first {shown} of {len(maps)} channels"
-    fig.suptitle(f"feature maps of layer {name} ({type(target).__name__}): {count}, "
-                 f"{maps.shape[1]}x{maps.shape[2]}" + (f"\n{label}" if label else ""), fontsize=10)
+    fig.suptitle(_wrap(f"feature maps of layer {name} ({type(target).__name__}): {count}, "
+                       f"{maps.shape[1]}x{maps.shape[2]}", width, 10)
+                 + (f"\n{_wrap(label, width, 10)}" if label else ""), fontsize=10)
     return fig
 
 
