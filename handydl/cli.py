@@ -379,11 +379,24 @@ def _publish_run(out, model, meta, history, test, title):
     from .plot import save, training_curves
     with staged_dir(out) as stage:
         checkpoint.save(model, stage / "model.npz", meta=meta)
-        write_text(stage / "history.json", json.dumps({"history": history, "test": test}, indent=1))
+        # strict JSON: NaN and inf (a metric of constant targets, say) become null
+        write_text(stage / "history.json", json.dumps(_finite_or_null({"history": history, "test": test}),
+                                                      indent=1, allow_nan=False))
         keys = list(history)
         write_text(stage / "history.csv", ",".join(keys) + "\n" + "\n".join(
             ",".join(f"{history[k][i]:.6g}" for k in keys) for i in range(len(history["epoch"]))) + "\n")
         save(training_curves(history, title=title), stage / "curves.png")
+
+
+def _finite_or_null(value):
+    """``value`` (dicts, lists, numbers) with every NaN and infinity replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class _Log:

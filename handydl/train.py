@@ -80,6 +80,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_data=None, schedule
         raise TypeError(f"fit: train_loader must be a DataLoader, got {type(train_loader).__name__}")
     if epochs < 1:
         raise ValueError(f"fit: epochs={epochs!r} is not valid; expected >= 1")
+    if len(train_loader) == 0:
+        raise ValueError("fit: train_loader has no batches (its dataset has 0 rows); expected at least one")
     if early_stopping is not None and val_data is None:
         raise ValueError("fit: early_stopping needs val_data")
     tune_malloc()          # reuse the step's large temporaries instead of page-faulting them in

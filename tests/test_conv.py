@@ -269,13 +269,15 @@ def test_bad_inputs_to_the_ops_name_the_sizes():
     _raises(r"padding='full' is not valid", ops.conv2d, x, w, padding="full")
     _raises(r"padding='same' needs stride 1, got stride=2", ops.conv2d, x, w, padding="same", stride=2)
     _raises(r"groups=0 is not valid", ops.conv2d, x, w, groups=0)
-    _raises(r"stride=1.5 is not valid", ops.conv2d, x, w, stride=1.5)
+    with pytest.raises(TypeError, match=r"stride=1.5 is not valid"):      # the wrong type, as PyTorch
+        ops.conv2d(x, w, stride=1.5)
     wt = rng.standard_normal((3, 4, 3, 3))
     _raises(r"expected input with 3 channels \(weight.shape\[0\]\), got input of shape \(2, 4, 5, 5\)",
             ops.conv_transpose2d, rng.standard_normal((2, 4, 5, 5)), wt)
     _raises(r"output_padding=2 must be smaller than stride or dilation", ops.conv_transpose2d,
             x, wt, stride=2, output_padding=2)
-    _raises(r"padding='same' is not valid", ops.conv_transpose2d, x, wt, padding="same")
+    with pytest.raises(TypeError, match=r"padding='same' is not valid"):
+        ops.conv_transpose2d(x, wt, padding="same")
     _raises(r"output would have size -1 .*input 1, stride 1, padding 2", ops.conv_transpose2d,
             x[:, :, :1, :1], wt, padding=2)
     _raises(r"input channels 3 .*not divisible by groups=2", ops.conv_transpose2d, x, wt[:, :2], groups=2)
@@ -285,7 +287,8 @@ def test_bad_arguments_to_the_modules_name_them():
     _raises(r"Conv2d: in_channels=3 is not divisible by groups=2", nn.Conv2d, 3, 4, 3, groups=2)
     _raises(r"Conv2d: out_channels=3 is not divisible by groups=2", nn.Conv2d, 4, 3, 3, groups=2)
     _raises(r"Conv2d: in_channels=0 is not valid", nn.Conv2d, 0, 4, 3)
-    _raises(r"Conv2d: out_channels=2.5 is not valid", nn.Conv2d, 3, 2.5, 3)
+    with pytest.raises(TypeError, match=r"Conv2d: out_channels=2.5 is not valid"):
+        nn.Conv2d(3, 2.5, 3)
     _raises(r"Conv2d: kernel_size=0 is not valid", nn.Conv2d, 3, 4, 0)
     _raises(r"Conv2d: kernel_size=\(3, 3, 3\) is not valid", nn.Conv2d, 3, 4, (3, 3, 3))
     _raises(r"Conv2d: stride=0 is not valid", nn.Conv2d, 3, 4, 3, stride=0)
@@ -296,7 +299,8 @@ def test_bad_arguments_to_the_modules_name_them():
             padding_mode="reflect")
     _raises(r"Conv1d: padding_mode='circular' is not supported", nn.Conv1d, 3, 4, 3, padding_mode="circular")
     _raises(r"Conv2d: dtype=int64 is not valid", nn.Conv2d, 3, 4, 3, dtype=np.int64)
-    _raises(r"ConvTranspose2d: padding='same' is not valid", nn.ConvTranspose2d, 3, 4, 3, padding="same")
+    with pytest.raises(TypeError, match=r"ConvTranspose2d: padding='same' is not valid"):
+        nn.ConvTranspose2d(3, 4, 3, padding="same")
     _raises(r"ConvTranspose2d: output_padding=\(1, 1\) must be smaller than stride or dilation",
             nn.ConvTranspose2d, 3, 4, 3, output_padding=1)
     _raises(r"ConvTranspose2d: in_channels=3 is not divisible by groups=2", nn.ConvTranspose2d, 3, 4, 3,

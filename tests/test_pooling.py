@@ -335,9 +335,17 @@ BAD_ARGS = [
 ]
 
 
+# In PyTorch's style, a value of the wrong type is a TypeError (a float or a bool where an
+# integer belongs, a string or 1 where True or False does), a value out of range a ValueError.
+WRONG_TYPE = {r"kernel_size=2.5", r"kernel_size=True", r"ceil_mode=1", r"count_include_pad='yes'",
+              r"affine='no'", r"bias=0", r"BatchNorm2d: num_features='3'", r"GroupNorm: num_channels=4.0"}
+BAD_ARGS += [(lambda: nn.BatchNorm2d("3"), r"BatchNorm2d: num_features='3'"),
+             (lambda: nn.GroupNorm(2, 4.0), r"GroupNorm: num_channels=4.0")]
+
+
 @pytest.mark.parametrize("make,match", BAD_ARGS, ids=[m for _, m in BAD_ARGS])
 def test_bad_arguments_raise_at_construction(make, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(TypeError if match in WRONG_TYPE else ValueError, match=match):
         make()
 
 

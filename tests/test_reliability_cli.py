@@ -289,3 +289,20 @@ def test_parameter_count_matches_the_model_built():
     for sizes, bn in (([64, 256, 128, 10], False), ([4, 8, 3], True), ([3, 2], False)):
         model = nn.MLP(sizes, batch_norm=bn)
         assert cli.mlp_parameters(sizes, bn) == sum(p.data.size for p in model.parameters())
+
+
+def test_history_json_is_strict_json_with_null_for_nan(tmp_path):
+    """A metric can be NaN (R^2 of a constant target, say): history.json writes null
+    there, so any strict JSON reader loads it (json.dumps would write NaN, not JSON)."""
+    import json
+
+    from handydl import nn
+    history = {"epoch": [1, 2], "lr": [0.1, 0.1], "time": [0.1, 0.1], "train_loss": [0.5, 0.4],
+               "val_r2": [float("nan"), float("inf")]}
+    cli._publish_run(tmp_path, nn.MLP([2, 3, 1]), {}, history, {"test_r2": float("nan")}, "t")
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    data = json.loads((tmp_path / "history.json").read_text(), parse_constant=refuse)
+    assert data["history"]["val_r2"] == [None, None] and data["test"]["test_r2"] is None
+    assert data["history"]["train_loss"] == [0.5, 0.4]

@@ -209,3 +209,49 @@ def test_accepted_where_torch_accepts(name, args, kwargs):
     torch = pytest.importorskip("torch")
     getattr(torch.nn, name)(*args, **kwargs)
     getattr(nn, name)(*args, **kwargs)
+
+
+# -- session 7 leftovers -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(dropout=0.5), r"MLP: dropout=0.5 needs a hidden layer; sizes=\[4, 3\] has none"),
+    (dict(batch_norm=True), r"MLP: batch_norm=True needs a hidden layer"),
+])
+def test_mlp_refuses_options_it_would_silently_drop(kw, match):
+    with pytest.raises(ValueError, match=match):
+        nn.MLP([4, 3], **kw)
+    assert sum(isinstance(m, nn.Dropout) for m in nn.MLP([4, 5, 3], dropout=0.5).modules()) == 1
+
+
+@pytest.mark.parametrize("value, error", [("x", TypeError), (1.5, ValueError), (float("nan"), ValueError),
+                                          (True, TypeError)])
+def test_mlp_checks_dropout_even_before_building_layers(value, error):
+    with pytest.raises(error, match=r"MLP: dropout=.* is not valid; expected a probability in \[0, 1\]"):
+        nn.MLP([4, 5, 3], dropout=value)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: nn.BatchNorm2d("3"), TypeError, r"BatchNorm2d: num_features='3'"),
+    (lambda: nn.BatchNorm2d(2.0), TypeError, r"BatchNorm2d: num_features=2.0"),
+    (lambda: nn.BatchNorm2d(3, momentum="a"), TypeError, r"BatchNorm2d: momentum='a'"),
+    (lambda: nn.GroupNorm(True, 4), TypeError, r"GroupNorm: num_groups=True"),
+    (lambda: nn.GroupNorm(2, 4, eps="1e-5"), TypeError, r"GroupNorm: eps='1e-5'"),
+    (lambda: nn.Conv2d(3, 4, 3.0), TypeError, r"Conv2d: kernel_size=3.0"),
+    (lambda: nn.Conv2d(3, 4, 3, groups=1.0), TypeError, r"Conv2d: groups=1.0"),
+    (lambda: nn.MaxPool2d((2, "2")), TypeError, r"max_pool2d: kernel_size=\(2, '2'\)"),
+])
+def test_the_cnn_modules_refuse_wrong_types_with_a_type_error(make, error, match):
+    """As PyTorch and the other modules: a wrong type is a TypeError, not a ValueError."""
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_fit_refuses_an_empty_loader_before_training():
+    from handydl import optim, train
+    from handydl.data import DataLoader
+    m = nn.Linear(3, 2)
+    before = m.weight.data.copy()
+    loader = DataLoader(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), batch_size=4)
+    with pytest.raises(ValueError, match=r"fit: train_loader has no batches \(its dataset has 0 rows\)"):
+        train.fit(m, nn.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1), loader, 1)
+    np.testing.assert_array_equal(m.weight.data, before)

@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from .. import ops
-from ..ops.conv import _checker, _ints
+from ..ops.conv import _checker
+from ..ops.registry import check_int, check_ints
 from .layers import OpModule
 from .module import Parameter, resolve_rng
 
@@ -31,8 +32,7 @@ class _ConvNd(OpModule):
         who = type(self).__name__
         for name, n in (("in_channels", in_channels), ("out_channels", out_channels),
                         ("groups", groups)):
-            if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0):
-                raise ValueError(f"{who}: {name}={n!r} is not valid; expected a positive integer")
+            check_int(who, name, n)
         in_channels, out_channels, groups = int(in_channels), int(out_channels), int(groups)
         for name, n in (("in_channels", in_channels), ("out_channels", out_channels)):
             if n % groups:
@@ -41,18 +41,18 @@ class _ConvNd(OpModule):
             raise ValueError(f"{who}: padding_mode={padding_mode!r} is not supported; only "
                              "'zeros' is implemented")
         if self.transposed and isinstance(padding, str):
-            raise ValueError(f"{who}: padding={padding!r} is not valid; a transposed convolution "
+            raise TypeError(f"{who}: padding={padding!r} is not valid; a transposed convolution "
                              "takes an integer >= 0 or a tuple of them (as PyTorch)")
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise ValueError(f"{who}: dtype={dtype.name} is not valid; expected a float dtype")
         nd = self.nd
-        kernel_size = _ints(kernel_size, nd, who, "kernel_size", 1)
-        params = dict(stride=_ints(stride, nd, who, "stride", 1),
-                      padding=padding if isinstance(padding, str) else _ints(padding, nd, who, "padding", 0),
-                      dilation=_ints(dilation, nd, who, "dilation", 1), groups=groups)
+        kernel_size = check_ints(who, "kernel_size", kernel_size, nd, 1)
+        params = dict(stride=check_ints(who, "stride", stride, nd, 1),
+                      padding=padding if isinstance(padding, str) else check_ints(who, "padding", padding, nd, 0),
+                      dilation=check_ints(who, "dilation", dilation, nd, 1), groups=groups)
         if self.transposed:
-            params["output_padding"] = _ints(output_padding, nd, who, "output_padding", 0)
+            params["output_padding"] = check_ints(who, "output_padding", output_padding, nd, 0)
         _checker(who, nd, self.transposed)(params)      # "same" with a stride, output_padding
         OpModule.__init__(self, **params)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

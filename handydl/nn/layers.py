@@ -144,8 +144,8 @@ class PReLU(OpModule):
     op = ops.prelu
 
     def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
-        ops.activations.check_int("PReLU", "num_parameters", num_parameters)
-        ops.activations.check_real("PReLU", "init", init, "a finite number")
+        ops.registry.check_int("PReLU", "num_parameters", num_parameters)
+        ops.registry.check_real("PReLU", "init", init, "a finite number")
         super().__init__()
         self.weight = Parameter(np.full(num_parameters, init, dtype=dtype))
 
@@ -220,7 +220,7 @@ class Linear(OpModule):
         _cpu_only(device, "Linear")
         dtype = _float_dtype(dtype, "Linear")
         for name, n in (("in_features", in_features), ("out_features", out_features)):
-            ops.activations.check_int("Linear", name, n)      # a bool is not a size
+            ops.registry.check_int("Linear", name, n)      # a bool is not a size
         self.in_features, self.out_features = int(in_features), int(out_features)
         rng = resolve_rng(rng)
         bound = 1 / math.sqrt(in_features)
@@ -265,10 +265,10 @@ class BatchNorm1d(OpModule):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
-        ops.activations.check_int("BatchNorm1d", "num_features", num_features)
+        ops.registry.check_int("BatchNorm1d", "num_features", num_features)
         ops.normalization.check_eps("BatchNorm1d", eps)
         if momentum is not None:                   # None: a cumulative average
-            ops.activations.check_real("BatchNorm1d", "momentum", momentum, "None or a number in [0, 1]",
+            ops.registry.check_real("BatchNorm1d", "momentum", momentum, "None or a number in [0, 1]",
                                        lambda m: 0 <= m <= 1)
         super().__init__(eps=eps)
         _cpu_only(device, "BatchNorm1d")
@@ -347,7 +347,7 @@ class LayerNorm(OpModule):
                             "a positive integer or a sequence of them") from None
         for n in shape:
             try:
-                ops.activations.check_int("LayerNorm", "normalized_shape", n)
+                ops.registry.check_int("LayerNorm", "normalized_shape", n)
             except (TypeError, ValueError) as e:       # named whole, as it was given
                 raise type(e)(f"LayerNorm: normalized_shape={normalized_shape!r} is not valid; expected "
                               "a positive integer or a sequence of them") from None
@@ -386,7 +386,7 @@ class Dropout(OpModule):
     op = ops.dropout
 
     def __init__(self, p=0.5, seed=None):
-        ops.activations.check_real("Dropout", "p", p, "a probability in [0, 1]", lambda v: 0 <= v <= 1)
+        ops.registry.check_real("Dropout", "p", p, "a probability in [0, 1]", lambda v: 0 <= v <= 1)
         super().__init__(p=p)
         self.rng = resolve_rng(seed)
 

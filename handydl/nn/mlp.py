@@ -6,6 +6,7 @@ import numpy as np
 from .init import init_linear
 from .layers import BatchNorm1d, Dropout, Linear, Sequential, activation
 from .module import Module, resolve_rng
+from ..ops.registry import check_real
 
 
 class MLP(Sequential):
@@ -29,6 +30,12 @@ class MLP(Sequential):
         sizes = [int(s) for s in given]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"MLP: sizes={sizes!r} is not valid; expected {expected}")
+        check_real("MLP", "dropout", dropout, "a probability in [0, 1]", lambda p: 0 <= p <= 1)
+        if len(sizes) == 2 and (dropout or batch_norm):
+            # both go after a hidden layer's activation: with none, they would be dropped silently
+            flag = f"dropout={dropout!r}" if dropout else f"batch_norm={batch_norm!r}"
+            raise ValueError(f"MLP: {flag} needs a hidden layer; sizes={sizes!r} has none "
+                             f"(it applies after each hidden layer's activation)")
         rng = resolve_rng(rng)
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):

@@ -17,6 +17,7 @@ from .. import ops
 from ..ops import normalization as _norm
 from .layers import BatchNorm1d, OpModule, _cpu_only, _float_dtype
 from .module import Parameter
+from ..ops.registry import check_bool, check_int, check_real
 
 
 def _renamed(who, error):
@@ -92,21 +93,8 @@ class AdaptiveAvgPool2d(_PoolModule):
 
 # -- normalization ---------------------------------------------------------------------------
 
-def _check_positive_int(who, name, value):
-    if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-            and value > 0):
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected a positive integer")
-
-
 def _check_eps(who, eps):
-    if not (isinstance(eps, (int, float, np.floating)) and not isinstance(eps, (bool, np.bool_))
-            and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"{who}: eps={eps!r} is not valid; expected a finite number >= 0")
-
-
-def _check_flag(who, name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected True or False")
+    check_real(who, "eps", eps, "a finite number >= 0", lambda e: math.isfinite(e) and e >= 0)
 
 
 class BatchNorm2d(BatchNorm1d):
@@ -129,16 +117,13 @@ class BatchNorm2d(BatchNorm1d):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, device=None, dtype=None, *, bias=True):
         who = "BatchNorm2d"
-        _check_positive_int(who, "num_features", num_features)
+        check_int(who, "num_features", num_features)
         _check_eps(who, eps)
-        if momentum is not None and not (isinstance(momentum, (int, float, np.floating))
-                                         and not isinstance(momentum, (bool, np.bool_))
-                                         and 0 <= momentum <= 1):
-            raise ValueError(f"{who}: momentum={momentum!r} is not valid; expected None or a number "
-                             f"in [0, 1]")
+        if momentum is not None:
+            check_real(who, "momentum", momentum, "None or a number in [0, 1]", lambda m: 0 <= m <= 1)
         for name, flag in (("affine", affine), ("track_running_stats", track_running_stats),
                            ("bias", bias)):
-            _check_flag(who, name, flag)
+            check_bool(who, name, flag)
         _cpu_only(device, who)
         super().__init__(int(num_features), eps=eps, momentum=momentum, affine=bool(affine),
                          track_running_stats=bool(track_running_stats),
@@ -178,14 +163,14 @@ class GroupNorm(OpModule):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None,
                  *, bias=True):
         who = "GroupNorm"
-        _check_positive_int(who, "num_groups", num_groups)
-        _check_positive_int(who, "num_channels", num_channels)
+        check_int(who, "num_groups", num_groups)
+        check_int(who, "num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"{who}: num_channels={num_channels!r} is not divisible by "
                              f"num_groups={num_groups!r}")
         _check_eps(who, eps)
-        _check_flag(who, "affine", affine)
-        _check_flag(who, "bias", bias)
+        check_bool(who, "affine", affine)
+        check_bool(who, "bias", bias)
         _cpu_only(device, who)
         dtype = _float_dtype(dtype, who)
         super().__init__(num_groups=int(num_groups), eps=eps)

@@ -16,13 +16,12 @@ The NumPy code above each kernel is the reference the tests hold it to.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from . import fused
 from .fused import exp, expm1, log1p, tanh as tanh_scalar, where
-from .registry import WIDE, as_float, register
+from .registry import WIDE, as_float, check_real, register
 
 # Python floats, not np.float64: a NumPy float64 scalar would promote float32 work.
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -35,27 +34,6 @@ GELU_TANH_C = 0.044715
 
 # -- checking parameters at construction (each op's check_params) -------------------
 # Messages in PyTorch's style: "ELU: alpha='x' is not valid; expected a finite number".
-# A bool is not a number here (True would silently be 1), nor is a string.
-
-def check_real(who, name, value, expected, valid=math.isfinite):
-    """Raise TypeError unless ``value`` is a real number (a bool is not), and
-    ValueError unless ``valid(float(value))``: by default, finite (NaN fails
-    every comparison, so a range check refuses it too)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
-    if not valid(float(value)):
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
-
-
-def check_int(who, name, value, expected="a positive integer", valid=lambda n: n > 0):
-    """Raise TypeError unless ``value`` is an integer (a bool or 2.0 is not), and
-    ValueError unless ``valid(int(value))``: by default, positive."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
-    if not valid(int(value)):
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
-
-
 def _finite(who, *names):
     """check_params: each of ``names`` a finite real number."""
     def check(p):

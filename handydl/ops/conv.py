@@ -50,31 +50,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .registry import as_float, register
+from .registry import as_float, check_int, check_ints, register
 
 _STRINGS = ("same", "valid")
 
 
 # -- parameters ---------------------------------------------------------------------------
 
-def _ints(value, n, who, name, minimum):
-    """``value`` (an int, or a tuple / list of ``n`` ints) as a tuple of ``n`` ints >= minimum."""
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
-    ok = len(items) == n and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                 and v >= minimum for v in items)
-    if not ok:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {what} "
-                         f"or a tuple of {n} of them")
-    return tuple(int(v) for v in items)
-
-
 def _checker(who, n, transposed=False):
     """check_params for an n-d convolution: each parameter's type and range, at bind."""
     def check(bound):
-        stride = _ints(bound["stride"], n, who, "stride", 1)
-        dilation = _ints(bound["dilation"], n, who, "dilation", 1)
-        _ints(bound["groups"], 1, who, "groups", 1)
+        stride = check_ints(who, "stride", bound["stride"], n, 1)
+        dilation = check_ints(who, "dilation", bound["dilation"], n, 1)
+        check_int(who, "groups", bound["groups"])
         padding = bound["padding"]
         if isinstance(padding, str) and not transposed:
             if padding not in _STRINGS:
@@ -84,9 +72,9 @@ def _checker(who, n, transposed=False):
                 raise ValueError(f"{who}: padding='same' needs stride 1, got stride={bound['stride']!r} "
                                  "(PyTorch refuses it too: the output size would depend on the input's)")
         else:
-            _ints(padding, n, who, "padding", 0)
+            check_ints(who, "padding", padding, n, 0)
         if transposed:
-            out_pad = _ints(bound["output_padding"], n, who, "output_padding", 0)
+            out_pad = check_ints(who, "output_padding", bound["output_padding"], n, 0)
             for k in range(n):
                 if out_pad[k] >= max(stride[k], dilation[k]):
                     raise ValueError(f"{who}: output_padding={bound['output_padding']!r} must be "
@@ -370,10 +358,10 @@ def _prepare(who, x, weight, nd):
 def _conv_nd(who, nd, x, weight, bias, stride, padding, dilation, groups):
     x, weight, unbatched = _prepare(who, x, weight, nd)
     one = (1,) * (2 - nd)
-    stride = one + _ints(stride, nd, who, "stride", 1)
-    dilation = one + _ints(dilation, nd, who, "dilation", 1)
+    stride = one + check_ints(who, "stride", stride, nd, 1)
+    dilation = one + check_ints(who, "dilation", dilation, nd, 1)
     if not isinstance(padding, str):
-        padding = (0,) * (2 - nd) + _ints(padding, nd, who, "padding", 0)
+        padding = (0,) * (2 - nd) + check_ints(who, "padding", padding, nd, 0)
     letters = ("H", "W") if nd == 2 else ("", "L")
     g = _geometry(who, x.shape, weight.shape, stride, padding, dilation, int(groups), letters)
     bias = _check_bias(bias, g.O, who)
@@ -568,9 +556,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     """
     who = "conv_transpose2d"
     x, weight, unbatched = _prepare(who, x, weight, 2)
-    stride, dilation = _ints(stride, 2, who, "stride", 1), _ints(dilation, 2, who, "dilation", 1)
-    g = _transposed_geometry(who, x.shape, weight.shape, stride, _ints(padding, 2, who, "padding", 0),
-                             _ints(output_padding, 2, who, "output_padding", 0), dilation, int(groups))
+    stride, dilation = check_ints(who, "stride", stride, 2, 1), check_ints(who, "dilation", dilation, 2, 1)
+    g = _transposed_geometry(who, x.shape, weight.shape, stride, check_ints(who, "padding", padding, 2, 0),
+                             check_ints(who, "output_padding", output_padding, 2, 0), dilation, int(groups))
     bias = _check_bias(bias, g.C, who)
     y = _plus_bias(_input_grad(_wide(x, g), weight, g), bias)
     return (y[0] if unbatched else y), (x, weight, g, bias is not None, unbatched)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import check_real
-from .registry import as_float, register
+from .registry import as_float, check_real, register
 
 
 def _generator(seed):

@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from . import fused
-from .activations import check_int, check_real, stable_sigmoid
-from .registry import as_float, register
+from .activations import stable_sigmoid
+from .registry import as_float, check_int, check_real, register
 from .softmax import log_softmax
 
 REDUCTIONS = ("mean", "sum", "none")

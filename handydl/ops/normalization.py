@@ -17,8 +17,7 @@ import math
 
 import numpy as np
 
-from .activations import check_int, check_real
-from .registry import as_float, register
+from .registry import as_float, check_int, check_real, register
 
 
 class NormSaved(NamedTuple):

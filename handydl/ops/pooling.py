@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .registry import as_float, register
+from .registry import as_float, check_bool, check_ints, register
 
 
 # -- parameters and shapes ---------------------------------------------------------------
@@ -41,33 +41,18 @@ def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def _pair(who, name, value, minimum):
-    """An int or a pair of ints, each >= minimum, as a tuple (h, w); ValueError otherwise."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(_is_int(v) and v >= minimum for v in pair):
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {what} "
-                         f"or a pair of them")
-    return int(pair[0]), int(pair[1])
-
-
-def _check_bool(who, name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{who}: {name}={value!r} is not valid; expected True or False")
-
-
 def _geometry(who, bound, dilation=True):
     """(kernel, stride, padding, dilation) as pairs, after PyTorch's checks:
     stride None means the kernel size, and padding may be at most half the kernel."""
-    k = _pair(who, "kernel_size", bound["kernel_size"], 1)
-    s = k if bound["stride"] is None else _pair(who, "stride", bound["stride"], 1)
-    p = _pair(who, "padding", bound["padding"], 0)
-    d = _pair(who, "dilation", bound["dilation"], 1) if dilation else (1, 1)
+    k = check_ints(who, "kernel_size", bound["kernel_size"], 2, 1, plural="a pair of them")
+    s = k if bound["stride"] is None else check_ints(who, "stride", bound["stride"], 2, 1, plural="a pair of them")
+    p = check_ints(who, "padding", bound["padding"], 2, 0, plural="a pair of them")
+    d = check_ints(who, "dilation", bound["dilation"], 2, 1, plural="a pair of them") if dilation else (1, 1)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"{who}: padding={bound['padding']!r} is not valid; padding must be at most "
                          f"half the kernel size, kernel_size={bound['kernel_size']!r} allows at most "
                          f"({k[0] // 2}, {k[1] // 2})")
-    _check_bool(who, "ceil_mode", bound["ceil_mode"])
+    check_bool(who, "ceil_mode", bound["ceil_mode"])
     return k, s, p, d
 
 
@@ -282,7 +267,7 @@ class AvgSaved(NamedTuple):
 def _check_avg(bound):
     who = "avg_pool2d"
     _geometry(who, {**bound, "dilation": 1})
-    _check_bool(who, "count_include_pad", bound["count_include_pad"])
+    check_bool(who, "count_include_pad", bound["count_include_pad"])
     override = bound["divisor_override"]
     if override is not None and not (_is_int(override) and override > 0):
         raise ValueError(f"{who}: divisor_override={override!r} is not valid; expected None or "

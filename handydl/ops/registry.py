@@ -24,6 +24,8 @@ the ops know nothing else of it.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -278,3 +280,47 @@ def as_float(x) -> np.ndarray:
     if x.dtype.kind in "fc":
         return x
     return x.astype(np.float64)
+
+
+# -- argument checks, in PyTorch's style ---------------------------------------------------
+# A wrong type is a TypeError, a value out of range a ValueError; both name the class (or
+# function), the argument, the value and what was expected.  A bool is not a number here
+# (True would silently be 1), nor is a string.
+
+def check_real(who, name, value, expected, valid=math.isfinite):
+    """Raise TypeError unless ``value`` is a real number (a bool is not), and
+    ValueError unless ``valid(float(value))``: by default, finite (NaN fails
+    every comparison, so a range check refuses it too)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    if not valid(float(value)):
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+
+
+def check_int(who, name, value, expected="a positive integer", valid=lambda n: n > 0):
+    """Raise TypeError unless ``value`` is an integer (a bool or 2.0 is not), and
+    ValueError unless ``valid(int(value))``: by default, positive."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    if not valid(int(value)):
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+
+
+def check_bool(who, name, value):
+    """Raise TypeError unless ``value`` is True or False (1 and "yes" are not)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected True or False")
+
+
+def check_ints(who, name, value, n, minimum=1, plural=None):
+    """``value`` (an int, or a tuple / list of ``n`` ints) as a tuple of ``n`` ints >=
+    ``minimum``: kernel sizes, strides, paddings (``plural`` names the tuple in messages).  TypeError for a wrong type (1.5, "3"),
+    ValueError for a wrong count or range."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    expected = f"{what} or {plural or f'a tuple of {n} of them'}"
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in items):
+        raise TypeError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    if len(items) != n or not all(v >= minimum for v in items):
+        raise ValueError(f"{who}: {name}={value!r} is not valid; expected {expected}")
+    return tuple(int(v) for v in items)
