@@ -273,7 +273,7 @@ def cmd_train(args) -> int:
     _choose("activation", args.activation, list(nn.ACTIVATIONS))
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
     out = _writable_dir(args.out)
-    for name in (STAGE_PREFIX[1:],) + RUN_FILES:       # leftovers of runs that were killed
+    for name in (STAGE_PREFIX[1:], MODEL_FILES["safetensors"]) + RUN_FILES:   # leftovers of killed runs
         remove_stale_temps(out, name)
     data = _load_data(args)
     start = time.perf_counter()
@@ -316,12 +316,16 @@ def cmd_train(args) -> int:
         log(f"test MSE: {test['mse']:.4f}, R^2: {test['r2']:.4f} ({len(data.X_test)} held-out samples)")
     meta = {"dataset": data.name, "task": data.task, "classes": data.classes,
             "feature_names": data.feature_names, "test": test, "args": _jsonable(vars(args))}
-    _publish_run(out, model, meta, history, test, data.name)
-    log(f"wrote {', '.join(str(out / f) for f in RUN_FILES)} ({time.perf_counter() - start:.1f} s)")
+    files = (MODEL_FILES[args.format],) + RUN_FILES[1:]
+    _publish_run(out, model, meta, history, test, data.name, files[0])
+    for other in set(MODEL_FILES.values()) - {files[0]}:    # an earlier run's model in the other format
+        (out / other).unlink(missing_ok=True)
+    log(f"wrote {', '.join(str(out / f) for f in files)} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
 RUN_FILES = ("model.npz", "history.json", "history.csv", "curves.png")
+MODEL_FILES = {"npz": "model.npz", "safetensors": "model.safetensors"}     # by --format
 MODELS = ("mlp", "cnn", "resnet")
 
 
@@ -368,7 +372,7 @@ def _diverged(history, model):
     return None
 
 
-def _publish_run(out, model, meta, history, test, title):
+def _publish_run(out, model, meta, history, test, title, model_file="model.npz"):
     """Write the run's files into a hidden stage inside ``out``, then move them
     into place together (_io.staged_dir): an error or Ctrl-C before that leaves
     ``out`` as it was, and never a new model beside an old run's curves."""
@@ -378,7 +382,7 @@ def _publish_run(out, model, meta, history, test, title):
     from ._io import staged_dir, write_text
     from .plot import save, training_curves
     with staged_dir(out) as stage:
-        checkpoint.save(model, stage / "model.npz", meta=meta)
+        checkpoint.save(model, stage / model_file, meta=meta)
         # strict JSON: NaN and inf (a metric of constant targets, say) become null
         write_text(stage / "history.json", json.dumps(_finite_or_null({"history": history, "test": test}),
                                                       indent=1, allow_nan=False))
@@ -756,6 +760,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=32, help="batch size (32)")
     p.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the batches")
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
+    p.add_argument("--format", choices=list(MODEL_FILES), default="npz",
+                   help="checkpoint format: npz (model.npz, default) or safetensors (model.safetensors, "
+                        "readable by the safetensors library; the architecture in its metadata); an "
+                        "earlier run's model file in the other format is removed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -811,8 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
-    p.add_argument("--model", required=True, help="a checkpoint written by handydl train (or "
-                   "checkpoint.save; without saved feature names every column of --data is a feature)")
+    p.add_argument("--model", required=True, help="a checkpoint written by handydl train, .npz or "
+                   ".safetensors (or checkpoint.save; without saved feature names every column of --data is a feature)")
     p.add_argument("--data", required=True, help="a CSV or .npz file with the model's feature columns")
     p.add_argument("--out", help="output CSV (default: standard output)")
     p.set_defaults(func=cmd_predict)

@@ -1,0 +1,5 @@
+"""Bridges to the frameworks people already use, each optional and imported
+lazily: PyTorch (:func:`to_torch`, :func:`from_torch`) and ONNX
+(:func:`to_onnx`).  safetensors checkpoints are :func:`handydl.checkpoint.save`
+with a ``.safetensors`` path (NumPy only, no package needed)."""
+from .pytorch import FROM_TORCH, TO_TORCH, from_torch, to_torch  # noqa: F401
