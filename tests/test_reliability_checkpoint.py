@@ -203,9 +203,9 @@ def test_every_built_in_class_with_state_has_a_declared_entry():
     assert found <= set(checkpoint.DECLARED)
 
 
-@pytest.mark.parametrize("sizes, batch_norm", [([3, 4, 2], False), ([3, 5, 4, 2], True), ([3, 2], True)])
+@pytest.mark.parametrize("sizes, batch_norm", [([3, 4, 2], False), ([3, 5, 4, 2], True), ([3, 2], False)])
 def test_the_declared_size_of_an_mlp_is_its_state(sizes, batch_norm):
-    m = nn.MLP(sizes, batch_norm=batch_norm, dropout=0.1)
+    m = nn.MLP(sizes, batch_norm=batch_norm, dropout=0.1 if len(sizes) > 2 else 0.0)
     assert checkpoint.DECLARED["MLP"](m.get_config()) == sum(v.size for v in m.state_dict().values())
 
 
