@@ -854,6 +854,317 @@ _REST = [
 ]
 
 
+# -- recurrent networks: backpropagation through time, the LSTM's and the GRU's gates ----------
+#
+# Three steps of a tanh RNN, unrolled (lets h1, h2, h3), with an upstream gradient G_t on every
+# output; the expression language has no loop, so T = 3 is written out.
+
+_RNN_SHAPES = {"X1": (2, 3), "X2": (2, 3), "X3": (2, 3), "H0": (2, 3), "Wih": (3, 3), "Whh": (3, 3),
+               "b": (3,), "G1": (2, 3), "G2": (2, 3), "G3": (2, 3)}
+_RNN_LET = ["h1 = tanh(X1 @ Wih.T + H0 @ Whh.T + b)", "h2 = tanh(X2 @ Wih.T + h1 @ Whh.T + b)",
+            "h3 = tanh(X3 @ Wih.T + h2 @ Whh.T + b)",
+            "d3 = G3 * (1 - h3**2)", "d2 = (G2 + d3 @ Whh) * (1 - h2**2)", "d1 = (G1 + d2 @ Whh) * (1 - h1**2)"]
+_RNN_L = "sum(G1 * h1) + sum(G2 * h2) + sum(G3 * h3)"
+_RNN_SETUP = (r"h_t = \tanh(x_t W_{ih}^\top + h_{t-1} W_{hh}^\top + b),\ t = 1, 2, 3,\ "
+              r"L = \textstyle\sum_t \langle G_t, h_t \rangle\ (G_t = \partial L/\partial y_t \text{ at every "
+              r"output}),\ x_t: (N, I) = (2, 3),\ h_t: (2, 3)")
+
+
+def _rnn_layer_grad(env, index):
+    """ops.rnn_tanh's hand-written backward on the three steps (bias as bias_ih, no bias_hh)."""
+    x = np.stack([env["X1"], env["X2"], env["X3"]])
+    (y, h_n), saved = ops.rnn_tanh.forward(x, env["H0"], env["Wih"], env["Whh"], env["b"], None)
+    return ops.rnn_tanh.backward(saved, np.stack([env["G1"], env["G2"], env["G3"]]), None)[index]
+
+
+_LSTM_SHAPES = {"X": (2, 3), "H": (2, 2), "C": (2, 2), "Gh": (2, 2), "Gc": (2, 2),
+                **{f"W{k}": (2, 3) for k in "ifgo"}, **{f"U{k}": (2, 2) for k in "ifgo"},
+                **{f"b{k}": (2,) for k in "ifgo"}}
+_LSTM_LET = ["i = sigmoid(X @ Wi.T + H @ Ui.T + bi)", "f = sigmoid(X @ Wf.T + H @ Uf.T + bf)",
+             "g = tanh(X @ Wg.T + H @ Ug.T + bg)", "o = sigmoid(X @ Wo.T + H @ Uo.T + bo)",
+             "c2 = f * C + i * g", "h2 = o * tanh(c2)", "gc2 = Gc + Gh * o * (1 - tanh(c2)**2)"]
+_LSTM_L = "sum(Gh * h2) + sum(Gc * c2)"
+_LSTM_SETUP = (r"i, f, o = \sigma(x W_{\{i,f,o\}}^\top + h U_{\{i,f,o\}}^\top + b_{\{i,f,o\}}),\ "
+               r"g = \tanh(x W_g^\top + h U_g^\top + b_g),\ c' = f \odot c + i \odot g,\ h' = o \odot \tanh c',\ "
+               r"L = \langle G_h, h' \rangle + \langle G_c, c' \rangle\ (\text{weight\_ih} = [W_i; W_f; W_g; W_o],"
+               r"\ \text{weight\_hh} = [U_i; U_f; U_g; U_o])")
+
+
+def _lstm_cell_grad(env, index):
+    """ops.lstm_cell's hand-written backward, the gates stacked as PyTorch's (i, f, g, o)."""
+    W = np.concatenate([env[f"W{k}"] for k in "ifgo"])
+    U = np.concatenate([env[f"U{k}"] for k in "ifgo"])
+    b = np.concatenate([env[f"b{k}"] for k in "ifgo"])
+    _, saved = ops.lstm_cell.forward(env["X"], env["H"], env["C"], W, U, b, None)
+    return ops.lstm_cell.backward(saved, env["Gh"], env["Gc"])[index]
+
+
+_GRU_SHAPES = {"X": (2, 3), "H": (2, 2), "G": (2, 2), **{f"W{k}": (2, 3) for k in "rzn"},
+               **{f"U{k}": (2, 2) for k in "rzn"}, **{f"b{k}": (2,) for k in "rzn"},
+               **{f"c{k}": (2,) for k in "rzn"}}
+_GRU_LET = ["r = sigmoid(X @ Wr.T + br + H @ Ur.T + cr)", "z = sigmoid(X @ Wz.T + bz + H @ Uz.T + cz)",
+            "hn = H @ Un.T + cn", "n = tanh(X @ Wn.T + bn + r * hn)", "h2 = (1 - z) * n + z * H",
+            "gan = G * (1 - z) * (1 - n**2)"]
+_GRU_SETUP = (r"r, z = \sigma(x W_{\{r,z\}}^\top + b_{\{r,z\}} + h U_{\{r,z\}}^\top + c_{\{r,z\}}),\ "
+              r"n = \tanh(x W_n^\top + b_n + r \odot \hat a_n),\ \hat a_n = h U_n^\top + c_n,\ "
+              r"h' = (1 - z) \odot n + z \odot h,\ L = \langle G, h' \rangle\ (\text{bias\_ih} = [b_r; b_z; b_n],"
+              r"\ \text{bias\_hh} = [c_r; c_z; c_n])")
+
+
+def _gru_cell_grad(env, index):
+    """ops.gru_cell's hand-written backward, the gates stacked as PyTorch's (r, z, n)."""
+    W, U = (np.concatenate([env[f"{m}{k}"] for k in "rzn"]) for m in "WU")
+    b, c = (np.concatenate([env[f"{m}{k}"] for k in "rzn"]) for m in "bc")
+    _, saved = ops.gru_cell.forward(env["X"], env["H"], W, U, b, c)
+    return ops.gru_cell.backward(saved, env["G"])[index]
+
+
+_RNN = [
+    Derivation(
+        "rnn_tanh", "backpropagation through time: dL/dh_0, a sum over paths computed as one backward loop",
+        _RNN_L, [
+            Step(r"\frac{\partial L}{\partial h_0} = \sum_t G_t \frac{\partial h_t}{\partial h_0} = "
+                 r"\sum_t G_t J_t J_{t-1} \cdots J_1,\quad g J_s = \bigl(g \odot (1 - h_s^2)\bigr) W_{hh}",
+                 "(G1 * (1 - h1**2)) @ Whh + ((G2 * (1 - h2**2)) @ Whh * (1 - h1**2)) @ Whh"
+                 " + (((G3 * (1 - h3**2)) @ Whh * (1 - h2**2)) @ Whh * (1 - h1**2)) @ Whh",
+                 "h_0 reaches L through every output h_t, along the chain h_0 -> h_1 -> ... -> h_t; each link "
+                 "h_{s-1} -> h_s is the Jacobian J_s of tanh(... + h W_hh^T): a row gradient g becomes "
+                 "(g * (1 - h_s^2)) W_hh. The paths add (a fork is a sum); path t is a product of t Jacobians, "
+                 "which vanishes or explodes with t as the J_s are small or large"),
+            Step(r"= \Bigl(G_1 + \bigl(G_2 + G_3 J_3\bigr) J_2\Bigr) J_1",
+                 "((G1 + ((G2 + (G3 * (1 - h3**2)) @ Whh) * (1 - h2**2)) @ Whh) * (1 - h1**2)) @ Whh",
+                 "factor J_1 out of every term, then J_2 (Horner's rule). Read from the inside out, it is a "
+                 "loop from t = T down to 1: g_{h_t} = G_t + g_{h_{t+1}} J_{t+1}, one product with W_hh per "
+                 "step instead of T (T + 1) / 2: backpropagation through time"),
+            Step(r"= d_1 W_{hh},\quad d_T = G_T \odot (1 - h_T^2),\ d_t = (G_t + d_{t+1} W_{hh}) \odot (1 - h_t^2)",
+                 "d1 @ Whh",
+                 "name d_t = g_{a_t} the gradient of step t's pre-activation a_t (the parentheses of the "
+                 "last line): the op's backward loop, line for line"),
+        ],
+        wrt="H0", shapes=_RNN_SHAPES, let=_RNN_LET, setup=_RNN_SETUP,
+        code=lambda env: _rnn_layer_grad(env, 1)),
+    Derivation(
+        "rnn_tanh", "backpropagation through time: dL/dW_hh, the sum of every step's use of the weight",
+        _RNN_L, [
+            Step(r"\frac{\partial L}{\partial W_{hh}} = \sum_t d_t^\top h_{t-1}",
+                 "d1.T @ H0 + d2.T @ h1 + d3.T @ h2",
+                 "W_hh is used at every step, a_t = ... + h_{t-1} W_hh^T: its gradient is the sum of each "
+                 "use's, d_t^T h_{t-1} (the linear layer's x^T g, for PyTorch's (out, in) layout), with d_t "
+                 "the total gradient of a_t through time (the previous derivation)"),
+            Step(r"= D^\top S,\quad D = [d_1; \dots; d_T],\ S = [h_0; \dots; h_{T-1}]\ ((TN) \times H)",
+                 "einsum('tnk,tnj->kj', stack(d1, d2, d3), stack(H0, h1, h2))",
+                 "the sum over the steps and the batch is one matrix product of the stacked d_t and h_{t-1}: "
+                 "the op keeps every h_t, and computes this once, after the backward loop"),
+        ],
+        wrt="Whh", shapes=_RNN_SHAPES, let=_RNN_LET, setup=_RNN_SETUP,
+        code=lambda env: _rnn_layer_grad(env, 3)),
+    Derivation(
+        "rnn_tanh", "backpropagation through time: dL/dW_ih, one product after the loop", _RNN_L, [
+            Step(r"\frac{\partial L}{\partial W_{ih}} = \sum_t d_t^\top x_t",
+                 "d1.T @ X1 + d2.T @ X2 + d3.T @ X3",
+                 "W_ih is used at every step too, a_t = x_t W_ih^T + ...; each use gives d_t^T x_t"),
+            Step(r"= D^\top X,\quad X = [x_1; \dots; x_T]", "einsum('tnk,tni->ki', stack(d1, d2, d3), stack(X1, X2, X3))",
+                 "one matrix product over all steps: the input projection x_t W_ih^T was one product before "
+                 "the loop, and its gradients (dL/dW_ih and dL/dx = D W_ih) are one product each after it"),
+        ],
+        wrt="Wih", shapes=_RNN_SHAPES, let=_RNN_LET, setup=_RNN_SETUP,
+        code=lambda env: _rnn_layer_grad(env, 2)),
+    Derivation(
+        "lstm_cell", "the LSTM's memory: dL/dc passes back through the forget gate alone", _LSTM_L, [
+            Step(r"\frac{\partial L}{\partial c} = G_c \odot \frac{\partial c'}{\partial c} + G_h \odot "
+                 r"\frac{\partial h'}{\partial c'} \odot \frac{\partial c'}{\partial c} = G_c \odot f + "
+                 r"G_h \odot o \odot (1 - \tanh^2 c') \odot f",
+                 "Gc * f + Gh * o * (1 - tanh(c2)**2) * f",
+                 "the gates read x and h, not c: c reaches L only through c' = f c + i g (dc'/dc = f, "
+                 "elementwise), and c' reaches L twice, directly (G_c, the next step's memory) and through "
+                 "h' = o tanh(c')"),
+            Step(r"= g_{c'} \odot f,\quad g_{c'} = G_c + G_h \odot o \odot (1 - \tanh^2 c')",
+                 "(Gc + Gh * o * (1 - tanh(c2)**2)) * f",
+                 "through time the memory's gradient is multiplied by the forget gate only: no weight matrix, "
+                 "no squashing derivative (the RNN multiplies by W_hh diag(1 - h^2) at every step). Where "
+                 "f is near 1 it survives many steps: the constant error carousel"),
+        ],
+        wrt="C", shapes=_LSTM_SHAPES, let=_LSTM_LET, setup=_LSTM_SETUP,
+        code=lambda env: _lstm_cell_grad(env, 2)),
+    Derivation(
+        "lstm_cell", "the LSTM's gates: dL/dx through i, f, g and o, one product with weight_ih", _LSTM_L, [
+            Step(r"\frac{\partial L}{\partial x} = \sum_{k \in \{i,f,g,o\}} g_{a_k} W_k,\quad "
+                 r"g_{a_i} = g_{c'} g\, i (1 - i),\ g_{a_f} = g_{c'} c\, f (1 - f),\ g_{a_g} = g_{c'} i\, (1 - g^2),"
+                 r"\ g_{a_o} = G_h \tanh(c')\, o (1 - o)",
+                 "(gc2 * g * i * (1 - i)) @ Wi + (gc2 * C * f * (1 - f)) @ Wf + (gc2 * i * (1 - g**2)) @ Wg"
+                 " + (Gh * tanh(c2) * o * (1 - o)) @ Wo",
+                 "x enters all four gates and the paths add. c' = f c + i g gives g_i = g_{c'} g, g_f = "
+                 "g_{c'} c, g_g = g_{c'} i; h' = o tanh c' gives g_o = G_h tanh c'. Each gate through its "
+                 "nonlinearity, differentiated from its output (sigma' = sigma (1 - sigma), tanh' = 1 - tanh^2), "
+                 "then through a_k = x W_k^T + ...: g_a W_k"),
+            Step(r"= [g_{a_i}, g_{a_f}, g_{a_g}, g_{a_o}]\, \text{weight\_ih}",
+                 "concat(gc2 * g * i * (1 - i), gc2 * C * f * (1 - f), gc2 * i * (1 - g**2),"
+                 " Gh * tanh(c2) * o * (1 - o)) @ concat(Wi.T, Wf.T, Wg.T, Wo.T).T",
+                 "stacked as PyTorch stacks them (i, f, g, o): g_a (N, 4H) and weight_ih = [W_i; W_f; W_g; "
+                 "W_o] (4H, I) make the four products one; dL/dh = g_a weight_hh the same way, and dL/dweight_ih "
+                 "= g_a^T x"),
+        ],
+        wrt="X", shapes=_LSTM_SHAPES, let=_LSTM_LET, setup=_LSTM_SETUP,
+        code=lambda env: _lstm_cell_grad(env, 0)),
+    Derivation(
+        "gru_cell", "the GRU's gates: dL/dh, four paths (direct, z, n through the reset gate, r)", "sum(G * h2)", [
+            Step(r"\frac{\partial L}{\partial h} = G \odot z + \bigl(G (h - n) z (1 - z)\bigr) U_z + "
+                 r"(g_{a_n} \odot r) U_n + \bigl(g_{a_n} \hat a_n\, r (1 - r)\bigr) U_r,\quad "
+                 r"g_{a_n} = G (1 - z)(1 - n^2)",
+                 "G * z + (G * (H - n) * z * (1 - z)) @ Uz + (gan * r) @ Un + (gan * hn * r * (1 - r)) @ Ur",
+                 "h reaches h' = (1 - z) n + z h four ways: directly (dh'/dh = z); through z (dh'/dz = h - n); "
+                 "through n (dh'/dn = 1 - z, tanh' = 1 - n^2), where h enters as r * (h U_n^T + c_n), so the "
+                 "reset gate scales that path; and through r (dn/dr = (1 - n^2) (h U_n^T + c_n)). The paths add"),
+            Step(r"= G \odot z + [g_{a_r}, g_{a_z}, g_{a_n} \odot r]\, \text{weight\_hh}",
+                 "G * z + concat(gan * hn * r * (1 - r), G * (H - n) * z * (1 - z), gan * r)"
+                 " @ concat(Ur.T, Uz.T, Un.T).T",
+                 "stacked as PyTorch's weight_hh (r, z, n): one product, plus the direct path z G. The n block "
+                 "is g_{a_n} r, not g_{a_n}: on the input side (dL/dx = [g_{a_r}, g_{a_z}, g_{a_n}] weight_ih) "
+                 "the reset gate is not in the way"),
+        ],
+        wrt="H", shapes=_GRU_SHAPES, let=_GRU_LET, setup=_GRU_SETUP,
+        code=lambda env: _gru_cell_grad(env, 1)),
+    Derivation(
+        "gru_cell", "why the GRU keeps two biases for n: dL/db_hn = r times dL/db_in", "sum(G * h2)", [
+            Step(r"\frac{\partial L}{\partial c_n} = \textstyle\sum_{\text{batch}} g_{a_n} \odot r",
+                 "sum(gan * r, 0)",
+                 "c_n (bias_hh's n block) sits inside r * (h U_n^T + c_n), b_n (bias_ih's) outside it: "
+                 "dL/db_n = sum of g_{a_n}, dL/dc_n = sum of g_{a_n} r. They differ wherever r < 1, so the two "
+                 "cannot be merged into one bias, as the LSTM's (and the r, z blocks') can"),
+        ],
+        wrt="cn", shapes=_GRU_SHAPES, let=_GRU_LET, setup=_GRU_SETUP,
+        code=lambda env: _gru_cell_grad(env, 5)[4:]),
+]
+
+
+_CELL_SHAPES = {"X": (2, 3), "H": (2, 3), "Wih": (3, 3), "Whh": (3, 3), "b": (3,), "G": (2, 3)}
+
+
+def _rnn_cell_grad(name, env):
+    """The cell op's hand-written backward dL/dh (bias as bias_ih, no bias_hh)."""
+    op = ops.get(name)
+    _, saved = op.forward(env["X"], env["H"], env["Wih"], env["Whh"], env["b"], None)
+    return op.backward(saved, env["G"])[1]
+
+
+def _rnn_cell_derivation(name, phi, dphi, dtex, why):
+    return Derivation(
+        name, f"one {phi} RNN step: dL/dh", "sum(G * h2)", [
+            Step(r"\frac{\partial L}{\partial h} = \bigl(G \odot " + dtex + r"\bigr) W_{hh}",
+                 f"(G * {dphi}) @ Whh", why),
+        ],
+        wrt="H", shapes=_CELL_SHAPES, let=[f"h2 = {phi}(X @ Wih.T + H @ Whh.T + b)"],
+        setup=r"h' = \phi(x W_{ih}^\top + h W_{hh}^\top + b),\ L = \langle G, h' \rangle,\ x, h: (2, 3)",
+        code=lambda env: _rnn_cell_grad(name, env))
+
+
+_RELU_SHAPES = {k: v for k, v in _RNN_SHAPES.items() if k not in ("X3", "G3")}
+_RELU_LET = ["h1 = relu(X1 @ Wih.T + H0 @ Whh.T + b)", "h2 = relu(X2 @ Wih.T + h1 @ Whh.T + b)"]
+
+
+def _relu_layer_grad(env):
+    x = np.stack([env["X1"], env["X2"]])
+    _, saved = ops.rnn_relu.forward(x, env["H0"], env["Wih"], env["Whh"], env["b"], None)
+    return ops.rnn_relu.backward(saved, np.stack([env["G1"], env["G2"]]), None)[1]
+
+
+_LSTM2_SHAPES = {"X1": (2, 3), "X2": (2, 3), "H": (2, 2), "C": (2, 2), "Gh": (2, 2), "Gc": (2, 2),
+                 **{k: v for k, v in _LSTM_SHAPES.items() if k[0] in "WUb"}}
+_LSTM2_LET = [line for t, (x, h, c) in ((1, ("X1", "H", "C")), (2, ("X2", "h1", "c1"))) for line in (
+    f"i{t} = sigmoid({x} @ Wi.T + {h} @ Ui.T + bi)", f"f{t} = sigmoid({x} @ Wf.T + {h} @ Uf.T + bf)",
+    f"g{t} = tanh({x} @ Wg.T + {h} @ Ug.T + bg)", f"o{t} = sigmoid({x} @ Wo.T + {h} @ Uo.T + bo)",
+    f"c{t} = f{t} * {c} + i{t} * g{t}", f"h{t} = o{t} * tanh(c{t})")] + [
+    "gc2 = Gc + Gh * o2 * (1 - tanh(c2)**2)", "U = concat(Ui.T, Uf.T, Ug.T, Uo.T).T",
+    "ga2 = concat(gc2 * g2 * i2 * (1 - i2), gc2 * c1 * f2 * (1 - f2), gc2 * i2 * (1 - g2**2),"
+    " Gh * tanh(c2) * o2 * (1 - o2))",
+    "gc1 = gc2 * f2 + (ga2 @ U) * o1 * (1 - tanh(c1)**2)"]
+
+
+def _lstm_layer_grad(env):
+    W, U, b = (np.concatenate([env[f"{m}{k}"] for k in "ifgo"]) for m in "WUb")
+    _, saved = ops.lstm.forward(np.stack([env["X1"], env["X2"]]), env["H"], env["C"], W, U, b, None)
+    return ops.lstm.backward(saved, None, env["Gh"], env["Gc"])[2]
+
+
+_GRU2_SHAPES = {"X1": (2, 3), "X2": (2, 3), "H0": (2, 2), "G": (2, 2),
+                **{k: v for k, v in _GRU_SHAPES.items() if k[0] in "WUbc"}}
+_GRU2_LET = [line for t, (x, h) in ((1, ("X1", "H0")), (2, ("X2", "h1"))) for line in (
+    f"r{t} = sigmoid({x} @ Wr.T + br + {h} @ Ur.T + cr)", f"z{t} = sigmoid({x} @ Wz.T + bz + {h} @ Uz.T + cz)",
+    f"hn{t} = {h} @ Un.T + cn", f"n{t} = tanh({x} @ Wn.T + bn + r{t} * hn{t})",
+    f"h{t} = (1 - z{t}) * n{t} + z{t} * {h}")] + [
+    "U = concat(Ur.T, Uz.T, Un.T).T",
+    "gan2 = G * (1 - z2) * (1 - n2**2)",
+    "gh1 = G * z2 + concat(gan2 * hn2 * r2 * (1 - r2), G * (h1 - n2) * z2 * (1 - z2), gan2 * r2) @ U",
+    "gan1 = gh1 * (1 - z1) * (1 - n1**2)"]
+
+
+def _gru_layer_grad(env):
+    W, U, b, c = (np.concatenate([env[f"{m}{k}"] for k in "rzn"]) for m in "WUbc")
+    _, saved = ops.gru.forward(np.stack([env["X1"], env["X2"]]), env["H0"], W, U, b, c)
+    return ops.gru.backward(saved, None, env["G"])[1]
+
+
+_RNN += [
+    _rnn_cell_derivation(
+        "rnn_tanh_cell", "tanh", "(1 - h2**2)", r"(1 - h'^2)",
+        "h' = tanh(a), a = x W_ih^T + h W_hh^T + b: tanh' = 1 - tanh^2, taken from the output h'; "
+        "then a = ... + h W_hh^T gives g_h = g_a W_hh (PyTorch's (out, in) layout: no transpose)"),
+    _rnn_cell_derivation(
+        "rnn_relu_cell", "relu", "(h2 > 0)", r"[h' > 0]",
+        "ReLU' is 1 where the output is positive and 0 elsewhere (0 at the kink, as PyTorch): the "
+        "gradient passes the active units only, then g_h = g_a W_hh"),
+    Derivation(
+        "rnn_relu", "backpropagation through time with ReLU: masks instead of squashing",
+        "sum(G1 * h1) + sum(G2 * h2)", [
+            Step(r"\frac{\partial L}{\partial h_0} = (G_1 \odot m_1) W_{hh} + "
+                 r"\bigl(((G_2 \odot m_2) W_{hh}) \odot m_1\bigr) W_{hh},\quad m_t = [h_t > 0]",
+                 "(G1 * (h1 > 0)) @ Whh + ((G2 * (h2 > 0)) @ Whh * (h1 > 0)) @ Whh",
+                 "the paths h_0 -> h_1 -> L and h_0 -> h_1 -> h_2 -> L; each link is ReLU's 0/1 mask m_t, "
+                 "then W_hh: a gradient is never squashed, only cut (inactive units) or multiplied by "
+                 "W_hh, so over many steps it explodes when W_hh's gain on the active units exceeds 1"),
+            Step(r"= \bigl((G_1 + (G_2 \odot m_2) W_{hh}) \odot m_1\bigr) W_{hh}",
+                 "((G1 + (G2 * (h2 > 0)) @ Whh) * (h1 > 0)) @ Whh",
+                 "Horner's rule, as for tanh: the backward loop g_{h_t} = G_t + ((g_{h_{t+1}} m_{t+1}) W_hh)"),
+        ],
+        wrt="H0", shapes=_RELU_SHAPES, let=_RELU_LET,
+        setup=r"h_t = \mathrm{ReLU}(x_t W_{ih}^\top + h_{t-1} W_{hh}^\top + b),\ t = 1, 2,\ "
+              r"L = \langle G_1, h_1 \rangle + \langle G_2, h_2 \rangle",
+        code=_relu_layer_grad),
+    Derivation(
+        "lstm", "backpropagation through time in the LSTM: dL/dc_0 over two steps", "sum(Gh * h2) + sum(Gc * c2)", [
+            Step(r"\frac{\partial L}{\partial c_0} = \Bigl(g_{c_2} \odot f_2 + (g_{a_2} W_{hh}) \odot o_1 "
+                 r"\odot (1 - \tanh^2 c_1)\Bigr) \odot f_1",
+                 "(gc2 * f2 + (ga2 @ U) * o1 * (1 - tanh(c1)**2)) * f1",
+                 "c_0 reaches L only through c_1 = f_1 c_0 + i_1 g_1 (times f_1). c_1 reaches L twice: through "
+                 "c_2 = f_2 c_1 + ... (the memory path, times f_2) and through h_1 = o_1 tanh c_1, which feeds "
+                 "all four gates of step 2: g_{h_1} = g_{a_2} weight_hh, with g_{a_2} the gates' gradient of "
+                 "the cell derivation (g_{c_2} = G_c + G_h o_2 (1 - tanh^2 c_2))"),
+            Step(r"= g_{c_1} \odot f_1,\quad g_{c_{t-1}} = g_{c_t} \odot f_t,\ "
+                 r"g_{c_t} = g_{c_{t+1}} \odot f_{t+1} + g_{h_t} \odot o_t \odot (1 - \tanh^2 c_t)",
+                 "gc1 * f1",
+                 "the recursion the op's backward loop runs from t = T down to 1: the memory's gradient is "
+                 "carried by the forget gates, and every step adds what reaches c_t through h_t"),
+        ],
+        wrt="C", shapes=_LSTM2_SHAPES, let=_LSTM2_LET,
+        setup=r"\text{the LSTM cell at } t = 1, 2 \text{ from } (h_0, c_0),\ L = \langle G_h, h_2 \rangle + "
+              r"\langle G_c, c_2 \rangle\ (\text{the final states' gradients})",
+        code=_lstm_layer_grad),
+    Derivation(
+        "gru", "backpropagation through time in the GRU: dL/dh_0 over two steps", "sum(G * h2)", [
+            Step(r"\frac{\partial L}{\partial h_0} = g_{h_1} \odot z_1 + [g_{a_{r,1}}, g_{a_{z,1}}, g_{a_{n,1}} "
+                 r"\odot r_1]\, \text{weight\_hh},\quad g_{h_1} = G \odot z_2 + [g_{a_{r,2}}, g_{a_{z,2}}, "
+                 r"g_{a_{n,2}} \odot r_2]\, \text{weight\_hh}",
+                 "gh1 * z1 + concat(gan1 * hn1 * r1 * (1 - r1), gh1 * (H0 - n1) * z1 * (1 - z1), gan1 * r1) @ U",
+                 "the cell's rule for dL/dh (the gru_cell derivation) applied at step 2 gives g_{h_1}, and "
+                 "again at step 1, with g_{h_1} as the upstream gradient, gives g_{h_0}: the direct path z "
+                 "G carries the gradient back unsquashed where z is near 1, as the LSTM's forget gate does"),
+        ],
+        wrt="H0", shapes=_GRU2_SHAPES, let=_GRU2_LET,
+        setup=r"\text{the GRU cell at } t = 1, 2 \text{ from } h_0,\ L = \langle G, h_2 \rangle",
+        code=_gru_layer_grad),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1053,6 +1364,7 @@ DERIVATIONS = [
     *_CNN,
     *_ACTIVATIONS,
     *_REST,
+    *_RNN,
 ]
 
 

@@ -65,6 +65,9 @@ NOT_SUPPORTED: dict[tuple[str, str], str] = {
     ("MaxPool2d", "return_indices"):
         "return_indices=True is refused: the winning offsets are kept for backward only, "
         "and handydl has no MaxUnpool2d to take them",
+    ("LSTM", "proj_size"):
+        "proj_size > 0 (a projected hidden state, weight_hr) is refused with a clear error: "
+        "not implemented",
 }
 
 
@@ -75,6 +78,7 @@ def _constructed_with(key, value):
 
 MATCHES = {
     "return_indices": _constructed_with("return_indices", True),
+    "proj_size": lambda case: case.sample.constructor_input.kwargs.get("proj_size", 0) > 0,
 }
 
 
@@ -169,7 +173,8 @@ def fresh(v):
 
 
 def outputs_of(y):
-    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+    """The outputs as a flat tuple: LSTM's (output, (h_n, c_n)) is three."""
+    return tuple(v for o in y for v in outputs_of(o)) if isinstance(y, (tuple, list)) else (y,)
 
 
 def assert_close(actual, expected, what, rtol=RTOL, dtype=np.float64):
@@ -246,7 +251,8 @@ def check(case):
     # backward with a random upstream gradient (not ones: that hides transposes)
     rng = np.random.default_rng(1)
     gys = [rng.standard_normal(t.shape).astype(dtype) for t in ty]
-    inputs = list(targs) + list(tkwargs.values())           # the positional order of handydl's grads
+    # the positional order of handydl's grads; a tuple input (LSTM's hx) counts as its parts
+    inputs = list(outputs_of(tuple(targs) + tuple(tkwargs.values())))
     wrt = [(i, t) for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     tparams = dict(tm.named_parameters())
     tgrads = torch.autograd.grad(ty, [t for _, t in wrt] + list(tparams.values()),
@@ -255,7 +261,7 @@ def check(case):
         hgrads = hm.backward(gys[0] if gys[0].ndim else float(gys[0]), target_grad=True)
     else:
         hgrads = hm.backward(*gys)
-    hgrads = hgrads if isinstance(hgrads, tuple) else (hgrads,)
+    hgrads = outputs_of(hgrads) if isinstance(hgrads, tuple) else (hgrads,)
     assert len(hgrads) == len(inputs), f"{name}: {len(hgrads)} input gradients for {len(inputs)} inputs"
     for (i, t), tg in zip(wrt, tgrads):
         if isinstance(hm, nn.Loss) and i == 1 and hgrads[i] is None:

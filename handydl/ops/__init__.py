@@ -21,3 +21,5 @@ from .dropout import dropout  # noqa: F401
 from .structure import add, concat, mul, reshape, split, unbroadcast  # noqa: F401
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
 from .conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
+from .recurrent import (gru, gru_cell, lstm, lstm_cell, rnn_relu, rnn_relu_cell, rnn_tanh,  # noqa: F401
+                        rnn_tanh_cell)
