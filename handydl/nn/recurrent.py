@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from .. import ops
-from ..ops.activations import check_int, check_real
+from ..ops.registry import check_bool, check_choice, check_int, check_real
 from .layers import _cpu_only, _float_dtype
 from .module import Module, Parameter, check_gy, resolve_rng
 
@@ -36,8 +36,7 @@ _LAYER_OPS = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "G
 
 
 def _check_bool(who, name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{who}: {name}={value!r} is not valid; expected True or False")
+    check_bool(who, name, value)
     return bool(value)
 
 
@@ -331,7 +330,7 @@ class RNN(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *, rng=None):
-        ops.registry.check_choice("RNN: nonlinearity", nonlinearity, ("tanh", "relu"))
+        check_choice("RNN: nonlinearity", nonlinearity, ("tanh", "relu"))
         self._setup(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
                     device, dtype, rng, mode="RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
 
@@ -507,7 +506,7 @@ class RNNCell(RNNCellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None,
                  *, rng=None):
-        ops.registry.check_choice("RNNCell: nonlinearity", nonlinearity, ("tanh", "relu"))
+        check_choice("RNNCell: nonlinearity", nonlinearity, ("tanh", "relu"))
         self._setup(input_size, hidden_size, bias, device, dtype, rng,
                     mode="RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU")
 
