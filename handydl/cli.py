@@ -676,6 +676,10 @@ def cmd_verify(args) -> int:
     """Check a derivative someone wrote: exit 0 correct, 1 wrong, 2 unusable input."""
     from .check.expr import ExprError
     from .check.verify import verify_derivative, verify_gradient
+    if args.function and not args.claim_pos and not args.expr and os.path.isfile(args.function):
+        return _verify_document(args)
+    if args.json or args.html:
+        raise UsageError("--json and --html report on a document: handydl verify FILE --json")
     try:
         if args.expr:
             if args.function or args.claim_pos:
@@ -692,6 +696,24 @@ def cmd_verify(args) -> int:
         raise UsageError(str(e)) from None
     print(verdict)
     return 0 if verdict.correct else 1
+
+
+def _verify_document(args) -> int:
+    """handydl verify FILE: every step of a derivation document (exit 0 none wrong, 1 one is,
+    2 unusable input, 3 a check ran out of time)."""
+    from ._io import write_text
+    from .check.document import check_file
+    try:
+        report = check_file(args.function, total_seconds=args.timeout)
+    except ValueError as e:                  # not UTF-8, too large
+        raise UsageError(str(e)) from None
+    if not report.steps:
+        raise UsageError(f"{args.function}: no equation to check was found (math goes in $$...$$, "
+                         "\\[...\\], $...$ or \\begin{align}/{equation})")
+    if args.html:
+        write_text(args.html, report.to_html())
+    print(report.to_json() if args.json else report)
+    return report.exit_code
 
 
 def cmd_bench(args) -> int:
@@ -803,7 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description='scalar: handydl verify "tanh(x)" "1 - tanh(x)**2"; arrays: '
                                    'handydl verify --expr "sum((X @ W)**2)" --wrt W '
                                    '--claim "2 * X.T @ (X @ W)" --shape X=3,4 --shape W=4,2')
-    p.add_argument("function", nargs="?", help="a scalar function of --var")
+    p.add_argument("function", nargs="?", help="a scalar function of --var, or a derivation document "
+                                               "(Markdown, LaTeX or text) whose every step is checked")
     p.add_argument("claim_pos", nargs="?", metavar="claim", help="its claimed derivative")
     p.add_argument("--var", default="x", help="the variable (default x)")
     p.add_argument("--expr", help="a scalar (or vector) expression of named arrays")
@@ -812,6 +835,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", help="a Jacobian case 'CONDITION: EXPR' in i, j (repeat)")
     p.add_argument("--shape", action="append", help="NAME=D1,D2 for each array (repeat)")
     p.add_argument("--let", action="append", help="'NAME = EXPR' definitions, in order (repeat)")
+    p.add_argument("--json", action="store_true", help="a document: print {\"steps\": [...]} as JSON")
+    p.add_argument("--html", metavar="FILE", help="a document: also write an HTML report (math drawn as SVG)")
+    p.add_argument("--timeout", type=_positive(float, "--timeout"), default=None,
+                   help="a document: seconds for the whole check (exit 3 when steps ran out of time)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("bench", help="handydl vs PyTorch vs JAX on this CPU (runs python -m bench)")
