@@ -1472,11 +1472,13 @@ def explain(name, fmt="text", check=True):
         for d in derivations:
             out += _markdown(d, check)
         return "\n".join(out).rstrip() + "\n"
-    from .mathtext import to_unicode
+    from .mathtext import available, to_unicode
     out = [name, "", f"  forward     {to_unicode(op.formula)}",
            f"  derivative  {to_unicode(op.derivative)}", f"  at kinks    {op.convention}", ""]
     for d in derivations:
         out += _text(d, check)
+    if not available():
+        out.append("(the math above is LaTeX: pip install pylatexenc, or handydl[explain], for Unicode)")
     return "\n".join(out).rstrip() + "\n"
 
 
