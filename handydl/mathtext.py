@@ -86,7 +86,8 @@ SUB = dict(zip("0123456789+-=()aehijklmnoprstuvxβγρφχ",
                "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓᵦᵧᵨᵩᵪ"))
 _QUAD = "\x00"                               # \quad: kept wide when spaces are collapsed
 # after these the source's space is kept (a ≤ b, log p); after letters and ∂ it goes (∂L, γG)
-SPACED = {m for m, u in SYMBOLS.items() if u and not u.isalpha() and m != "partial" and u.strip()} \
+SPACED = {m for m, u in SYMBOLS.items() if u and not u.isalpha() and u.strip()
+          and m not in ("partial", "langle", "lfloor", "lceil")} \
     | {"log", "ln", "exp", "sin", "cos", "tan", "sinh", "cosh", "tanh", "coth", "max", "min", "det"}
 VULGAR = {("1", "2"): "½", ("1", "3"): "⅓", ("2", "3"): "⅔", ("1", "4"): "¼", ("3", "4"): "¾",
           ("1", "5"): "⅕", ("1", "6"): "⅙", ("1", "8"): "⅛"}
@@ -192,8 +193,10 @@ class _Render:
                 while i < len(tokens) and _is(tokens[i], " "):
                     i += 1
                 arg = self.node(tokens[i]) if i < len(tokens) else ""
+                spaced = i < len(tokens) and getattr(tokens[i], "macroname", None) in SYMBOLS \
+                    and tokens[i].macro_post_space              # W^\top + b: the space stays
                 i += 1
-                out.append(_script(arg, SUP if t == "^" else SUB, t))
+                out.append(_script(arg, SUP if t == "^" else SUB, t) + (" " if spaced else ""))
             elif isinstance(t, str):
                 out.append("′" if t == "'" and not self.in_text else t)
             elif getattr(t, "macroname", None) in ("left", "right") and i < len(tokens) and _is(tokens[i], "."):
