@@ -299,12 +299,15 @@ class BatchNorm1d(OpModule):
         extra = self.op_inputs() + (self.running_mean, self.running_var)
         return self._apply(ops.batch_norm_eval, x, extra)[0]
 
-    def _empty_batch(self, x):
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked = self.num_batches_tracked + 1
+    def _empty_batch(self, x, eval_op=ops.batch_norm_eval):
+        """No values, no statistics: the eval op's affine map of nothing (weight and
+        bias gradients 0); only num_batches_tracked counts the batch, as PyTorch."""
         w = np.asarray(self.weight.data if isinstance(self.weight, Parameter) else self.weight)
         stats = (np.zeros(w.shape, w.dtype), np.ones(w.shape, w.dtype))    # any: no value uses them
-        return self._apply(ops.batch_norm_eval, x, self.op_inputs() + stats)[0]
+        y = self._apply(eval_op, x, self.op_inputs() + stats)[0]
+        if self.training and self.track_running_stats:      # counted once the input is known good
+            self.num_batches_tracked = self.num_batches_tracked + 1
+        return y
 
     def _update_running_stats(self, saved, shape):
         m = math.prod(shape) // shape[1]                 # values per feature
@@ -420,13 +423,22 @@ class Flatten(_Reshaping):
     """Flattens dims start_dim..end_dim into one (default: all but the batch dim)."""
 
     def __init__(self, start_dim=1, end_dim=-1):
+        for name, d in (("start_dim", start_dim), ("end_dim", end_dim)):
+            ops.registry.check_int("Flatten", name, d, "an integer (a dim)", valid=lambda _: True)
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
 
     def forward(self, x):
         x = np.asarray(x)
-        start = self.start_dim % x.ndim
-        end = self.end_dim % x.ndim
+        n = max(x.ndim, 1)                       # a 0-d input counts as one dim, as in PyTorch
+        for name, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -n <= d < n:
+                raise ValueError(f"Flatten: {name}={d} is out of range for an input of shape {x.shape} "
+                                 f"(expected a dim in [{-n}, {n - 1}])")
+        start, end = self.start_dim % n, self.end_dim % n
+        if start > end:
+            raise ValueError(f"Flatten: start_dim={self.start_dim} comes after end_dim={self.end_dim} "
+                             f"for an input of shape {x.shape}")
         return self._reshape(x, x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def get_config(self):

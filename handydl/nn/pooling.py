@@ -133,7 +133,7 @@ class BatchNorm2d(BatchNorm1d):
         x = input
         batch_stats = self.training or not self.track_running_stats
         if batch_stats and np.ndim(x) == 4 and np.shape(x)[0] == 0:
-            return self._empty_batch_2d(x)
+            return self._empty_batch(x, _norm.batch_norm2d_eval)
         if batch_stats:
             y, saved = self._apply(_norm.batch_norm2d, x, self.op_inputs())
             if self.training and self.track_running_stats:
@@ -141,15 +141,6 @@ class BatchNorm2d(BatchNorm1d):
             return y
         extra = self.op_inputs() + (self.running_mean, self.running_var)
         return self._apply(_norm.batch_norm2d_eval, x, extra)[0]
-
-    def _empty_batch_2d(self, x):
-        """No values, no statistics: the eval op's affine map of nothing (weight and
-        bias gradients 0); only num_batches_tracked counts the batch, as PyTorch."""
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked = self.num_batches_tracked + 1
-        w = np.asarray(self.weight.data if isinstance(self.weight, Parameter) else self.weight)
-        stats = (np.zeros(w.shape, w.dtype), np.ones(w.shape, w.dtype))
-        return self._apply(_norm.batch_norm2d_eval, x, self.op_inputs() + stats)[0]
 
 
 class GroupNorm(OpModule):
