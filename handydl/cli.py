@@ -712,7 +712,11 @@ def _verify_document(args) -> int:
                          "\\[...\\], $...$ or \\begin{align}/{equation})")
     if args.html:
         write_text(args.html, report.to_html())
-    print(report.to_json() if args.json else report)
+    if args.json:
+        print(report.to_json())
+    else:
+        from .check.report import render_text
+        print(render_text(report, color=sys.stdout.isatty()))
     return report.exit_code
 
 

@@ -214,6 +214,23 @@ def test_plain_typing_inside_math():
     assert [s.verdict for s in check_document(doc).steps] == ["correct"] * 3
 
 
+def test_typed_derivative_operators_and_eqnarray():
+    doc = ("$$ d/dx tanh(x) = 1 - tanh(x)^2 = sech(x)^2 $$\n"
+           "$$ ∂/∂x (x^2 y) = 2xy $$\n"
+           "\\begin{eqnarray}\n\\frac{d}{dx} x^3 &=& 3x^2 \\\\\n &=& x \\cdot 2x\n\\end{eqnarray}\n")
+    got = [(s.line, s.verdict) for s in check_document(doc).steps]
+    assert got == [(1, "correct"), (1, "correct"), (2, "correct"), (4, "correct"), (5, "wrong")]
+
+
+def test_steps_this_reader_refuses_go_to_the_claims_parser():
+    """Plain-math cases are check.mathparse's notation: the step is still judged."""
+    doc = ("$$ \\frac{d}{dx} \\max(0, x) = (1 if x > 0 else 0) $$\n"
+           "$$ \\frac{d}{dx} x^2 = {2x, x>0; 0, otherwise} $$\n")
+    a, b = check_document(doc).steps
+    assert a.verdict == "correct" and "mathparse" in a.how
+    assert b.verdict == "wrong" and b.counterexample["x"] < 0
+
+
 def test_parsed_latex_has_the_value_of_an_independent_sympy_expression():
     import sympy as sp
     from handydl.check.document import Context

@@ -390,7 +390,14 @@ class _Parser:
         return self.letter(v)
 
     def _plain_derivative(self, take=False):
-        """dL/dW typed plainly: d, a name, '/', d, a name."""
+        """dL/dW typed plainly: d, a name, '/', d, a name; d/dx f: the operator."""
+        t = self.t[self.i:self.i + 3]
+        if len(t) == 3 and t[0] == ("op", "/") and t[1] == ("name", "d") and t[2][0] == "name":
+            if not take:
+                return True
+            self.i += 2
+            x = self.letter(self.take()[1], allow_call=False)
+            return ("deriv", self.postfix(self.primary()), (x,), False)
         t = self.t[self.i:self.i + 4]
         ok = (len(t) == 4 and t[0][0] == "name" and t[1] == ("op", "/") and t[2] == ("name", "d")
               and t[3][0] == "name")
@@ -674,7 +681,11 @@ class _Parser:
             toks.append(tok)
 
     def partial(self):
-        """∂L/∂W written inline: \\partial L / \\partial W."""
+        """∂L/∂W written inline: \\partial L / \\partial W; ∂/∂x f: the operator."""
+        if self.at("op", "/") and self.peek(1) == ("cmd", "partial"):
+            self.i += 2
+            x = self.postfix(self.primary(), allow_call=False)
+            return ("deriv", self.postfix(self.primary()), (x,), True)
         j = self.i
         f = self.postfix(self.primary(), allow_call=False)
         if self.at("op", "/") and self.peek(1) == ("cmd", "partial"):
