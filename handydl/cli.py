@@ -648,8 +648,14 @@ def cmd_explain(args) -> int:
     names = ops.names() + list(derivations.COMPOSITES)      # ops and patterns such as residual
     if not args.name:
         raise UsageError(f"name an op, or --all; ops: {', '.join(names)}")
-    _write_stdout(derivations.explain(_choose("op", args.name, sorted(names)), args.format,
-                                      check=not args.no_check))
+    text = derivations.explain(_choose("op", args.name, sorted(names)), args.format, check=not args.no_check)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):          # a terminal without Unicode: say so, mark the rest
+        print("handydl explain: this terminal's encoding cannot show Unicode math; "
+              "set PYTHONIOENCODING=utf-8, or use --format latex", file=sys.stderr)
+        sys.stdout.reconfigure(errors="replace")
+    _write_stdout(text)
     return 0
 
 

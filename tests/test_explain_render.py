@@ -117,6 +117,15 @@ def test_explain_cli_prints_unicode(tmp_path):
     assert r.returncode == 0 and "✓" not in r.stdout.decode("utf-8")
 
 
+def test_a_terminal_without_unicode_gets_a_note_not_a_traceback():
+    import os
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    r = subprocess.run([sys.executable, "-m", "handydl", "explain", "relu", "--no-check"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert "cannot show Unicode math" in r.stderr and "max(0, x)" in r.stdout
+
+
 # -- LaTeX that compiles -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("tex, problem", [
