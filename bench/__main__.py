@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.worker import WORKERS, conv_flops
+from bench.worker import WORKERS, conv_flops, lstm_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("handydl", "torch", "jax")
@@ -55,6 +55,9 @@ def workloads(quick):
     out.append(("conv_resnet_32x64x32x32_64f3x3", "conv",
                 dict(x=[8 if quick else 32, 64, 32, 32], out=64, k=3, padding=1, repeats=2 if quick else 5)))
     out.append(("cnn_epoch_lenet_28x28_b64", "cnn", dict(n=1024 if quick else 8192, batch=64, repeats=reps)))
+    # an LSTM layer fwd+bwd through time (issue 18): seq 64, batch 32, 128 -> 256
+    out.append(("lstm_s64_b32_128x256", "lstm", dict(seq=16 if quick else 64, batch=32, input=128, hidden=256,
+                                                      repeats=3 if quick else 9)))
     return out
 
 
@@ -116,7 +119,7 @@ TARGETS = [  # (workload, what, limit): handydl / peer or / floor must be <= lim
     ("mlp_epoch_b32", "fastest", 1.0), ("mlp_epoch_b128", "fastest", 0.8),
     ("mlp_epoch_b512", "fastest", 0.8), ("mlp_epoch_b512", "floor", 1.25),
     ("conv_lenet_64x1x28x28_32f5x5", "torch", 1.5), ("conv_resnet_32x64x32x32_64f3x3", "torch", 1.5),
-    ("cnn_epoch_lenet_28x28_b64", "torch", 1.5),
+    ("cnn_epoch_lenet_28x28_b64", "torch", 1.5), ("lstm_s64_b32_128x256", "torch", 1.5),
 ]
 
 
@@ -153,8 +156,8 @@ def report(results, frameworks):
             row["floor_gflops"] = row["flops"] / row["floor"] / 1e9
             for fw in frameworks:
                 row[fw]["gflops"] = row["flops"] / row[fw]["median"] / 1e9
-        if res["kind"] == "conv":        # the layer's three products as a rate, next to the best sgemm
-            row["flops"] = conv_flops(res["params"])
+        if res["kind"] in ("conv", "lstm"):   # the layer's products as a rate, next to the best sgemm
+            row["flops"] = (conv_flops if res["kind"] == "conv" else lstm_flops)(res["params"])
             row["pieces"] = {k: float(np.median(v)) for k, v in res["handydl"].get("pieces", {}).items()}
             row["sgemm_gflops"] = max(sgemm) if sgemm else None
             for fw in frameworks:

@@ -72,6 +72,21 @@ def conv_table(report):
     return "\n".join(lines)
 
 
+SEQ_LABELS = {"lstm_s64_b32_128x256": "LSTM layer fwd+bwd, seq 64, batch 32, 128→256"}
+
+
+def seq_table(report):
+    """The sequence rows: an LSTM layer's fwd+bwd through time and its products' rate."""
+    lines = ["| workload | handydl | PyTorch | / PyTorch | handydl GFLOP/s | PyTorch GFLOP/s | best sgemm |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if r["name"] in SEQ_LABELS and "torch" in r:
+            best = f"{r['sgemm_gflops']:.0f}" if r.get("sgemm_gflops") else ""
+            lines.append(f"| {SEQ_LABELS[r['name']]} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
+                         f"{r['vs_torch']:.2f} | {r['handydl']['gflops']:.0f} | {r['torch']['gflops']:.0f} | {best} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json") as f:
         report = json.load(f)
@@ -82,6 +97,9 @@ if __name__ == "__main__":
         print()
     if any(r["name"] in CONV_LABELS for r in report["rows"]):
         print(conv_table(report))
+        print()
+    if any(r["name"] in SEQ_LABELS for r in report["rows"]):
+        print(seq_table(report))
         print()
     for c in report["targets"]:
         print(check_line(c))

@@ -510,11 +510,87 @@ def torch_cnn(p):
     return {"samples": samples, "peak_mb": mem}
 
 
+# -- an LSTM layer: forward + backward through time (issue 18) ------------------------------
+
+def lstm_data(p, seed=0):
+    """x (seq, batch, input), PyTorch-default weights U(+-1/sqrt(hidden)), upstream gradients of
+    the output and of the final states, float32."""
+    rng = np.random.default_rng(seed)
+    T, N, I, H = p["seq"], p["batch"], p["input"], p["hidden"]
+    k, f32 = 1 / np.sqrt(H), np.float32
+    w = [rng.uniform(-k, k, s).astype(f32) for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
+    return (rng.standard_normal((T, N, I)).astype(f32), w,
+            [rng.standard_normal(s).astype(f32) for s in ((T, N, H), (1, N, H), (1, N, H))])
+
+
+def lstm_flops(p):
+    """Flops of the products of one fwd+bwd: the input projection, T steps of h W_hh^T, T steps
+    of g_a W_hh, and dL/dW_ih, dL/dW_hh, dL/dx (one product each)."""
+    T, N, I, H = p["seq"], p["batch"], p["input"], p["hidden"]
+    return 2 * T * N * 4 * H * (3 * I + 3 * H)
+
+
+def handydl_lstm(p):
+    import handydl
+    from handydl import nn
+    handydl.tune_malloc()
+    x, w, g = lstm_data(p)
+    m = nn.LSTM(p["input"], p["hidden"])
+    for param, value in zip(m.parameters(), w):
+        param.data[...] = value
+
+    def step():
+        m(x)
+        m.backward(*g)
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem, "sgemm_gflops": sgemm_rates(),
+            "pieces": lstm_pieces(x, w, g, p)}
+
+
+def lstm_pieces(x, w, g, p):
+    """{piece: [seconds]}: the matrix products of an LSTM fwd+bwd, each timed alone on arrays of
+    its sizes: what the recurrence cannot avoid (the rest of the step is the gates' elementwise
+    work and the module's bookkeeping)."""
+    T, N, H = x.shape[0], x.shape[1], p["hidden"]
+    W_ih, W_hh = w[0], w[1]
+    h, ga = np.ones((N, H), np.float32), np.ones((N, 4 * H), np.float32)
+    GA = np.ones((T * N, 4 * H), np.float32)
+    X2, S2 = x.reshape(T * N, -1), np.ones((T * N, H), np.float32)
+
+    def steps(fn):
+        def run():
+            for _ in range(T):
+                fn()
+        return run
+    pieces = {"input projection (1 product)": lambda: X2 @ W_ih.T,
+              f"h W_hh^T ({T} products)": steps(lambda: h @ W_hh.T),
+              f"g_a W_hh ({T} products)": steps(lambda: ga @ W_hh),
+              "dL/dW_ih, dL/dW_hh, dL/dx (3 products)": lambda: (GA.T @ X2, GA.T @ S2, GA @ W_ih)}
+    return {name: timed(fn, p["repeats"], warmup=1)[0] for name, fn in pieces.items()}
+
+
+def torch_lstm(p):
+    torch = _torch()
+    x, w, g = lstm_data(p)
+    m = torch.nn.LSTM(p["input"], p["hidden"])
+    with torch.no_grad():
+        for param, value in zip(m.parameters(), w):
+            param.copy_(torch.from_numpy(value))
+    x = torch.from_numpy(x).requires_grad_(True)
+    g = [torch.from_numpy(a) for a in g]
+
+    def step():
+        y, (h, c) = m(x)
+        torch.autograd.backward([y, h, c], g)
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem}
+
+
 WORKERS = {(fw, kind): globals()[f"{fw}_{kind}"]
            for fw in ("handydl", "torch", "jax") for kind in ("mlp", "activation", "softmax_ce")}
 # no JAX convolutions here: the targets of the CNN workloads are PyTorch's
 WORKERS.update({(fw, kind): globals()[f"{fw}_{kind}"] for fw in ("handydl", "torch")
-                for kind in ("conv", "cnn")})
+                for kind in ("conv", "cnn", "lstm")})
 
 
 def main():

@@ -56,12 +56,22 @@ def _sigmoid_(a):
     return a
 
 
-def _lstm_gates_(a):
-    """a (N, 4H) = [a_i, a_f, a_g, a_o] <- [sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o)], in
-    place, with one tanh over the whole array (sigma(a) = (1 + tanh(a/2)) / 2)."""
+def _halve_sigmoid_columns(a):
+    """a[..., i f o columns] *= 1/2 in place: the tanh(a/2) of sigma(a) = (1 + tanh(a/2)) / 2.
+    Halving is exact in binary floating point, so halving a sum's terms halves the sum exactly."""
     H = a.shape[-1] // 4
-    a[:, :2 * H] *= 0.5
-    a[:, 3 * H:] *= 0.5
+    a[..., :2 * H] *= 0.5
+    a[..., 3 * H:] *= 0.5
+    return a
+
+
+def _lstm_gates_(a, halved=False):
+    """a (N, 4H) = [a_i, a_f, a_g, a_o] <- [sigma(a_i), sigma(a_f), tanh(a_g), sigma(a_o)], in
+    place, with one tanh over the whole array (sigma(a) = (1 + tanh(a/2)) / 2); ``halved``: the
+    i, f, o columns hold a/2 already (the layer halves its weights once, not every step)."""
+    H = a.shape[-1] // 4
+    if not halved:
+        _halve_sigmoid_columns(a)
     np.tanh(a, out=a)
     for s in (slice(0, 2 * H), slice(3 * H, 4 * H)):
         a[:, s] *= 0.5
@@ -81,11 +91,11 @@ def _rnn_step_backward(h, gh, relu):
     return gh * (h > 0) if relu else gh * (1 - h * h)
 
 
-def _lstm_step(a, c, c_out, tc_out, h_out):
+def _lstm_step(a, c, c_out, tc_out, h_out, halved=False):
     """a (N, 4H) pre-activations -> gates in place; c_out = f c + i g, tc_out = tanh(c_out),
     h_out = o tc_out."""
     H = c.shape[-1]
-    _lstm_gates_(a)
+    _lstm_gates_(a, halved)
     i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     np.multiply(f, c, out=c_out)
     c_out += i * g
@@ -394,6 +404,13 @@ def _from_time_major(Z, reverse, batch_first):
     return Z.swapaxes(0, 1) if batch_first else Z
 
 
+def _transposed(W):
+    """W^T as a C-contiguous copy, made once per sequence: OpenBLAS multiplies the small (N, H)
+    state by it markedly faster than by the transposed view (measured: 1.3 to 1.8 times, one
+    thread, N = 32, H = 256), and the loop does it T times."""
+    return np.ascontiguousarray(W.T)
+
+
 def _project(X, W, b):
     """A = X W^T + b for every step at once: ONE matrix product, (T, N, I) -> (T, N, kH)."""
     # as a 2-D product: NumPy's stacked matmul with a transposed operand skips BLAS (40x slower)
@@ -457,8 +474,9 @@ def _rnn_layer(name, relu):
         A = _project(X, W_ih, _bias_sum(b_ih, b_hh))          # every step's input at once
         S = np.empty((A.shape[0] + 1,) + h0.shape, A.dtype)   # h_0 .. h_T
         S[0] = h0
+        W_hhT = _transposed(W_hh)
         for t in range(A.shape[0]):                            # the time loop, the only loop
-            a = np.matmul(S[t], W_hh.T)
+            a = S[t] @ W_hhT
             a += A[t]
             _rnn_step(a, relu, S[t + 1])
         y = _output(S, reverse, batch_first)
@@ -524,10 +542,13 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=Fa
     C = np.empty_like(S)                              # c_0 .. c_T
     TC = np.empty_like(S[1:])                         # tanh c_1 .. tanh c_T
     S[0], C[0] = h0, c0
+    # sigma(a) = (1 + tanh(a/2)) / 2: halve the i, f, o columns of A and W_hh^T once (exactly)
+    _halve_sigmoid_columns(A)
+    W_hhT = _halve_sigmoid_columns(_transposed(W_hh))
     for t in range(T):                                # the time loop, the only loop
         a = A[t]
-        a += S[t] @ W_hh.T
-        _lstm_step(a, C[t], C[t + 1], TC[t], S[t + 1])
+        a += S[t] @ W_hhT
+        _lstm_step(a, C[t], C[t + 1], TC[t], S[t + 1], halved=True)
     y = _output(S, reverse, batch_first)
     return ((y, S[-1].copy(), C[-1].copy()),
             (X, W_ih, W_hh, b_ih is not None, b_hh is not None, S, C, A, TC, reverse, batch_first))
@@ -540,11 +561,25 @@ def _lstm_backward(saved, gy, gh_n, gc_n, needs=(True,) * 7):
     GA = np.empty_like(gates)
     gh = np.zeros_like(S[0]) if gh_n is None else np.array(gh_n, dtype=S.dtype)
     gc = np.zeros_like(S[0]) if gc_n is None else np.array(gc_n, dtype=S.dtype)
+    # _lstm_step_backward with what does not depend on the gradient taken out of the loop and
+    # computed for all steps at once: the gates' derivatives D and o (1 - tanh^2 c)
+    H = S.shape[-1]
+    D = gates * (1 - gates)                  # sigma' = sigma (1 - sigma) for i, f, o
+    D[..., 2 * H:3 * H] = 1 - gates[..., 2 * H:3 * H] ** 2         # tanh' for g
+    K = gates[..., 3 * H:] * (1 - TC * TC)   # dh_t/dc_t = o_t (1 - tanh^2 c_t)
     for t in range(GA.shape[0] - 1, -1, -1):
         if GY is not None:
             gh = gh + GY[t]                  # h_t reaches L directly and through h_{t+1}
-        gc = _lstm_step_backward(gates[t], C[t], TC[t], gh, gc, GA[t])
-        gh = GA[t] @ W_hh
+        gc = gc + gh * K[t]                  # and c_t through c_{t+1} and through h_t
+        i, f, g = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:3 * H]
+        ga = GA[t]
+        np.multiply(gc, g, out=ga[:, :H])                # g_i = g_c g
+        np.multiply(gc, C[t], out=ga[:, H:2 * H])        # g_f = g_c c_{t-1}
+        np.multiply(gc, i, out=ga[:, 2 * H:3 * H])       # g_g = g_c i
+        np.multiply(gh, TC[t], out=ga[:, 3 * H:])        # g_o = g_h tanh c_t
+        ga *= D[t]                                       # through each gate's nonlinearity
+        gc = gc * f                                      # g_{c_{t-1}} = g_c f
+        gh = ga @ W_hh
     gx, gW_ih, gb = _input_grads(GA, X, W_ih, needs[0], needs[3], reverse, batch_first)
     return (gx, gh if needs[1] else None, gc if needs[2] else None, gW_ih,
             _hidden_grad(GA, S[:-1]) if needs[4] else None,
@@ -581,8 +616,9 @@ def gru(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False, 
     gates = np.empty_like(A)
     HN = np.empty_like(S[1:])                         # ah_n = (h W_hh^T + b_hh)_n at every step
     S[0] = h0
+    W_hhT = _transposed(W_hh)
     for t in range(T):                                # the time loop, the only loop
-        ah = S[t] @ W_hh.T
+        ah = S[t] @ W_hhT
         if b_hh is not None:
             ah += b_hh
         HN[t] = ah[:, 2 * H:]
