@@ -68,6 +68,10 @@ NOT_SUPPORTED: dict[tuple[str, str], str] = {
     ("LSTM", "proj_size"):
         "proj_size > 0 (a projected hidden state, weight_hr) is refused with a clear error: "
         "not implemented",
+    ("MultiheadAttention", "add_bias_kv"):
+        "add_bias_kv=True (learned key and value rows appended to every sequence) is refused",
+    ("MultiheadAttention", "add_zero_attn"):
+        "add_zero_attn=True (a zero key and value appended to every sequence) is refused",
 }
 
 
@@ -79,6 +83,9 @@ def _constructed_with(key, value):
 MATCHES = {
     "return_indices": _constructed_with("return_indices", True),
     "proj_size": lambda case: case.sample.constructor_input.kwargs.get("proj_size", 0) > 0,
+    "add_bias_kv": _constructed_with("add_bias_kv", True),
+    "add_zero_attn": lambda case: (case.sample.constructor_input.kwargs.get("add_zero_attn", False)
+                                   and not case.sample.constructor_input.kwargs.get("add_bias_kv", False)),
 }
 
 
@@ -191,6 +198,13 @@ def assert_close(actual, expected, what, rtol=RTOL, dtype=np.float64):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
+def layout(hm, pname):
+    """torch -> handydl for parameter ``pname``, by the class of the module that holds it
+    (a Linear inside MultiheadAttention, out_proj, is a Linear too)."""
+    owner, _, attr = pname.rpartition(".")
+    return LAYOUTS.get((type(hm.get_submodule(owner)).__name__, attr), lambda a: a)
+
+
 def copy_state(tm, hm, name, dtype=np.float64):
     """torch's parameters and buffers into handydl's, by name; the name sets must agree."""
     tparams = dict(tm.named_parameters())
@@ -198,7 +212,7 @@ def copy_state(tm, hm, name, dtype=np.float64):
     assert set(hparams) == set(tparams), \
         f"{name}: parameters {sorted(hparams)}, torch {sorted(tparams)}"
     for pname, t in tparams.items():
-        value = LAYOUTS.get((name, pname.rsplit(".", 1)[-1]), lambda a: a)(t.detach().numpy())
+        value = layout(hm, pname)(t.detach().numpy())
         p = hparams[pname]
         assert p.shape == value.shape, f"{name}.{pname}: shape {p.shape}, torch {value.shape}"
         p.data = np.array(value, dtype=dtype)
@@ -271,7 +285,7 @@ def check(case):
     hparams = dict(hm.named_parameters())
     for (pname, t), tg in zip(tparams.items(), tgrads[len(wrt):]):
         expected = (torch.zeros_like(t) if tg is None else tg).numpy()
-        expected = LAYOUTS.get((name, pname.rsplit(".", 1)[-1]), lambda a: a)(expected)
+        expected = layout(hm, pname)(expected)
         close(hparams[pname].grad, expected, f"{name} dL/d{pname}")
 
 

@@ -20,3 +20,6 @@ globals().update(GENERATED)     # Sigmoid, Tanh, ReLU, ..., Add, Concat, Split
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, GroupNorm, MaxPool2d  # noqa: F401,E402
 from .conv import Conv1d, Conv2d, ConvTranspose2d  # noqa: F401,E402
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
+from .loss import SequenceCrossEntropyLoss  # noqa: F401,E402
+from .attention import (Embedding, LearnedPositionalEmbedding, MultiheadAttention,  # noqa: F401,E402
+                        SinusoidalPositionalEmbedding, TransformerEncoderLayer)

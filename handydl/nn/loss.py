@@ -115,3 +115,39 @@ class MultiMarginLoss(Loss):
 
     def __init__(self, p=1, margin=1.0, weight=None, reduction="mean"):
         super().__init__(reduction, p=p, margin=margin, weight=weight)
+
+
+class SequenceCrossEntropyLoss(CrossEntropyLoss):
+    r"""Cross-entropy of a sequence model's logits: ``input`` (B, T, V), ``target`` (B, T)
+    token ids; "mean" averages over the tokens whose target is not ``ignore_index``.
+
+    The loss of ``CrossEntropyLoss`` on the (B*T, V) rows, which is PyTorch's
+    ``F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=...)`` as
+    nanoGPT writes it (CrossEntropyLoss itself takes PyTorch's (N, C, d1) layout,
+    the classes on dim 1).  Backward:
+    :math:`g_{b,t} = (\mathrm{softmax}(x_{b,t}) - \mathrm{onehot}(y_{b,t})) / n`, n the
+    number of counted tokens (rows of ignored tokens get 0); dL/dinput is (B, T, V).
+    reduction="none" gives the (B, T) losses.
+    """
+
+    def forward(self, input, target):
+        x, t = np.asarray(input), np.asarray(target)
+        if x.ndim != 3 or t.shape != x.shape[:2]:
+            raise ValueError(f"SequenceCrossEntropyLoss: expected logits of shape (B, T, V) and targets "
+                             f"of shape (B, T), got {x.shape} and {t.shape}")
+        rows, _ = ops.reshape.forward(x, shape=(-1, x.shape[-1]))      # ops: a tape sees them
+        loss, saved = self.op.run((rows, t.reshape(-1)), self.params)
+        if self.reduction == "none":
+            loss, _ = ops.reshape.forward(loss, shape=t.shape)
+        self.save(saved, np.shape(loss), x.shape)
+        if tape.recording():
+            return loss
+        return float(loss) if np.ndim(loss) == 0 else loss
+
+    def backward(self, gy=1.0, target_grad=False):
+        saved, shape, x_shape = self._peek_saved()
+        gy = check_gy(gy, shape, type(self).__name__)
+        grads = self.op.backward(saved, gy.reshape(-1) if gy.ndim else gy)
+        self.saved()
+        gx = grads[0].reshape(x_shape)
+        return (gx, None) if target_grad else gx

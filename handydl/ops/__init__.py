@@ -18,8 +18,10 @@ from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
                      huber_loss, l1_loss, mse_loss, multi_margin_loss, nll_loss,
                      prob_cross_entropy)
 from .dropout import dropout  # noqa: F401
-from .structure import add, concat, mul, reshape, split, unbroadcast  # noqa: F401
+from .structure import add, concat, mul, permute, reshape, split, unbroadcast  # noqa: F401
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
 from .conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
 from .recurrent import (gru, gru_cell, lstm, lstm_cell, rnn_relu, rnn_relu_cell, rnn_tanh,  # noqa: F401
                         rnn_tanh_cell)
+from .embedding import embedding  # noqa: F401
+from .attention import attention_weights, scaled_dot_product_attention  # noqa: F401

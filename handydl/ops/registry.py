@@ -66,7 +66,8 @@ class Op:
     Fields
     ------
     name, kind        registry key; "activation", "softmax", "linear",
-                      "normalization", "loss" or "regularization".
+                      "normalization", "loss", "regularization", "structure",
+                      "convolution", "pooling", "embedding" or "attention".
     formula, derivative   LaTeX of f and of its derivative (or VJP).
     convention        the derivative's value at non-differentiable points, in words.
     inputs            names of the positional array inputs; a leading "*" marks

@@ -195,3 +195,37 @@ def reshape(x, shape):
 @reshape.set_backward
 def _reshape_backward(x_shape, gy):
     return gy.reshape(x_shape)
+
+
+def _check_permute(params):
+    dims = params["dims"]
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in dims):
+        raise ValueError(f"permute: dims={dims!r} is not valid; expected a tuple of ints")
+
+
+def _permute_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(2, 3, 4)).astype(dtype),)
+
+
+@register(
+    "permute", kind="structure",
+    formula=r"y_{i_{d_0} \dots i_{d_{n-1}}} = x_{i_0 \dots i_{n-1}}\quad(\text{axes reordered by dims})",
+    derivative=r"g_x = \operatorname{permute}(g_y, \operatorname{dims}^{-1})",
+    params={"dims": (1, 0, 2)}, test_params=({"dims": (2, 0, 1)},), check_params=_check_permute,
+    complex_step=True, sample=_permute_sample, domains=((-6.0, 6.0),),
+    reference=lambda torch, x, dims: torch.permute(x, dims),
+)
+def permute(x, dims):
+    """The axes of x reordered (a view), as torch.permute: splitting attention heads
+    (B, T, H, d) -> (B, H, T, d), or a transpose with dims (1, 0)."""
+    x = as_float(x)
+    if sorted(int(d) % max(x.ndim, 1) for d in dims) != list(range(x.ndim)) or len(dims) != x.ndim:
+        raise ValueError(f"permute: dims={tuple(dims)} is not a permutation of the {x.ndim} dims of "
+                         f"an input of shape {x.shape}")
+    dims = tuple(int(d) % x.ndim for d in dims)
+    return np.transpose(x, dims), dims
+
+
+@permute.set_backward
+def _permute_backward(dims, gy):
+    return np.transpose(gy, np.argsort(dims))
