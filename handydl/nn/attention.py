@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .. import ops
-from ..ops.activations import check_int, check_real
+from ..ops.registry import check_int, check_real
 from ..ops.attention import weights_vjp
 from ..ops.embedding import check_padding_idx
 from .layers import (GENERATED, Dropout, LayerNorm, Linear, OpModule, _cpu_only, _float_dtype)

@@ -40,7 +40,7 @@ def check_scale(scale, who="scaled_dot_product_attention"):
 
 
 def _check_params(p):
-    from .activations import check_real
+    from .registry import check_real
     check_real("scaled_dot_product_attention", "dropout_p", p["dropout_p"], "a probability in [0, 1)",
                lambda v: 0 <= v < 1)
     check_scale(p["scale"])

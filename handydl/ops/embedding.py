@@ -92,9 +92,15 @@ def scatter_add(idx, gy, shape, pad=None):
     The one-hot matrix is sparse (one 1 per row), so the product is SciPy's sparse
     one, a single pass over g_y (np.add.at computes the same, several times slower).
     """
-    from scipy import sparse
     n, dim = idx.size, shape[1]
     g2 = np.asarray(gy).reshape(n, dim)
+    if g2.dtype not in (np.float32, np.float64, np.complex64, np.complex128):   # float16: no sparse
+        gw = np.zeros(shape, g2.dtype)
+        np.add.at(gw, idx.reshape(-1), g2)
+        if pad is not None:
+            gw[pad] = 0
+        return gw
+    from scipy import sparse
     ones = np.ones(n, dtype=g2.real.dtype)
     onehot_t = sparse.csr_matrix((ones, (idx.reshape(-1), np.arange(n))), shape=(shape[0], n))
     gw = np.asarray(onehot_t @ g2, dtype=g2.dtype)
