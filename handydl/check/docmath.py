@@ -47,7 +47,7 @@ UNICODE = {
     "∂": r"\partial ", "·": r"\cdot ", "⋅": r"\cdot ", "×": r"\times ", "−": "-", "–": "-",
     "∑": r"\sum ", "∏": r"\prod ", "√": r"\sqrt ", "≠": r"\neq ", "≤": r"\leq ", "≥": r"\geq ",
     "⊤": "T", "ᵀ": "^T", "²": "^2", "³": "^3", "⁻¹": "^{-1}", "′": "'", "∈": r"\in ",
-    "⊙": r"\odot ", "∘": r"\odot ", "‖": r"\| ", "ℝ": "R", "≈": r"\approx ", "∞": r"\infty ",
+    "⊙": r"\odot ", "∘": r"\odot ", "‖": r"\| ", "…": r"\dots ", "ℝ": "R", "≈": r"\approx ", "∞": r"\infty ",
     "ₖ": "_k", "ᵢ": "_i", "ⱼ": "_j", "ₙ": "_n",
 }
 # words that name a function when typed in plain math (LaTeX has a macro for each)
@@ -591,6 +591,8 @@ class _Parser:
             raise MathError(f"the words \\text{{{self._braced_word()}}}")
         if v == "infty":
             raise MathError("infinity")
+        if v in ("dots", "ldots", "cdots", "vdots"):
+            raise MathError(f"an ellipsis \\{v} (an expression left unfinished)")
         if v == "ell":
             return self.letter("l")
         raise MathError(f"the macro \\{v}")
@@ -629,7 +631,6 @@ class _Parser:
         raise MathError(f"bold {_show(tok)}")
 
     def frac(self):
-        start = self.i
         num = self._raw_group()
         den = self._raw_group()
         d_num, d_den = _diff_marker(num), _diff_marker(den)
@@ -644,7 +645,6 @@ class _Parser:
                 f = self.postfix(self.primary())   # \frac{d}{dx} f(x): the operand follows
             wrt = wrt * order if len(wrt) == 1 and order > 1 else wrt
             return ("deriv", f, tuple(wrt), partial)
-        del start
         return ("div", _Parser(num, self.functions).parse(), _Parser(den, self.functions).parse())
 
     def _wrt_list(self):
@@ -686,14 +686,11 @@ class _Parser:
             self.i += 2
             x = self.postfix(self.primary(), allow_call=False)
             return ("deriv", self.postfix(self.primary()), (x,), True)
-        j = self.i
         f = self.postfix(self.primary(), allow_call=False)
         if self.at("op", "/") and self.peek(1) == ("cmd", "partial"):
             self.i += 2
             x = self.postfix(self.primary(), allow_call=False)
             return ("deriv", f, (x,), True)
-        if f[0] == "sym" and f[2] and self.t[j][0] == "op" and self.t[j][1] == "_":
-            pass
         raise MathError(r"\partial outside a derivative (write \frac{\partial f}{\partial x})")
 
     def environment(self):
@@ -793,8 +790,6 @@ def _diff_marker(toks):
             order, rest = int(rest[1][1]), rest[2:]
         elif rest[1] == ("op", "{") and len(rest) > 3 and rest[2][0] == "num":
             order, rest = int(rest[2][1]), rest[4:]
-    if kind == "d" and rest and rest[0] == ("op", "("):
-        pass
     if kind == "d" and not rest:
         return (kind, order, [])
     if kind == "d" and rest[0][0] not in ("name", "cmd", "op"):

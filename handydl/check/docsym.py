@@ -11,8 +11,6 @@ component at the step's implicit index.
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
 from .docmath import MathError, TooLarge
 
 MAX_EXPONENT = 1000  # 9^9^9 is refused before SymPy builds it (an integer power cannot be interrupted)

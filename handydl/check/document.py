@@ -154,22 +154,22 @@ def _prose_facts(ctx, text):
     """One-hot, probability vectors, positivity, shapes and the layout, from words and math."""
     flat = re.sub(r"\s+", " ", text)
     for m in re.finditer(r"\$?" + _NAME + r"\$?\s+(?:is|be|are)\s+(?:an?\s+)?(?:\w+\s+)?one[- ]hot", flat):
-        ctx.onehot.add(_plain(m.group(1)))
+        ctx.onehot.add(m.group(1))
     for m in re.finditer(r"\$?" + _NAME + r"\$?\s+(?:is|be)\s+(?:an?\s+)?(?:\w+\s+)?(?:probability|"
                          r"distribution|(?:vector\s+)?that\s+sums?\s+to\s+(?:one|1))", flat):
-        ctx.simplex.add(_plain(m.group(1)))
+        ctx.simplex.add(m.group(1))
     for m in re.finditer(r"\\sum_\{?([a-z])\}?(?:\^\{?\w+\}?)?\s*" + _NAME + r"_\{?([a-z])\}?\s*=\s*1(?![\d.])", flat):
         if m.group(1) == m.group(3):
-            ctx.simplex.add(_plain(m.group(2)))
+            ctx.simplex.add(m.group(2))
     for m in re.finditer(_NAME + r"(?:_\{?[a-z]\}?)?\s*>\s*0", flat):
-        ctx.positive.add(_plain(m.group(1)))
+        ctx.positive.add(m.group(1))
     for m in re.finditer(r"\$?" + _NAME + r"\$?\s+(?:is|are)\s+(?:all\s+)?positive", flat):
-        ctx.positive.add(_plain(m.group(1)))
+        ctx.positive.add(m.group(1))
     for m in re.finditer(_NAME + r"\s*(?:\\in|∈)\s*(?:\\mathbb\{R\}|\\mathbb R|\\R|ℝ|R)\s*\^\s*"
                          r"(\{[^{}$]*\}|\w)", flat):
         dims = re.split(r"\\times|×|,|\*", m.group(2).strip("{}"))
         dims = tuple(d.strip() for d in dims if d.strip())
-        name = _plain(m.group(1))
+        name = m.group(1)
         ctx.shapes[name] = dims
         (ctx.matrix_names if len(dims) == 2 and not (dims[0] == "1" or dims[1] == "1") or name[:1].isupper()
          else ctx.vector_names).add(name)
@@ -188,10 +188,6 @@ def _prose_facts(ctx, text):
         ctx.facts.append(f"{name} ∈ R^{'×'.join(dims)}")
     if ctx.layout:
         ctx.facts.append(f"Jacobians in the {ctx.layout} layout")
-
-
-def _plain(name):
-    return name
 
 
 def _function_heads(reading):
@@ -216,6 +212,7 @@ class DocumentChecker:
         self.deadline = None if total_seconds is None else time.monotonic() + total_seconds
         self.rng = np.random.default_rng(seed)
         self.out_of_time = False
+        self.conditions = []               # inline relations read as cases or assumptions
 
     # -- collection ------------------------------------------------------------------------
     def parse(self, side):
@@ -248,8 +245,9 @@ class DocumentChecker:
         self._find_upstream(equations)
         for eq in equations:
             self._check_equation(eq)
-        return DocumentReport(equations, list(ctx.defs.values()), ctx.facts, self.out_of_time,
-                              self._undefined_definitions)
+        report = DocumentReport(equations, list(ctx.defs.values()), ctx.facts, self.out_of_time)
+        report.conditions = self.conditions
+        return report
 
     def _learn_names(self, parsed):
         ctx = self.ctx
@@ -283,8 +281,6 @@ class DocumentChecker:
         ctx.vector_names -= ctx.index_letters
         ctx.vector_names -= ctx.matrix_names
 
-    _undefined_definitions = ()
-
     def _definition_of(self, tree, ch, sides, line):
         """A Definition when the chain's first side is a new name (p_i, L, f(x), y), else None."""
         ctx = self.ctx
@@ -311,7 +307,7 @@ class DocumentChecker:
             name = tree[1]
             if name in ctx.defs or (name in docmath.FUNCTIONS and name != "sigma"):
                 return None
-            if name == "sigma" and not self._redefines_sigma(sides[1]):
+            if name == "sigma":      # σ(x) = 1/(1+e^{-x}) is the logistic function: a claim, checked
                 return None
             body = sides[1]
             return Definition(name, "function", tuple(a[1] for a in tree[2]), (),
@@ -319,10 +315,6 @@ class DocumentChecker:
                               ch.sides[0].text.strip() + " = " + ch.sides[1].text.strip(),
                               why="" if isinstance(body, tuple) else str(body))
         return None
-
-    def _redefines_sigma(self, body):
-        """σ(x) = 1/(1+e^{-x}) is the logistic function anyway: a claim, checked."""
-        return False
 
     def _equation(self, ch, sides, index):
         r, ctx = self.reading, self.ctx
@@ -339,7 +331,8 @@ class DocumentChecker:
             if d is not None and len(sides) == 2:
                 ctx.defs[d.name] = d
                 return Equation(first_line, None, text, [], d.name)
-            if not has_deriv:
+            if not has_deriv and (_is_condition(sides) or ch.relations[0][0] != "="):
+                self.conditions.append(f"{text} (line {first_line})")
                 return None
         eq = Equation(first_line, ch.labels[0] if ch.labels else None, text, [])
         start = 0
@@ -533,7 +526,11 @@ class DocumentChecker:
         if matrix:
             return "matrix"
         free, implicit = self.free_indices(*trees)
-        return "index" if free or implicit else "scalar"
+        if free or implicit:
+            return "index"
+        vectorial = any(n[0] in ("norm", "sum", "prod") or n[0] == "sym" and n[2]
+                        for t in trees for n in _expanded(t, ctx))
+        return "index" if vectorial else "scalar"       # ‖x‖² = Σ x_k², p_1 = ...: sizes N
 
     def free_indices(self, *trees):
         """The free index letters of the trees, and whether a vector appears without an index."""
@@ -745,7 +742,8 @@ class DocumentChecker:
         bad = [k for k in range(count) if not _close(lv[k], rv[k])]
         constraint = self._constraint_words()
         shown = ", ".join(letters).replace(IMPLICIT, "the vector index").replace(IMPLICIT2, "its column")
-        how = (f"instantiated at N = {sizes[0]}..{sizes[-1]} ({count} choices of {shown or 'no index'}), "
+        what = f"{count} choices of {shown}" if shown else f"{count} instances"
+        how = (f"instantiated at N = {sizes[0]}..{sizes[-1]} ({what}), "
                f"random values{constraint}, {DIGITS} digits")
         if not bad:
             return Result(True, how)
@@ -794,8 +792,6 @@ class DocumentChecker:
                 lo, hi = (0.3, 2.0) if positive or base in ctx.positive else (-2.0, 2.0)
                 for s in syms:
                     values[s] = sp.Float(repr(float(rng.uniform(lo, hi))), DIGITS)
-        if any(b in ctx.simplex for b in groups):       # rescale so that the stored sum is exactly 1
-            pass
         return values
 
     # -- hints -----------------------------------------------------------------------------
@@ -886,11 +882,6 @@ class DocumentChecker:
         return out
 
 
-@contextmanager
-def _nothing():
-    yield
-
-
 @dataclass
 class Result:
     equal: bool | None
@@ -943,6 +934,17 @@ def _nice(x):
 
 def _has(tree, kind):
     return isinstance(tree, tuple) and any(n[0] == kind for n in walk(tree))
+
+
+def _is_condition(sides):
+    r"""i = j, k = 1, x = 0, N = 3, \sum_i y_i = 1: an inline relation that states a case or an
+    assumption, not a step (it is listed in the report as read)."""
+    def atom(t):
+        return isinstance(t, tuple) and (t[0] == "num" or t[0] == "sym" and not t[2]
+                                         or t[0] == "neg" and t[1][0] == "num")
+    if any(isinstance(t, Exception) for t in sides):
+        return False
+    return all(atom(t) for t in sides[1:]) and (atom(sides[0]) or sides[0][0] == "sum")
 
 
 def _mentions_vector(tree, ctx):
@@ -1230,12 +1232,13 @@ class DocumentReport:
     """The verdicts of one document: ``steps``, ``equations``, ``exit_code``, ``to_json()``,
     and renderings for the terminal (``str``), Markdown and HTML (Jupyter shows them)."""
 
-    def __init__(self, equations, definitions, facts, out_of_time=False, undefined=(), path=None):
+    def __init__(self, equations, definitions, facts, out_of_time=False, path=None):
         self.equations = equations
         self.definitions = definitions
         self.facts = facts
         self.out_of_time = out_of_time
         self.path = path
+        self.conditions = []
 
     @property
     def steps(self):
@@ -1261,6 +1264,7 @@ class DocumentReport:
 
     def to_dict(self):
         return {"file": self.path, "steps": [s.to_dict() for s in self.steps],
+                "conditions": list(self.conditions),
                 "definitions": [{"name": d.name, "line": d.line, "text": d.text,
                                  "understood": d.body is not None, "why": d.why or None}
                                 for d in self.definitions],

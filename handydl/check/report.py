@@ -60,11 +60,13 @@ def render_text(report, color=False):
         lines.append("definitions used: " + "; ".join(
             f"{_readable(d.text)} (line {d.line})" + ("" if d.body is not None else f" [NOT UNDERSTOOD: {d.why}]")
             for d in defs))
+    if report.conditions:
+        lines.append("read as conditions, not steps: " + "; ".join(_readable(c) for c in report.conditions))
     first = report.first_wrong
     for eq in report.equations:
         if not eq.steps:
             continue
-        head = f"equation" + (f" ({eq.label})" if eq.label else "") + f", line {eq.line}: {_readable(eq.text)}"
+        head = "equation" + (f" ({eq.label})" if eq.label else "") + f", line {eq.line}: {_readable(eq.text)}"
         lines.append("")
         lines.append(head)
         for st in eq.steps:
