@@ -597,6 +597,72 @@ _ACTIVATIONS = [
                  "the identity passes the upstream gradient unchanged: g_x = g_y"),
         ],
         setup=r"f(x) = x", code=_scalar_code(ops.identity)),
+    Derivation(
+        "hardtanh", "the derivative of Hardtanh", "min(max(x, -1), 1)", [
+            Step(r"\mathrm{Hardtanh}'(x) = \begin{cases} 0 & x < a \\ 1 & a < x < b \\ 0 & x > b \end{cases}",
+                 "0 if x <= -1 else (1 if x < 1 else 0)",
+                 "three pieces, the constants a and b and x between them; at a and b the one-sided "
+                 "derivatives are 0 and 1, and the convention is 0 at both, as PyTorch"),
+            Step(r"= [a < x < b]", "where(x > -1, where(x < 1, 1, 0), 0)",
+                 "the indicator of the linear piece: backward keeps g only there"),
+        ],
+        setup=r"\mathrm{Hardtanh}(x) = \min(\max(x, a), b),\quad a = -1,\ b = 1",
+        code=_scalar_code(ops.hardtanh)),
+    Derivation(
+        "softsign", "the derivative of softsign", "x / (1 + abs(x))", [
+            Step(r"\mathrm{softsign}'(x) = \frac{(1 + |x|) - x \operatorname{sign}(x)}{(1 + |x|)^2}",
+                 "((1 + abs(x)) - x * sign(x)) / (1 + abs(x))**2",
+                 "the quotient rule, with |x|' = sign(x) (away from 0)"),
+            Step(r"= \frac{1}{(1 + |x|)^2}", "1 / (1 + abs(x))**2",
+                 "x sign(x) = |x|; at 0 both sides give 1, so softsign is differentiable there too"),
+        ],
+        setup=r"\mathrm{softsign}(x) = \frac{x}{1 + |x|}",
+        code=_scalar_code(ops.softsign)),
+    Derivation(
+        "logsigmoid", "the derivative of log-sigmoid", "log(sigmoid(x))", [
+            Step(r"\frac{d}{dx}\log\sigma(x) = \frac{\sigma'(x)}{\sigma(x)}",
+                 "sigmoid(x) * (1 - sigmoid(x)) / sigmoid(x)", "(log f)' = f'/f, with sigma' = sigma (1 - sigma)"),
+            Step(r"= 1 - \sigma(x) = \sigma(-x)", "sigmoid(-x)",
+                 "sigma cancels; 1 - sigma(x) = sigma(-x), which backward keeps (never 1 minus a number near 1)"),
+        ],
+        setup=r"\log\sigma(x) = -\ln\bigl(1 + e^{-x}\bigr)",
+        code=_scalar_code(ops.logsigmoid)),
+    Derivation(
+        "tanhshrink", "the derivative of Tanhshrink", "x - tanh(x)", [
+            Step(r"\mathrm{Tanhshrink}'(x) = 1 - (1 - \tanh^2 x)", "1 - (1 - tanh(x)**2)",
+                 "the derivative of a difference, with tanh' = 1 - tanh^2"),
+            Step(r"= \tanh^2 x", "tanh(x)**2", "from the tanh that forward computed"),
+        ],
+        setup=r"\mathrm{Tanhshrink}(x) = x - \tanh x",
+        code=_scalar_code(ops.tanhshrink)),
+    Derivation(
+        "softshrink", "the derivative of Softshrink", "x - 0.5 if x > 0.5 else (x + 0.5 if x < -0.5 else 0)", [
+            Step(r"\mathrm{Softshrink}'(x) = \begin{cases} 1 & x > \lambda \\ 1 & x < -\lambda \\ 0 & |x| < \lambda \end{cases}",
+                 "1 if x > 0.5 else (1 if x < -0.5 else 0)",
+                 "each piece's slope: x - lambda and x + lambda have slope 1, the constant 0 has 0; at "
+                 "x = lambda and x = -lambda the sides are 0 and 1, and the convention is 0, as PyTorch"),
+            Step(r"= [\,|x| > \lambda\,]", "where(abs(x) > 0.5, 1, 0)", "one indicator for both outer pieces"),
+        ],
+        setup=r"\mathrm{Softshrink}(x) = \operatorname{sign}(x)\max(|x| - \lambda, 0),\quad \lambda = 0.5",
+        code=_scalar_code(ops.softshrink)),
+    Derivation(
+        "hardshrink", "the derivative of Hardshrink", "x if abs(x) > 0.5 else 0", [
+            Step(r"\mathrm{Hardshrink}'(x) = \begin{cases} 1 & |x| > \lambda \\ 0 & |x| < \lambda \end{cases}",
+                 "1 if abs(x) > 0.5 else 0",
+                 "x or 0; at x = lambda and x = -lambda the function jumps (from 0 to lambda, or -lambda): no derivative, and the "
+                 "convention is 0, as PyTorch"),
+        ],
+        setup=r"\mathrm{Hardshrink}(x) = x\,[\,|x| > \lambda\,],\quad \lambda = 0.5",
+        code=_scalar_code(ops.hardshrink)),
+    Derivation(
+        "threshold", "the derivative of Threshold", "x if x > 1 else -2", [
+            Step(r"\mathrm{Threshold}'(x) = \begin{cases} 1 & x > t \\ 0 & x < t \end{cases}",
+                 "1 if x > 1 else 0",
+                 "x above the threshold, the constant v below it; at x = t the function jumps from v to "
+                 "t (when v != t): no derivative, and the convention is 0, as PyTorch"),
+        ],
+        setup=r"\mathrm{Threshold}(x) = \begin{cases} x & x > t \\ v & x \le t \end{cases},\quad t = 1,\ v = -2",
+        code=_scalar_code(ops.threshold, threshold=1.0, value=-2.0)),
 ]
 
 

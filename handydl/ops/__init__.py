@@ -5,9 +5,9 @@ registers every op.  Each op is callable (``ops.sigmoid(x)``) and has
 ``forward``/``backward`` (see :mod:`handydl.ops.registry`).
 """
 from .registry import REGISTRY, Op, as_float, get, names, register, set_recorder  # noqa: F401
-from .activations import (celu, elu, gelu, hardsigmoid, hardswish, identity,  # noqa: F401
-                          leaky_relu, mish, prelu, relu, relu6, selu, sigmoid, silu,
-                          softplus, tanh)
+from .activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh,  # noqa: F401
+                          identity, leaky_relu, logsigmoid, mish, prelu, relu, relu6, selu,
+                          sigmoid, silu, softplus, softshrink, softsign, tanh, tanhshrink, threshold)
 from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax_jacobian,  # noqa: F401
                       sum_normalize)
 from .linear import chain_matmul, linear, matmul  # noqa: F401

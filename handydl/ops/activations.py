@@ -689,3 +689,180 @@ def identity(x):
 def _identity_backward(_, gy):
     return gy
 
+
+
+# -- the rest of torch.nn's elementwise activations (issue 21) ----------------------------
+
+def _ordered_bounds(who):
+    """check_params for hardtanh: finite min_val < max_val, as PyTorch requires."""
+    def check(p):
+        for name in ("min_val", "max_val"):
+            check_real(who, name, p[name], "a finite number")
+        if not p["min_val"] < p["max_val"]:
+            raise ValueError(f"{who}: min_val={p['min_val']!r} is not valid; expected min_val < "
+                             f"max_val={p['max_val']!r}")
+    return check
+
+
+def _lambd(who):
+    """check_params for the shrinks: lambd finite and >= 0, as PyTorch."""
+    def check(p):
+        check_real(who, "lambd", p["lambd"], "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+    return check
+
+
+@register(
+    "hardtanh", module="Hardtanh", kind="activation",
+    formula=r"\mathrm{Hardtanh}(x) = \min(\max(x, a), b),\quad a = \mathrm{min\_val},\ b = \mathrm{max\_val}",
+    derivative=r"\mathrm{Hardtanh}'(x) = \begin{cases} 1 & a < x < b \\ 0 & \text{otherwise} \end{cases}",
+    convention="Hardtanh'(a) = Hardtanh'(b) = 0, as PyTorch",
+    params={"min_val": -1.0, "max_val": 1.0}, test_params=({"min_val": -2.0, "max_val": 0.5},),
+    kinks=(-1.0, 1.0), domains=((-3.0, 3.0),) + WIDE[1:],
+    symbolic=lambda x, sp, min_val, max_val: sp.Min(sp.Max(x, min_val), max_val),
+    reference=lambda torch, x, min_val, max_val: torch.nn.functional.hardtanh(x, min_val, max_val),
+    check_params=_ordered_bounds("Hardtanh"),
+)
+def hardtanh(x, min_val, max_val):
+    """x clipped to [min_val, max_val]; derivative 1 strictly inside, else 0."""
+    x = as_float(x)
+    return np.clip(x, min_val, max_val), (x > min_val) & (x < max_val)
+
+
+@hardtanh.set_backward
+def _hardtanh_backward(inside, gy):
+    return gy * inside
+
+
+@register(
+    "softsign", module="Softsign", kind="activation",
+    formula=r"\mathrm{softsign}(x) = \frac{x}{1 + |x|}",
+    derivative=r"\mathrm{softsign}'(x) = \frac{1}{(1 + |x|)^2}",
+    domains=WIDE,
+    symbolic=lambda x, sp: x / (1 + sp.Abs(x)),
+    reference=lambda torch, x: torch.nn.functional.softsign(x),
+)
+def softsign(x):
+    """x / (1 + |x|): smooth, since both sides of 0 have slope 1 there.  The
+    derivative 1/(1 + |x|)^2 is (1 - |y|)^2: computed from d = 1/(1 + |x|), which
+    is finite for every x (1/inf = 0)."""
+    x = as_float(x)
+    d = 1 / (1 + np.abs(x))
+    return x * d, d * d
+
+
+@softsign.set_backward
+def _softsign_backward(d2, gy):
+    return gy * d2
+
+
+@register(
+    "logsigmoid", module="LogSigmoid", kind="activation",
+    formula=r"\log\sigma(x) = -\mathrm{softplus}(-x) = \min(x, 0) - \ln\bigl(1 + e^{-|x|}\bigr)",
+    derivative=r"\frac{d}{dx}\log\sigma(x) = \frac{\sigma'(x)}{\sigma(x)} = 1 - \sigma(x) = \sigma(-x)",
+    domains=WIDE,
+    symbolic=lambda x, sp: -sp.log(1 + sp.exp(-x)),
+    reference=lambda torch, x: torch.nn.functional.logsigmoid(x),
+)
+def logsigmoid(x):
+    """log(sigmoid(x)) without log(0): min(x, 0) - log1p(e^{-|x|}) never
+    exponentiates a positive number; its derivative sigma(-x) is kept."""
+    x = as_float(x)
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x))), stable_sigmoid(-x)
+
+
+@logsigmoid.set_backward
+def _logsigmoid_backward(s_neg, gy):
+    return gy * s_neg
+
+
+@register(
+    "tanhshrink", module="Tanhshrink", kind="activation",
+    formula=r"\mathrm{Tanhshrink}(x) = x - \tanh(x)",
+    derivative=r"\mathrm{Tanhshrink}'(x) = 1 - (1 - \tanh^2 x) = \tanh^2 x",
+    domains=WIDE,
+    symbolic=lambda x, sp: x - sp.tanh(x),
+    reference=lambda torch, x: torch.nn.functional.tanhshrink(x),
+)
+def tanhshrink(x):
+    """x - tanh(x); the derivative tanh(x)^2 from the tanh that forward computes."""
+    x = as_float(x)
+    t = np.tanh(x)
+    return x - t, t
+
+
+@tanhshrink.set_backward
+def _tanhshrink_backward(t, gy):
+    return gy * (t * t)
+
+
+@register(
+    "softshrink", module="Softshrink", kind="activation",
+    formula=(r"\mathrm{Softshrink}(x) = \begin{cases} x - \lambda & x > \lambda \\ x + \lambda & x < -\lambda "
+             r"\\ 0 & \text{otherwise} \end{cases}"),
+    derivative=r"\mathrm{Softshrink}'(x) = \begin{cases} 1 & |x| > \lambda \\ 0 & \text{otherwise} \end{cases}",
+    convention="Softshrink'(lambd) = Softshrink'(-lambd) = 0, as PyTorch",
+    params={"lambd": 0.5}, test_params=({"lambd": 1.5},),
+    kinks=(-0.5, 0.5), domains=((-3.0, 3.0),) + WIDE[1:],
+    symbolic=lambda x, sp, lambd: sp.Piecewise((x - lambd, x > lambd), (x + lambd, x < -lambd), (0, True)),
+    reference=lambda torch, x, lambd: torch.nn.functional.softshrink(x, lambd),
+    check_params=_lambd("Softshrink"),
+)
+def softshrink(x, lambd):
+    """Shrinks x towards 0 by lambd (the proximal map of lambd |x|)."""
+    x = as_float(x)
+    lam = x.dtype.type(lambd)
+    y = np.where(np.abs(x) <= lam, x.dtype.type(0), x - np.sign(x) * lam)     # NaN -> NaN
+    return y, np.abs(x) > lam
+
+
+@softshrink.set_backward
+def _softshrink_backward(outside, gy):
+    return gy * outside
+
+
+@register(
+    "hardshrink", module="Hardshrink", kind="activation",
+    formula=r"\mathrm{Hardshrink}(x) = \begin{cases} x & |x| > \lambda \\ 0 & \text{otherwise} \end{cases}",
+    derivative=r"\mathrm{Hardshrink}'(x) = \begin{cases} 1 & |x| > \lambda \\ 0 & \text{otherwise} \end{cases}",
+    convention="Hardshrink'(lambd) = Hardshrink'(-lambd) = 0, as PyTorch (the function jumps there: no derivative)",
+    params={"lambd": 0.5}, test_params=({"lambd": 1.5},),
+    kinks=(-0.5, 0.5), domains=((-3.0, 3.0),) + WIDE[1:],
+    symbolic=lambda x, sp, lambd: sp.Piecewise((x, sp.Abs(x) > lambd), (0, True)),
+    reference=lambda torch, x, lambd: torch.nn.functional.hardshrink(x, lambd),
+    check_params=_lambd("Hardshrink"),
+)
+def hardshrink(x, lambd):
+    """Zeroes the elements with |x| <= lambd and keeps the others."""
+    x = as_float(x)
+    outside = np.abs(x) > lambd
+    return np.where(outside | np.isnan(x), x, x.dtype.type(0)), outside    # +0, never -0; NaN -> NaN
+
+
+@hardshrink.set_backward
+def _hardshrink_backward(outside, gy):
+    return gy * outside
+
+
+@register(
+    "threshold", module="Threshold", kind="activation",
+    formula=r"\mathrm{Threshold}(x) = \begin{cases} x & x > t \\ v & \text{otherwise} \end{cases}",
+    derivative=r"\mathrm{Threshold}'(x) = \begin{cases} 1 & x > t \\ 0 & \text{otherwise} \end{cases}",
+    convention="Threshold'(t) = 0, as PyTorch (where v != t the function jumps there)",
+    params={"threshold": 0.0, "value": 0.0}, test_params=({"threshold": 1.0, "value": -2.0},),
+    kinks=(0.0,), domains=((-3.0, 3.0),) + WIDE[1:],
+    symbolic=lambda x, sp, threshold, value: sp.Piecewise((x, x > threshold), (value, True)),
+    reference=lambda torch, x, threshold, value: torch.nn.functional.threshold(x, threshold, value),
+    check_params=_finite("Threshold", "threshold", "value"),
+)
+def threshold(x, threshold, value):
+    """x above the threshold, the constant ``value`` at or below it (ReLU is
+    threshold 0, value 0).  NaN stays NaN, as PyTorch."""
+    x = as_float(x)
+    above = x > threshold
+    y = np.where(above | np.isnan(x), x, x.dtype.type(value))
+    return y.astype(x.dtype, copy=False), above
+
+
+@threshold.set_backward
+def _threshold_backward(above, gy):
+    return gy * above
