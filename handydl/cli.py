@@ -455,6 +455,35 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A checkpoint (.npz or .safetensors) as an ONNX file, for onnxruntime and other runtimes."""
+    from . import checkpoint
+    out = _output_file("OUT", args.out)
+    model = checkpoint.load(args.model)
+    if args.input_shape:
+        shape = tuple(_floats(args.input_shape, "--input-shape"))
+        if not all(n.is_integer() and n >= 1 for n in shape):
+            raise UsageError(f"--input-shape {args.input_shape}: expected positive integers, e.g. 64 or 1,28,28")
+        shape = tuple(int(n) for n in shape)
+    else:
+        width = _input_width(model)
+        if width is None:
+            raise UsageError(f"{args.model}: the model does not say its input width; give --input-shape "
+                             "(one sample's shape, e.g. 64 or 1,28,28)")
+        shape = (width,)
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UsageError("handydl export needs the onnx package: pip install onnx") from None
+    from .interop import to_onnx
+    try:
+        to_onnx(model, out, shape)
+    except (TypeError, ValueError) as e:            # a module ONNX cannot express: the model's, not a bug
+        raise UsageError(f"{args.model}: {e}") from None
+    print(f"wrote {out} (input 'input' of shape (N, {', '.join(map(str, shape))}), output 'output')")
+    return 0
+
+
 def _feature_names(meta, table, model, data_path):
     """The checkpoint's feature names (handydl train saves them), or, for a model
     saved from Python without them, every column of the data file in order."""
@@ -854,6 +883,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="handydl vs PyTorch vs JAX on this CPU (runs python -m bench)")
     p.add_argument("--quick", action="store_true", help="smaller workloads, under a minute")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="write a checkpoint as an ONNX model (onnxruntime and other runtimes)",
+                       epilog="The model is exported for inference (Dropout off, BatchNorm's running "
+                              "statistics), in float32, with a dynamic batch dimension. Example: handydl "
+                              "export runs/latest/model.npz model.onnx")
+    p.add_argument("model", help="a checkpoint, .npz or .safetensors (handydl train writes one)")
+    p.add_argument("out", help="the ONNX file to write")
+    p.add_argument("--input-shape", help="one sample's shape without the batch, e.g. 64 or 1,28,28 "
+                                         "(default: the model's input width)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
     p.add_argument("--model", required=True, help="a checkpoint written by handydl train, .npz or "

@@ -1,0 +1,373 @@
+"""handydl models to ONNX, for inference anywhere ONNX runs (onnxruntime, browsers, phones).
+
+The graph is built node by node with ``onnx.helper``, one small function per
+module class (``TO_ONNX``), rather than through ``torch.onnx.export`` of
+``to_torch(model)``: exporting then needs neither torch (a gigabyte) nor
+onnxscript (which torch 2.13's default exporter requires; its TorchScript
+exporter is deprecated), each handydl module maps to the ONNX operators
+that compute it, and a module without one is refused by name instead of
+being traced into whatever the tracer makes of it.
+
+The export is of the model in evaluation mode (Dropout the identity,
+BatchNorm with its running statistics), in float32, with a dynamic batch
+dimension.  Shapes inside the graph come from running the model itself on
+a sample input of ``input_shape`` (under ``no_grad``), so a Flatten or a
+Split knows its sizes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn
+
+OPSET = 21          # LayerNormalization (17), Mish (18), Gelu (20), GroupNormalization (21)
+
+
+def to_onnx(model, path, input_shape, opset=OPSET):
+    """Write ``model`` as an ONNX file at ``path`` for inputs of shape (N, *input_shape)
+    (N, the batch, is dynamic); returns the path.  The input is named "input", the
+    output(s) "output" ("output_0", ... for several).
+
+    TypeError naming the module (and where it stands) for a class with no ONNX
+    operators here (``TO_ONNX``), ValueError for a configuration ONNX cannot
+    express (say, AvgPool2d's divisor_override)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_onnx: expected a handydl Module, got {type(model).__name__}")
+    input_shape = _input_shape(input_shape)
+    modes = [(m, m.training) for m in model.modules()]
+    g = _Graph()
+    try:
+        model.eval()
+        with nn.no_grad():
+            sample = np.random.default_rng(0).normal(size=(2,) + input_shape).astype(np.float32)
+            outs, samples = g.module(model, ["input"], [sample], "")
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    for out, name in zip(outs, names):
+        g.node("Identity", [out], [name])
+    graph = helper.make_graph(
+        g.nodes, type(model).__name__,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * s.ndim) for n, s in zip(names, samples)],
+        g.initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="handydl")
+    onnx.checker.check_model(proto, full_check=True)
+    from .._io import atomic_path
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def _input_shape(shape):
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"to_onnx: input_shape={shape!r} is not valid; expected the shape of one "
+                        "sample, a tuple of positive integers (the batch dimension left out)") from None
+    if not shape or min(shape) < 1:
+        raise ValueError(f"to_onnx: input_shape={shape!r} is not valid; expected positive sizes "
+                         "(the batch dimension left out)")
+    return shape
+
+
+class _Graph:
+    """The nodes and initializers so far; ``module`` adds a module's nodes."""
+
+    def __init__(self):
+        self.nodes, self.initializers, self.count = [], [], 0
+        self.params = {}                # id(Parameter) -> initializer: a tied weight stored once
+
+    def name(self, hint):
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def node(self, op, inputs, outputs=None, **attrs):
+        from onnx import helper
+        outputs = outputs or [self.name(op)]
+        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def const(self, value, hint="const", dtype=np.float32):
+        from onnx import numpy_helper
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def ints(self, values, hint="shape"):
+        return self.const(np.asarray(values, np.int64), hint, np.int64)
+
+    def module(self, m, names, samples, path):
+        """(output names, output samples) of module ``m`` applied to ``names``."""
+        fn = TO_ONNX.get(type(m))
+        if fn is None:
+            raise TypeError(f"to_onnx: {type(m).__name__} (at {path or 'the root'!r}) has no ONNX "
+                            f"export; exportable: {', '.join(sorted(c.__name__ for c in TO_ONNX))}")
+        at = _At(self, m, path)
+        outs = fn(m, at, names, samples)
+        if at.samples is not None:                   # a composite computed them child by child
+            return outs, at.samples
+        y = m(*samples)
+        ys = list(y) if isinstance(y, tuple) else [y]
+        outs = outs if isinstance(outs, list) else [outs]
+        return outs, ys
+
+
+class _At:
+    """What a TO_ONNX function sees: the graph, its place, and ``child`` for composites."""
+
+    def __init__(self, graph, m, path):
+        self.g, self.m, self.path, self.samples = graph, m, path, None
+
+    def __getattr__(self, name):            # node, const, ints
+        return getattr(self.g, name)
+
+    def param(self, value, attr):
+        """An initializer for a module's array (a Parameter shared by two modules: one)."""
+        if isinstance(value, nn.Parameter):
+            if id(value) not in self.g.params:
+                self.g.params[id(value)] = (value, self.g.const(value.data, self._hint(attr)))
+            return self.g.params[id(value)][1]
+        return self.g.const(value, self._hint(attr))
+
+    def _hint(self, attr):
+        return f"{self.path}.{attr}" if self.path else attr
+
+    def child(self, c, name, names, samples):
+        return self.g.module(c, names, samples, f"{self.path}.{name}" if self.path else name)
+
+    def done(self, outs, samples):
+        self.samples = samples
+        return outs
+
+    def refuse(self, why):
+        raise ValueError(f"to_onnx: {type(self.m).__name__} (at {self.path or 'the root'!r}): {why}")
+
+
+def _x(names):
+    return names[0]
+
+
+def _pairs(v, n=2):
+    return list(v) if isinstance(v, (tuple, list)) else [v] * n
+
+
+# -- layers ---------------------------------------------------------------------------------
+
+def _linear(m, g, names, samples):
+    y = g.node("MatMul", [_x(names), g.param(m.weight, "weight")])
+    return g.node("Add", [y, g.param(m.bias, "bias")]) if m.bias is not None else y
+
+
+def _conv(m, g, names, samples):
+    k = list(m.kernel_size)
+    if isinstance(m.padding, str):              # "valid" or "same" (stride 1), torch's split of the total
+        totals = [0 if m.padding == "valid" else d * (kk - 1) for d, kk in zip(m.dilation, k)]
+        pads = [t // 2 for t in totals] + [t - t // 2 for t in totals]
+    else:
+        pads = list(m.padding) * 2
+    attrs = dict(kernel_shape=k, strides=list(m.stride), dilations=list(m.dilation), group=m.groups, pads=pads)
+    inputs = [_x(names), g.param(m.weight, "weight")] + ([g.param(m.bias, "bias")] if m.bias is not None else [])
+    if m.transposed:
+        return g.node("ConvTranspose", inputs, output_padding=list(m.output_padding), **attrs)
+    return g.node("Conv", inputs, **attrs)
+
+
+def _affine(m, g):
+    """weight and bias initializers (the constants of affine=False, zeros for bias=False)."""
+    w = m.weight
+    b = np.zeros(np.shape(w.data if isinstance(w, nn.Parameter) else w)) if m.bias is None else m.bias
+    return g.param(w, "weight"), g.param(b, "bias")
+
+
+def _batch_norm(m, g, names, samples):
+    if not m.track_running_stats:
+        g.refuse("track_running_stats=False normalizes with each batch's statistics; ONNX's "
+                 "BatchNormalization uses stored ones")
+    return g.node("BatchNormalization", [_x(names), *_affine(m, g), g.param(m.running_mean, "running_mean"),
+                                         g.param(m.running_var, "running_var")], epsilon=m.params["eps"])
+
+
+def _layer_norm(m, g, names, samples):
+    return g.node("LayerNormalization", [_x(names), *_affine(m, g)], axis=-len(m.normalized_shape),
+                  epsilon=m.params["eps"])
+
+
+def _group_norm(m, g, names, samples):
+    return g.node("GroupNormalization", [_x(names), *_affine(m, g)], num_groups=m.num_groups,
+                  epsilon=m.params["eps"])
+
+
+def _prelu(m, g, names, samples):
+    n, ndim = m.weight.shape[0], samples[0].ndim
+    slope = g.param(m.weight, "weight")
+    if n > 1:                       # torch's slopes go along dim 1; ONNX broadcasts from the right
+        slope = g.node("Reshape", [slope, g.ints([n] + [1] * max(ndim - 2, 0))])
+    return g.node("PRelu", [_x(names), slope])
+
+
+def _reshape(m, g, names, samples):
+    """Flatten / Unflatten as a Reshape to the sample's output shape, the batch kept dynamic."""
+    y = m(samples[0])
+    keeps_batch = isinstance(m, nn.Flatten) and m.start_dim % samples[0].ndim > 0 or \
+        isinstance(m, nn.Unflatten) and m.dim % samples[0].ndim > 0
+    if not keeps_batch:
+        g.refuse("it reshapes the batch dimension, which the export keeps dynamic")
+    return g.node("Reshape", [_x(names), g.ints([0, *y.shape[1:]])])
+
+
+def _pool_attrs(m, g, samples):
+    p = m.params
+    k = _pairs(p["kernel_size"])
+    s = _pairs(p["stride"]) if p["stride"] is not None else k
+    return dict(kernel_shape=k, strides=s, pads=_pairs(p["padding"]) * 2, ceil_mode=int(p["ceil_mode"]))
+
+
+def _max_pool(m, g, names, samples):
+    return g.node("MaxPool", [_x(names)], dilations=_pairs(m.params["dilation"]), **_pool_attrs(m, g, samples))
+
+
+def _avg_pool(m, g, names, samples):
+    if m.params["divisor_override"] is not None:
+        g.refuse("divisor_override has no ONNX AveragePool attribute")
+    return g.node("AveragePool", [_x(names)], count_include_pad=int(m.params["count_include_pad"]),
+                  **_pool_attrs(m, g, samples))
+
+
+def _adaptive_avg_pool(m, g, names, samples):
+    h, w = samples[0].shape[-2:]
+    out = [n if n is not None else size for n, size in zip(_pairs(m.params["output_size"]), (h, w))]
+    if out == [1, 1]:
+        return g.node("GlobalAveragePool", [_x(names)])
+    if h % out[0] or w % out[1]:
+        g.refuse(f"output size {tuple(out)} does not divide the input's {h}x{w}: its windows overlap "
+                 "unevenly, which no ONNX pooling operator computes")
+    k = [h // out[0], w // out[1]]
+    return g.node("AveragePool", [_x(names)], kernel_shape=k, strides=k)
+
+
+# -- activations and wiring -------------------------------------------------------------------
+
+def _op(onnx_op, **fixed):
+    """A one-input activation that is one ONNX operator, its attributes from the module's params."""
+    def export(m, g, names, samples):
+        return g.node(onnx_op, [_x(names)], **{k: (v(m.params) if callable(v) else v) for k, v in fixed.items()})
+    return export
+
+
+def _relu6(m, g, names, samples):
+    return g.node("Clip", [_x(names), g.const(0.0), g.const(6.0)])
+
+
+def _silu(m, g, names, samples):
+    return g.node("Mul", [_x(names), g.node("Sigmoid", [_x(names)])])
+
+
+def _softplus(m, g, names, samples):
+    """torch's: log(1 + exp(beta x)) / beta, and x itself where beta x > threshold."""
+    beta, threshold = m.params["beta"], m.params["threshold"]
+    x = _x(names)
+    bx = g.node("Mul", [x, g.const(beta)])
+    soft = g.node("Div", [g.node("Softplus", [bx]), g.const(beta)])
+    return g.node("Where", [g.node("Greater", [bx, g.const(threshold)]), x, soft])
+
+
+def _sum_normalize(m, g, names, samples):
+    x = _x(names)
+    return g.node("Div", [x, g.node("ReduceSum", [x, g.ints([m.params["dim"]])], keepdims=1)])
+
+
+def _lp_norm(m, g, names, samples):
+    p, axes, keep = m.params["p"], g.ints([m.params["dim"]]), int(m.params["keepdim"])
+    x = _x(names)
+    if p == 2:
+        return g.node("ReduceL2", [x, axes], keepdims=keep)
+    if p == 1:
+        return g.node("ReduceL1", [x, axes], keepdims=keep)
+    powered = g.node("Pow", [g.node("Abs", [x]), g.const(p)])
+    return g.node("Pow", [g.node("ReduceSum", [powered, axes], keepdims=keep), g.const(1 / p)])
+
+
+def _split(m, g, names, samples):
+    dim = m.params["dim"]
+    size = samples[0].shape[dim]
+    s = m.params["split_size_or_sections"]
+    sizes = list(s) if isinstance(s, (list, tuple)) else [s] * (size // s) + ([size % s] if size % s else [])
+    return g.node("Split", [_x(names), g.ints(sizes)], [g.name("split") for _ in sizes], axis=dim)
+
+
+def _glu(m, g, names, samples):
+    a, b = g.node("Split", [_x(names)], [g.name("a"), g.name("b")], axis=m.dim, num_outputs=2)
+    return g.node("Mul", [a, g.node("Sigmoid", [b])])
+
+
+def _standardize(m, g, names, samples):
+    return g.node("Div", [g.node("Sub", [_x(names), g.param(m.mean, "mean")]), g.param(m.std, "std")])
+
+
+# -- composites -------------------------------------------------------------------------------
+
+def _sequential(m, g, names, samples):
+    for name, c in m._modules.items():
+        names, samples = g.child(c, name, names, samples)
+    return g.done(names, samples)
+
+
+def _residual(m, g, names, samples):
+    fx, fs = g.child(m.f, "f", names, samples)
+    sx, ss = (names, samples) if m.shortcut is None else g.child(m.shortcut, "shortcut", names, samples)
+    return g.done([g.node("Add", [sx[0], fx[0]])], [ss[0] + fs[0]])
+
+
+def _parallel(m, g, names, samples):
+    outs, outs_s = [], []
+    for name, b in m._modules.items():
+        o, s = g.child(b, name, names, samples)
+        outs.append(o[0])
+        outs_s.append(s[0])
+    if m.merge == "tuple":
+        return g.done(outs, outs_s)
+    if m.merge == "concat":
+        return g.done([g.node("Concat", outs, axis=m.dim)], [np.concatenate(outs_s, axis=m.dim)])
+    y = outs[0]
+    for o in outs[1:]:
+        y = g.node("Add", [y, o])
+    return g.done([y], [sum(outs_s)])
+
+
+G = nn.GENERATED
+TO_ONNX = {
+    nn.Linear: _linear,
+    nn.Conv1d: _conv, nn.Conv2d: _conv, nn.ConvTranspose2d: _conv,
+    nn.BatchNorm1d: _batch_norm, nn.BatchNorm2d: _batch_norm,
+    nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
+    nn.PReLU: _prelu,
+    nn.Dropout: _op("Identity"),            # evaluation mode
+    nn.Flatten: _reshape, nn.Unflatten: _reshape,
+    nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool, nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
+    nn.Standardize: _standardize, nn.GLU: _glu,
+    nn.Sequential: _sequential, nn.MLP: _sequential, nn.Residual: _residual, nn.Parallel: _parallel,
+    G["Sigmoid"]: _op("Sigmoid"), G["Tanh"]: _op("Tanh"), G["ReLU"]: _op("Relu"),
+    G["LeakyReLU"]: _op("LeakyRelu", alpha=lambda p: p["negative_slope"]),
+    G["ELU"]: _op("Elu", alpha=lambda p: p["alpha"]), G["CELU"]: _op("Celu", alpha=lambda p: p["alpha"]),
+    G["SELU"]: _op("Selu", alpha=1.6732632423543772, gamma=1.0507009873554805),   # torch's constants
+    G["ReLU6"]: _relu6, G["SiLU"]: _silu, G["Mish"]: _op("Mish"),
+    G["GELU"]: _op("Gelu", approximate=lambda p: p["approximate"]),
+    G["Softplus"]: _softplus,
+    G["Hardsigmoid"]: _op("HardSigmoid", alpha=1 / 6, beta=0.5), G["Hardswish"]: _op("HardSwish"),
+    G["Identity"]: _op("Identity"),
+    G["Softmax"]: _op("Softmax", axis=lambda p: p["dim"]),
+    G["LogSoftmax"]: _op("LogSoftmax", axis=lambda p: p["dim"]),
+    G["SumNormalize"]: _sum_normalize, G["LpNorm"]: _lp_norm,
+    G["Add"]: lambda m, g, names, samples: g.node("Add", names[:2]),
+    G["Mul"]: lambda m, g, names, samples: g.node("Mul", names[:2]),
+    G["Concat"]: lambda m, g, names, samples: g.node("Concat", names, axis=m.params["dim"]),
+    G["Split"]: _split,
+}
+del G
+
