@@ -404,6 +404,37 @@ def _mlp(c):
                for i, (a, b) in enumerate(zip(sizes, sizes[1:])))
 
 
+_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+
+
+def _recurrent(kind):
+    """RNN / LSTM / GRU: weight_ih_l{k}[_reverse] (gates H, in), weight_hh (gates H, H), biases."""
+    def declared(c):
+        n_in, H = _size(c["input_size"], "input_size"), _size(c["hidden_size"], "hidden_size")
+        layers = _size(c.get("num_layers", 1), "num_layers")
+        directions = 2 if c.get("bidirectional") else 1
+        out = {}
+        for layer in range(layers):
+            for d in range(directions):
+                s = f"l{layer}" + ("_reverse" if d else "")
+                out[f"weight_ih_{s}"] = (_GATES[kind] * H, n_in if layer == 0 else H * directions)
+                out[f"weight_hh_{s}"] = (_GATES[kind] * H, H)
+                if c.get("bias", True):
+                    out[f"bias_ih_{s}"] = out[f"bias_hh_{s}"] = (_GATES[kind] * H,)
+        return out
+    return declared
+
+
+def _cell(kind):
+    def declared(c):
+        n_in, H = _size(c["input_size"], "input_size"), _size(c["hidden_size"], "hidden_size")
+        out = {"weight_ih": (_GATES[kind] * H, n_in), "weight_hh": (_GATES[kind] * H, H)}
+        if c.get("bias", True):
+            out["bias_ih"] = out["bias_hh"] = (_GATES[kind] * H,)
+        return out
+    return declared
+
+
 # What each module with parameters or buffers allocates, by class name, from its config:
 # {attribute: shape}, or a total number of values for a container that makes its own layers.
 # A new module with parameters gets an entry (tests/test_reliability_checkpoint.py checks
@@ -419,6 +450,7 @@ DECLARED = {
     "Standardize": lambda c: {"mean": tuple(_sizes(c["shape"], "shape")),
                               "std": tuple(_sizes(c["shape"], "shape"))},
     "MLP": _mlp,
+    **{kind: _recurrent(kind) for kind in _GATES}, **{f"{kind}Cell": _cell(kind) for kind in _GATES},
 }
 
 

@@ -31,6 +31,10 @@ def torch_name(model, name):
     return name, isinstance(model.get_submodule(owner), nn.Linear) and attr == "weight"
 
 
+def flat(y):
+    return [a for v in y for a in flat(v)] if isinstance(y, tuple) else [y]
+
+
 def compare(model, inputs, dtype, seed=0, tol=None):
     """Forward outputs, input gradients and parameter gradients of ``model`` and of
     to_torch(model), for the same inputs and the same random upstream gradients;
@@ -41,9 +45,7 @@ def compare(model, inputs, dtype, seed=0, tol=None):
     assert t.training == model.training
     xs = [torch.tensor(x, requires_grad=True) for x in inputs]
     model.zero_grad()
-    y = model(*inputs)
-    yt = t(*xs)
-    ys, yts = (y, yt) if isinstance(y, tuple) else ((y,), (yt,))
+    ys, yts = flat(model(*inputs)), flat(t(*xs))       # LSTM: output, (h_n, c_n)
     assert len(ys) == len(yts)
     for a, b in zip(ys, yts):
         assert a.dtype == dtype and b.dtype == torch.from_numpy(a).dtype
@@ -67,6 +69,10 @@ def compare(model, inputs, dtype, seed=0, tol=None):
     for name, b in model.named_buffers():
         close(tbuffers[name].numpy(), b, dtype, f"buffer {name}")
     return t
+
+
+def sequence(length=5, n=2, d=6):
+    return np.random.default_rng(4).normal(size=(length, n, d))
 
 
 def image(n=2, c=4, h=6, w=6):
@@ -141,6 +147,16 @@ def _cases():
         yield f"Parallel-{merge}", (lambda merge: lambda dt: nn.Parallel(
             nn.Linear(6, 3, dtype=dt, rng=0), nn.Sequential(nn.Linear(6, 3, dtype=dt, rng=1), nn.Sigmoid()),
             merge=merge, dim=1))(merge), [r()]
+
+    yield "RNN", lambda dt: nn.RNN(6, 4, dtype=dt, rng=0), [sequence()]
+    yield "RNN-relu-2-layers-nobias", lambda dt: nn.RNN(6, 4, num_layers=2, nonlinearity="relu", bias=False,
+                                                        dtype=dt, rng=0), [sequence()]
+    yield "LSTM-bidirectional-2-layers", lambda dt: nn.LSTM(6, 4, num_layers=2, bidirectional=True, dtype=dt,
+                                                            rng=0), [sequence()]
+    yield "GRU-batch-first", lambda dt: nn.GRU(6, 4, batch_first=True, dtype=dt, rng=0), [sequence()]
+    yield "RNNCell", lambda dt: nn.RNNCell(6, 4, nonlinearity="relu", dtype=dt, rng=0), [rows()]
+    yield "LSTMCell", lambda dt: nn.LSTMCell(6, 4, dtype=dt, rng=0), [rows()]
+    yield "GRUCell-nobias", lambda dt: nn.GRUCell(6, 4, bias=False, dtype=dt, rng=0), [rows()]
 
 
 def _stats(bn, x):
@@ -334,3 +350,22 @@ def test_an_unsupported_torch_layer_is_refused_by_its_class():
     with pytest.raises(ValueError, match="padding_mode='reflect' is not supported"):
         from_torch(torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"))
     assert set(FROM_TORCH) >= {"Linear", "Conv2d", "BatchNorm1d", "Sequential", "handydl.Residual"}
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_from_torch_of_recurrent_layers(cls):
+    torch.manual_seed(0)
+    cell = cls.endswith("Cell")
+    t = getattr(torch.nn, cls)(3, 4, **({} if cell else dict(num_layers=2, bidirectional=True))).double()
+    m = from_torch(t)
+    assert type(m).__name__ == cls
+    x = np.random.default_rng(0).normal(size=(2, 3) if cell else (5, 2, 3))
+    xt = torch.tensor(x, requires_grad=True)
+    ys, yts = flat(m(x)), flat(t(xt))
+    gys = [np.random.default_rng(i).normal(size=y.shape) for i, y in enumerate(ys)]
+    for a, b in zip(ys, yts):
+        close(a, b.detach().numpy(), np.float64, "forward")
+    torch.autograd.backward(yts, [torch.tensor(g) for g in gys])
+    close(m.backward(*gys), xt.grad.numpy(), np.float64, "input gradient")
+    for name, p in t.named_parameters():
+        close(m._params[name].grad, p.grad.numpy(), np.float64, f"gradient of {name}")

@@ -184,7 +184,9 @@ def modules_with_state():
             nn.BatchNorm1d(3, bias=False), nn.BatchNorm2d(5), nn.LayerNorm((2, 3)),
             nn.LayerNorm(4, elementwise_affine=False), nn.LayerNorm(4, bias=False), nn.GroupNorm(2, 4),
             nn.GroupNorm(2, 4, affine=False), nn.PReLU(), nn.PReLU(5),
-            nn.Standardize(np.zeros((2, 3)), np.ones((2, 3)))]
+            nn.Standardize(np.zeros((2, 3)), np.ones((2, 3))),
+            nn.RNN(3, 4), nn.RNN(3, 4, num_layers=2, bidirectional=True, bias=False), nn.LSTM(3, 5, num_layers=2),
+            nn.GRU(2, 3, bidirectional=True), nn.RNNCell(3, 4), nn.LSTMCell(3, 4, bias=False), nn.GRUCell(3, 4)]
 
 
 @pytest.mark.parametrize("module", modules_with_state(), ids=repr)

@@ -106,8 +106,10 @@ class _Graph:
         """(output names, output samples) of module ``m`` applied to ``names``."""
         fn = TO_ONNX.get(type(m))
         if fn is None:
+            why = NOT_EXPORTED.get(type(m).__name__)
             raise TypeError(f"to_onnx: {type(m).__name__} (at {path or 'the root'!r}) has no ONNX "
-                            f"export; exportable: {', '.join(sorted(c.__name__ for c in TO_ONNX))}")
+                            f"export{f' ({why})' if why else ''}; exportable: "
+                            f"{', '.join(sorted(c.__name__ for c in TO_ONNX))}")
         at = _At(self, m, path)
         outs = fn(m, at, names, samples)
         if at.samples is not None:                   # a composite computed them child by child
@@ -371,3 +373,10 @@ TO_ONNX = {
 }
 del G
 
+# handydl modules without an export, and why
+NOT_EXPORTED = {
+    "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
+    **{name: "not exported yet: ONNX's RNN, LSTM and GRU operators order their gates differently "
+             "from torch.nn's; use to_torch(model) and torch.onnx.export"
+       for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
+}

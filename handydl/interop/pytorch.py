@@ -162,6 +162,15 @@ def _prelu_to(m, c):
     return _set(t, weight=c.param(m.weight))
 
 
+def _recurrent_to(m, c):
+    """RNN, LSTM, GRU and their cells: torch.nn's class of the same name, arguments and
+    parameter names (weight_ih_l0, ..., weight_ih, bias_hh), the same layouts."""
+    config = m.get_config()
+    config.pop("dtype")
+    t = getattr(c.nn, type(m).__name__)(**config, dtype=c.dtype(next(iter(m._params.values())).data))
+    return _set(t, **{name: c.param(p) for name, p in m._params.items() if p is not None})
+
+
 def _sequential_to(m, c):
     children = c.children(m)
     # handydl passes a tuple of outputs on as several inputs; torch.nn.Sequential does not
@@ -202,6 +211,7 @@ TO_TORCH = {
     nn.ModuleDict: lambda m, c: c.nn.ModuleDict(c.children(m)),
     nn.Residual: lambda m, c: c.wrap.Residual(c(m.f, "f"), c(m.shortcut, "shortcut")),
     nn.Parallel: lambda m, c: c.wrap.Parallel(list(c.children(m).items()), m.merge, m.dim),
+    **{getattr(nn, name): _recurrent_to for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     **{nn.GENERATED[name]: _same_name() for name in SAME_NAMED},
     **{nn.GENERATED[name]: _wrapper(name) for name in WRAPPED},
 }
@@ -353,6 +363,23 @@ def _prelu_from(t, c):
     return _put(m, weight=c.param(t.weight))
 
 
+def _recurrent_from(t, c):
+    cls = getattr(nn, type(t).__name__)
+    names = [n for n, _ in t.named_parameters(recurse=False)]
+    config = dict(input_size=t.input_size, hidden_size=t.hidden_size, bias=t.bias,
+                  dtype=_array(getattr(t, names[0])[:0]).dtype)
+    if type(t).__name__ in ("RNN", "RNNCell"):
+        config["nonlinearity"] = t.nonlinearity
+    if not type(t).__name__.endswith("Cell"):
+        if t.proj_size:
+            raise ValueError(f"from_torch: {type(t).__name__}(proj_size={t.proj_size}) is not supported by "
+                             "handydl (proj_size=0 only)")
+        config.update(num_layers=t.num_layers, batch_first=t.batch_first, dropout=t.dropout,
+                      bidirectional=t.bidirectional)
+    m = cls(**config)
+    return _put(m, **{name: c.param(getattr(t, name)) for name in names})
+
+
 def _softmax_from(cls):
     def convert(t, c):
         if t.dim is None:
@@ -388,6 +415,7 @@ FROM_TORCH = {
                                            t.count_include_pad, t.divisor_override),
     "AdaptiveAvgPool2d": lambda t, c: nn.AdaptiveAvgPool2d(t.output_size),
     "GLU": lambda t, c: nn.GLU(t.dim),
+    **{name: _recurrent_from for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     "Sequential": lambda t, c: nn.Sequential(*c.children(t)),
     "ModuleList": lambda t, c: nn.ModuleList(c.children(t)),
     "ModuleDict": lambda t, c: nn.ModuleDict({name: c(x, name) for name, x in t._modules.items()}),
