@@ -435,6 +435,14 @@ def _cell(kind):
     return declared
 
 
+def _encoder_layer(c):
+    """TransformerEncoderLayer builds its attention, feed-forward and norms from d_model and
+    dim_feedforward: their total."""
+    d, ff, bias = _size(c["d_model"], "d_model"), _size(c["dim_feedforward"], "dim_feedforward"), c.get("bias", True)
+    weights = 3 * d * d + d * d + d * ff + ff * d + 2 * d
+    return weights + (3 * d + d + ff + d + 2 * d if bias else 0)
+
+
 # What each module with parameters or buffers allocates, by class name, from its config:
 # {attribute: shape}, or a total number of values for a container that makes its own layers.
 # A new module with parameters gets an entry (tests/test_reliability_checkpoint.py checks
@@ -450,6 +458,15 @@ DECLARED = {
     "Standardize": lambda c: {"mean": tuple(_sizes(c["shape"], "shape")),
                               "std": tuple(_sizes(c["shape"], "shape"))},
     "MLP": _mlp,
+    "Embedding": lambda c: {"weight": (_size(c["num_embeddings"], "num_embeddings"),
+                                       _size(c["embedding_dim"], "embedding_dim"))},
+    "LearnedPositionalEmbedding": lambda c: {"weight": (_size(c["num_positions"], "num_positions"),
+                                                        _size(c["embedding_dim"], "embedding_dim"))},
+    "SinusoidalPositionalEmbedding": lambda c: {"pe": (_size(c["num_positions"], "num_positions"),
+                                                       _size(c["embedding_dim"], "embedding_dim"))},
+    "MultiheadAttention": lambda c: {"in_proj_weight": (3 * _size(c["embed_dim"], "embed_dim"), c["embed_dim"]),
+                                     **({"in_proj_bias": (3 * c["embed_dim"],)} if c.get("bias", True) else {})},
+    "TransformerEncoderLayer": _encoder_layer,
     **{kind: _recurrent(kind) for kind in _GATES}, **{f"{kind}Cell": _cell(kind) for kind in _GATES},
 }
 

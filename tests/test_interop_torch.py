@@ -40,10 +40,10 @@ def compare(model, inputs, dtype, seed=0, tol=None):
     to_torch(model), for the same inputs and the same random upstream gradients;
     and the buffers (running statistics) after the forward."""
     rng = np.random.default_rng(seed)
-    inputs = [x.astype(dtype) for x in inputs]
+    inputs = [x.astype(dtype) if x.dtype.kind == "f" else x for x in inputs]     # token ids stay ints
     t = to_torch(model)
     assert t.training == model.training
-    xs = [torch.tensor(x, requires_grad=True) for x in inputs]
+    xs = [torch.tensor(x, requires_grad=x.dtype.kind == "f") for x in inputs]
     model.zero_grad()
     ys, yts = flat(model(*inputs)), flat(t(*xs))       # LSTM: output, (h_n, c_n)
     assert len(ys) == len(yts)
@@ -55,7 +55,10 @@ def compare(model, inputs, dtype, seed=0, tol=None):
     gx = gx if isinstance(gx, tuple) else (gx,)
     torch.autograd.backward(list(yts), [torch.tensor(g) for g in gys])
     for a, b in zip(gx, xs):
-        close(b.grad.numpy(), a, dtype, "input gradient", tol)
+        if b.requires_grad:
+            close(b.grad.numpy(), a, dtype, "input gradient", tol)
+        else:
+            assert a is None                        # ids have no gradient
     tparams = dict(t.named_parameters())
     hparams = dict(model.named_parameters())
     assert len(tparams) == len(hparams)
@@ -148,6 +151,19 @@ def _cases():
             nn.Linear(6, 3, dtype=dt, rng=0), nn.Sequential(nn.Linear(6, 3, dtype=dt, rng=1), nn.Sigmoid()),
             merge=merge, dim=1))(merge), [r()]
 
+    ids = np.random.default_rng(5).integers(0, 10, size=(3, 4))
+    yield "Embedding", lambda dt: nn.Embedding(10, 6, dtype=dt, rng=0), [ids]
+    yield "Embedding-padding", lambda dt: nn.Embedding(10, 6, padding_idx=2, dtype=dt, rng=0), [ids]
+    yield "LearnedPositionalEmbedding", lambda dt: nn.LearnedPositionalEmbedding(8, 6, dtype=dt, rng=0), [sequence()]
+    yield "SinusoidalPositionalEmbedding", lambda dt: nn.SinusoidalPositionalEmbedding(8, 6, dtype=dt), [sequence()]
+    q, k = sequence(4, 2, 6), sequence(5, 2, 6) + 1
+    yield "MultiheadAttention", lambda dt: _attention(nn.MultiheadAttention(6, 2, dtype=dt, rng=0)), [q, k, k - 2]
+    yield "MultiheadAttention-nobias-batch-first", lambda dt: nn.MultiheadAttention(
+        6, 3, bias=False, batch_first=True, dtype=dt, rng=0), [x.transpose(1, 0, 2) for x in (q, k, k - 2)]
+    for norm_first, act in ((False, "relu"), (True, "gelu")):
+        yield f"TransformerEncoderLayer-{act}-norm-first-{norm_first}", (lambda nf, a: lambda dt: _perturbed(
+            nn.TransformerEncoderLayer(6, 2, 10, dropout=0.0, activation=a, norm_first=nf, dtype=dt, rng=0)))(
+                norm_first, act), [sequence()]
     yield "RNN", lambda dt: nn.RNN(6, 4, dtype=dt, rng=0), [sequence()]
     yield "RNN-relu-2-layers-nobias", lambda dt: nn.RNN(6, 4, num_layers=2, nonlinearity="relu", bias=False,
                                                         dtype=dt, rng=0), [sequence()]
@@ -164,6 +180,14 @@ def _stats(bn, x):
     with nn.no_grad():
         bn(x.astype(bn.running_mean.dtype))
     return bn
+
+
+def _attention(m):
+    """Biases off their zero start, so that a misplaced one would show."""
+    rng = np.random.default_rng(6)
+    for p in (m.in_proj_bias, m.out_proj.bias):
+        p.data[...] = rng.normal(size=p.shape)
+    return m
 
 
 def _perturbed(m):
@@ -369,3 +393,26 @@ def test_from_torch_of_recurrent_layers(cls):
     close(m.backward(*gys), xt.grad.numpy(), np.float64, "input gradient")
     for name, p in t.named_parameters():
         close(m._params[name].grad, p.grad.numpy(), np.float64, f"gradient of {name}")
+
+
+def test_from_torch_of_attention_layers_written_in_torch():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation="gelu", batch_first=True).double()
+    emb = torch.nn.Embedding(11, 8, padding_idx=0).double()
+    m_layer, m_emb = from_torch(layer), from_torch(emb)
+    assert type(m_layer) is nn.TransformerEncoderLayer and m_layer.norm_first is False
+    ids = np.random.default_rng(0).integers(0, 11, size=(2, 5))
+    x = emb(torch.from_numpy(ids))
+    xt = x.detach().clone().requires_grad_(True)
+    yt = layer(xt)
+    y = m_layer(m_emb(ids))
+    close(y, yt.detach().numpy(), np.float64, "forward")
+    gy = np.random.default_rng(1).normal(size=y.shape)
+    yt.backward(torch.tensor(gy))
+    close(m_layer.backward(gy), xt.grad.numpy(), np.float64, "input gradient")
+    close(m_layer.self_attn.in_proj_weight.grad, layer.self_attn.in_proj_weight.grad.numpy(), np.float64,
+          "in_proj_weight gradient")
+    close(m_layer.self_attn.out_proj.weight.grad, layer.self_attn.out_proj.weight.grad.numpy().T, np.float64,
+          "out_proj weight gradient")
+    with pytest.raises(ValueError, match="kdim/vdim other than embed_dim"):
+        from_torch(torch.nn.MultiheadAttention(8, 2, kdim=4, vdim=4))

@@ -186,7 +186,16 @@ def modules_with_state():
             nn.GroupNorm(2, 4, affine=False), nn.PReLU(), nn.PReLU(5),
             nn.Standardize(np.zeros((2, 3)), np.ones((2, 3))),
             nn.RNN(3, 4), nn.RNN(3, 4, num_layers=2, bidirectional=True, bias=False), nn.LSTM(3, 5, num_layers=2),
-            nn.GRU(2, 3, bidirectional=True), nn.RNNCell(3, 4), nn.LSTMCell(3, 4, bias=False), nn.GRUCell(3, 4)]
+            nn.GRU(2, 3, bidirectional=True), nn.RNNCell(3, 4), nn.LSTMCell(3, 4, bias=False), nn.GRUCell(3, 4),
+            nn.Embedding(7, 3), nn.LearnedPositionalEmbedding(5, 4), nn.SinusoidalPositionalEmbedding(5, 4),
+            nn.MultiheadAttention(6, 2), nn.MultiheadAttention(6, 3, bias=False)]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_declared_size_of_an_encoder_layer_is_its_state(bias):
+    m = nn.TransformerEncoderLayer(8, 2, 12, bias=bias)
+    assert checkpoint.DECLARED["TransformerEncoderLayer"](m.get_config()) == sum(
+        v.size for v in m.state_dict().values())
 
 
 @pytest.mark.parametrize("module", modules_with_state(), ids=repr)

@@ -115,3 +115,25 @@ class Split(nn.Module):
 
     def forward(self, x):
         return tuple(torch.split(x, self.split_size_or_sections, self.dim))
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """y = x + weight[:T] for x of shape (..., T, D)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return x + self.weight[: x.shape[-2]]
+
+
+class SinusoidalPositionalEmbedding(nn.Module):
+    """y = x + pe[:T], the fixed sinusoid table as a buffer."""
+
+    def __init__(self, pe):
+        super().__init__()
+        self.register_buffer("pe", pe)
+
+    def forward(self, x):
+        return x + self.pe[: x.shape[-2]]

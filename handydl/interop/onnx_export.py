@@ -377,6 +377,9 @@ del G
 NOT_EXPORTED = {
     "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
     **{name: "not exported yet: ONNX's RNN, LSTM and GRU operators order their gates differently "
-             "from torch.nn's; use to_torch(model) and torch.onnx.export"
+             "from torch.nn.s; torch.onnx.export(to_torch(model), ...) exports them"
        for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
+    **{name: "not exported yet (token ids in, several inputs); torch.onnx.export(to_torch(model), ...) exports them"
+       for name in ("Embedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
+                    "MultiheadAttention", "TransformerEncoderLayer")},
 }

@@ -171,6 +171,32 @@ def _recurrent_to(m, c):
     return _set(t, **{name: c.param(p) for name, p in m._params.items() if p is not None})
 
 
+def _embedding_to(m, c):
+    t = c.nn.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx,
+                       dtype=c.dtype(m.weight.data))
+    return _set(t, weight=c.param(m.weight))
+
+
+def _attention_to(m, c):
+    """torch.nn.MultiheadAttention: in_proj_* as they are, out_proj's weight transposed."""
+    t = c.nn.MultiheadAttention(m.embed_dim, m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
+                                batch_first=m.batch_first, dtype=c.dtype(m.in_proj_weight.data))
+    _set(t, in_proj_weight=c.param(m.in_proj_weight), in_proj_bias=m.in_proj_bias and c.param(m.in_proj_bias))
+    _set(t.out_proj, weight=c.param(m.out_proj.weight, transpose=True),
+         bias=m.out_proj.bias and c.param(m.out_proj.bias))
+    t.out_proj.train(m.out_proj.training)
+    return t
+
+
+def _encoder_layer_to(m, c):
+    config = m.get_config()
+    t = c.nn.TransformerEncoderLayer(**{k: v for k, v in config.items() if k != "dtype"},
+                                     dtype=c.dtype(m.linear1.weight.data))
+    for name in ("self_attn", "linear1", "linear2", "norm1", "norm2", "dropout", "dropout1", "dropout2"):
+        setattr(t, name, c(getattr(m, name), name))
+    return t
+
+
 def _sequential_to(m, c):
     children = c.children(m)
     # handydl passes a tuple of outputs on as several inputs; torch.nn.Sequential does not
@@ -211,6 +237,10 @@ TO_TORCH = {
     nn.ModuleDict: lambda m, c: c.nn.ModuleDict(c.children(m)),
     nn.Residual: lambda m, c: c.wrap.Residual(c(m.f, "f"), c(m.shortcut, "shortcut")),
     nn.Parallel: lambda m, c: c.wrap.Parallel(list(c.children(m).items()), m.merge, m.dim),
+    nn.Embedding: _embedding_to, nn.MultiheadAttention: _attention_to,
+    nn.TransformerEncoderLayer: _encoder_layer_to,
+    nn.LearnedPositionalEmbedding: lambda m, c: c.wrap.LearnedPositionalEmbedding(c.param(m.weight)),
+    nn.SinusoidalPositionalEmbedding: lambda m, c: c.wrap.SinusoidalPositionalEmbedding(c.buffer(m.pe)),
     **{getattr(nn, name): _recurrent_to for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     **{nn.GENERATED[name]: _same_name() for name in SAME_NAMED},
     **{nn.GENERATED[name]: _wrapper(name) for name in WRAPPED},
@@ -380,6 +410,43 @@ def _recurrent_from(t, c):
     return _put(m, **{name: c.param(getattr(t, name)) for name in names})
 
 
+def _embedding_from(t, c):
+    m = nn.Embedding(t.num_embeddings, t.embedding_dim, padding_idx=t.padding_idx, max_norm=t.max_norm,
+                     scale_grad_by_freq=t.scale_grad_by_freq, sparse=t.sparse, dtype=_np_dtype(t))
+    return _put(m, weight=c.param(t.weight))
+
+
+def _attention_from(t, c):
+    if not t._qkv_same_embed_dim or t.bias_k is not None or t.add_zero_attn:
+        raise ValueError("from_torch: MultiheadAttention with kdim/vdim other than embed_dim, add_bias_kv "
+                         "or add_zero_attn is not supported by handydl")
+    bias = t.in_proj_bias is not None
+    m = nn.MultiheadAttention(t.embed_dim, t.num_heads, dropout=t.dropout, bias=bias,
+                              batch_first=t.batch_first, dtype=_array(t.in_proj_weight[:0]).dtype)
+    _put(m, in_proj_weight=c.param(t.in_proj_weight), in_proj_bias=c.param(t.in_proj_bias) if bias else None)
+    _put(m.out_proj, weight=c.param(t.out_proj.weight, transpose=True),
+         bias=c.param(t.out_proj.bias) if t.out_proj.bias is not None else None)
+    m.out_proj.train(t.out_proj.training)
+    return m
+
+
+def _encoder_layer_from(t, c):
+    import torch.nn.functional as F
+    activation = {F.relu: "relu", F.gelu: "gelu"}.get(t.activation)
+    if activation is None:
+        activation = {"ReLU": "relu", "GELU": "gelu"}.get(type(t.activation).__name__)
+    if activation is None:
+        raise ValueError(f"from_torch: TransformerEncoderLayer(activation={t.activation!r}) is not supported; "
+                         "handydl's takes 'relu' or 'gelu'")
+    m = nn.TransformerEncoderLayer(t.self_attn.embed_dim, t.self_attn.num_heads, t.linear1.out_features,
+                                   dropout=t.dropout.p, activation=activation, layer_norm_eps=t.norm1.eps,
+                                   batch_first=t.self_attn.batch_first, norm_first=t.norm_first,
+                                   bias=t.linear1.bias is not None, dtype=_np_dtype(t.linear1))
+    for name in ("self_attn", "linear1", "linear2", "norm1", "norm2", "dropout", "dropout1", "dropout2"):
+        setattr(m, name, c(getattr(t, name), name))
+    return m
+
+
 def _softmax_from(cls):
     def convert(t, c):
         if t.dim is None:
@@ -415,6 +482,12 @@ FROM_TORCH = {
                                            t.count_include_pad, t.divisor_override),
     "AdaptiveAvgPool2d": lambda t, c: nn.AdaptiveAvgPool2d(t.output_size),
     "GLU": lambda t, c: nn.GLU(t.dim),
+    "Embedding": _embedding_from, "MultiheadAttention": _attention_from,
+    "TransformerEncoderLayer": _encoder_layer_from,
+    "handydl.LearnedPositionalEmbedding": lambda t, c: _put(
+        nn.LearnedPositionalEmbedding(*t.weight.shape, dtype=_np_dtype(t)), weight=c.param(t.weight)),
+    "handydl.SinusoidalPositionalEmbedding": lambda t, c: nn.SinusoidalPositionalEmbedding(
+        *t.pe.shape, dtype=_array(t.pe[:0]).dtype),
     **{name: _recurrent_from for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     "Sequential": lambda t, c: nn.Sequential(*c.children(t)),
     "ModuleList": lambda t, c: nn.ModuleList(c.children(t)),
