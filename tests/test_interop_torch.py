@@ -128,7 +128,7 @@ def _cases():
     yield "Flatten", lambda dt: nn.Flatten(), [image()]
     yield "Flatten-1-2", lambda dt: nn.Flatten(1, 2), [image()]
     yield "Unflatten", lambda dt: nn.Unflatten(1, (2, 3)), [r()]
-    yield "Conv1d", lambda dt: nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=1, groups=2, dtype=dt, rng=0), [image()[..., 0]]
+    yield "Conv1d", lambda dt: nn.Conv1d(4, 6, 3, stride=2, padding=1, groups=2, dtype=dt, rng=0), [image()[..., 0]]
     yield "Conv2d", lambda dt: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
                                          dtype=dt, rng=0), [image()]
     yield "Conv2d-same-nobias", lambda dt: nn.Conv2d(4, 3, 4, padding="same", bias=False, dtype=dt, rng=0), [image()]

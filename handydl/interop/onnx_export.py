@@ -379,7 +379,8 @@ NOT_EXPORTED = {
     **{name: "not exported yet: ONNX's RNN, LSTM and GRU operators order their gates differently "
              "from torch.nn.s; torch.onnx.export(to_torch(model), ...) exports them"
        for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
-    **{name: "not exported yet (token ids in, several inputs); torch.onnx.export(to_torch(model), ...) exports them"
+    **{name: "not exported yet (token ids in, several inputs); "
+             "torch.onnx.export(to_torch(model), ...) exports them"
        for name in ("Embedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
                     "MultiheadAttention", "TransformerEncoderLayer")},
 }
