@@ -73,6 +73,12 @@ CASES = {
     "Linear-nobias-3d": (lambda: nn.Linear(6, 3, bias=False, rng=0), rows().reshape(3, 1, 6)),
     **{name: ((lambda name: lambda: G[name]())(name), 4 * rows()) for name in
        ("Sigmoid", "Tanh", "ReLU", "ReLU6", "SELU", "SiLU", "Mish", "Hardsigmoid", "Hardswish", "Identity")},
+    **{name: ((lambda name: lambda: G[name]())(name), 4 * rows())
+       for name in ("Softsign", "LogSigmoid", "Tanhshrink")},
+    "Hardtanh": (lambda: nn.Hardtanh(-0.5, 2.0), 4 * rows()),
+    "Softshrink": (lambda: nn.Softshrink(0.3), rows()),
+    "Hardshrink": (lambda: nn.Hardshrink(0.3), rows()),
+    "Threshold": (lambda: nn.Threshold(0.1, -2.0), rows()),
     "LeakyReLU": (lambda: nn.LeakyReLU(0.2), rows()),
     "ELU": (lambda: nn.ELU(0.7), rows()),
     "CELU": (lambda: nn.CELU(1.3), rows()),

@@ -95,6 +95,12 @@ def _cases():
                  "Identity", "SumNormalize"):
         yield name, (lambda name: lambda dt: nn.GENERATED[name]())(name), [np.abs(r()) + 0.1 if name ==
                                                                               "SumNormalize" else 4 * r()]
+    for name in ("Softsign", "LogSigmoid", "Tanhshrink"):
+        yield name, (lambda name: lambda dt: nn.GENERATED[name]())(name), [4 * r()]
+    yield "Hardtanh", lambda dt: nn.Hardtanh(-0.5, 2.0), [4 * r()]
+    yield "Softshrink", lambda dt: nn.Softshrink(0.3), [r()]
+    yield "Hardshrink", lambda dt: nn.Hardshrink(0.3), [r()]
+    yield "Threshold", lambda dt: nn.Threshold(0.1, -2.0), [r()]
     yield "LeakyReLU", lambda dt: nn.LeakyReLU(0.2), [r()]
     yield "ELU", lambda dt: nn.ELU(0.7), [r()]
     # alpha 0.5: torch's CPU celu divides by alpha in float32 even in float64, exact for 0.5

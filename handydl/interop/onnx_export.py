@@ -266,6 +266,26 @@ def _relu6(m, g, names, samples):
     return g.node("Clip", [_x(names), g.const(0.0), g.const(6.0)])
 
 
+def _hardtanh(m, g, names, samples):
+    return g.node("Clip", [_x(names), g.const(m.params["min_val"]), g.const(m.params["max_val"])])
+
+
+def _log_sigmoid(m, g, names, samples):
+    """log sigma(x) = -softplus(-x)."""
+    return g.node("Neg", [g.node("Softplus", [g.node("Neg", [_x(names)])])])
+
+
+def _tanhshrink(m, g, names, samples):
+    return g.node("Sub", [_x(names), g.node("Tanh", [_x(names)])])
+
+
+def _threshold(m, g, names, samples):
+    """x where x > threshold, else value."""
+    x = _x(names)
+    keep = g.node("Greater", [x, g.const(m.params["threshold"])])
+    return g.node("Where", [keep, x, g.const(m.params["value"])])
+
+
 def _silu(m, g, names, samples):
     return g.node("Mul", [_x(names), g.node("Sigmoid", [_x(names)])])
 
@@ -363,6 +383,10 @@ TO_ONNX = {
     G["Softplus"]: _softplus,
     G["Hardsigmoid"]: _op("HardSigmoid", alpha=1 / 6, beta=0.5), G["Hardswish"]: _op("HardSwish"),
     G["Identity"]: _op("Identity"),
+    G["Hardtanh"]: _hardtanh, G["Softsign"]: _op("Softsign"), G["LogSigmoid"]: _log_sigmoid,
+    G["Tanhshrink"]: _tanhshrink, G["Threshold"]: _threshold,
+    G["Softshrink"]: _op("Shrink", lambd=lambda p: p["lambd"], bias=lambda p: p["lambd"]),
+    G["Hardshrink"]: _op("Shrink", lambd=lambda p: p["lambd"], bias=0.0),
     G["Softmax"]: _op("Softmax", axis=lambda p: p["dim"]),
     G["LogSoftmax"]: _op("LogSoftmax", axis=lambda p: p["dim"]),
     G["SumNormalize"]: _sum_normalize, G["LpNorm"]: _lp_norm,

@@ -215,7 +215,8 @@ def _wrapper(name):
 
 # the torch.nn classes with the name and arguments of handydl's generated ones
 SAME_NAMED = ("Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "CELU", "SELU", "ReLU6", "GELU", "SiLU",
-              "Mish", "Softplus", "Hardsigmoid", "Hardswish", "Identity", "Softmax", "LogSoftmax")
+              "Mish", "Softplus", "Hardsigmoid", "Hardswish", "Identity", "Softmax", "LogSoftmax",
+              "Hardtanh", "Softsign", "LogSigmoid", "Tanhshrink", "Softshrink", "Hardshrink", "Threshold")
 WRAPPED = ("SumNormalize", "LpNorm", "Add", "Mul", "Concat", "Split")
 
 TO_TORCH = {
