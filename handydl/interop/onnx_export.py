@@ -401,10 +401,10 @@ del G
 NOT_EXPORTED = {
     "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
     **{name: "not exported yet: ONNX's RNN, LSTM and GRU operators order their gates differently "
-             "from torch.nn.s; torch.onnx.export(to_torch(model), ...) exports them"
+             "from torch.nn's; torch.onnx.export(to_torch(model), (x,), path, dynamo=False) does (an LSTM "
+             "was checked)"
        for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
-    **{name: "not exported yet (token ids in, several inputs); "
-             "torch.onnx.export(to_torch(model), ...) exports them"
+    **{name: "not exported yet (token ids in, several inputs, masks)"
        for name in ("Embedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
                     "MultiheadAttention", "TransformerEncoderLayer")},
 }
