@@ -17,6 +17,10 @@ TOL = dict(rtol=1e-4, atol=1e-5)
 G = nn.GENERATED
 
 
+def flat(y):
+    return [a for v in y for a in flat(v)] if isinstance(y, tuple) else [y]
+
+
 def run_onnx(path, x):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"input": x.astype(np.float32)})
@@ -32,7 +36,7 @@ def exported_matches(model, x, tmp_path, **tol):
     with nn.no_grad():
         y = model(x)
     model.train(was)
-    ys = list(y) if isinstance(y, tuple) else [y]
+    ys = flat(y)                                # LSTM: output, (h_n, c_n)
     got = run_onnx(path, x)
     assert len(got) == len(ys)
     for a, b in zip(got, ys):
@@ -43,6 +47,10 @@ def exported_matches(model, x, tmp_path, **tol):
 
 def rows(n=3, d=6, seed=0):
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+def sequence(length=5, n=3, d=6):
+    return np.random.default_rng(4).normal(size=(length, n, d)).astype(np.float32)
 
 
 def image(n=3, c=4, h=6, w=6):
@@ -133,6 +141,16 @@ CASES = {
     "Parallel-sum": (lambda: nn.Parallel(nn.Linear(6, 3, rng=0), nn.Linear(6, 3, rng=1)), rows()),
     "Parallel-concat": (lambda: nn.Parallel(nn.Linear(6, 3, rng=0), nn.Sigmoid(), merge="concat", dim=1), rows()),
     "Parallel-tuple": (lambda: nn.Parallel(nn.Linear(6, 3, rng=0), nn.Tanh(), merge="tuple"), rows()),
+    # recurrent layers: (L, N, H_in) with L the dynamic first dim, or (N, L, H_in) with batch_first
+    "RNN": (lambda: nn.RNN(6, 4, rng=0), sequence()),
+    "RNN-relu-2-layers-nobias": (lambda: nn.RNN(6, 4, num_layers=2, nonlinearity="relu", bias=False, rng=0),
+                                 sequence()),
+    "LSTM-bidirectional-2-layers": (lambda: nn.LSTM(6, 4, num_layers=2, bidirectional=True, rng=0), sequence()),
+    "GRU-batch-first-bidirectional": (lambda: nn.GRU(6, 4, batch_first=True, bidirectional=True, rng=0),
+                                      sequence()),
+    "RNNCell": (lambda: nn.RNNCell(6, 4, nonlinearity="relu", rng=0), rows()),
+    "LSTMCell": (lambda: nn.LSTMCell(6, 4, rng=0), rows()),
+    "GRUCell-nobias": (lambda: nn.GRUCell(6, 4, bias=False, rng=0), rows()),
 }
 
 

@@ -10,7 +10,7 @@ being traced into whatever the tracer makes of it.
 
 The export is of the model in evaluation mode (Dropout the identity,
 BatchNorm with its running statistics), in float32, with a dynamic batch
-dimension.  Shapes inside the graph come from running the model itself on
+dimension; recurrent layers start from zero states (hx None).  Shapes inside the graph come from running the model itself on
 a sample input of ``input_shape`` (under ``no_grad``), so a Flatten or a
 Split knows its sizes.
 """
@@ -25,7 +25,8 @@ OPSET = 21          # LayerNormalization (17), Mish (18), Gelu (20), GroupNormal
 
 def to_onnx(model, path, input_shape, opset=OPSET):
     """Write ``model`` as an ONNX file at ``path`` for inputs of shape (N, *input_shape)
-    (N, the batch, is dynamic); returns the path.  The input is named "input", the
+    (N, the first dimension, is dynamic: the batch, or the time of a sequence-first
+    RNN); returns the path.  The input is named "input", the
     output(s) "output" ("output_0", ... for several).
 
     TypeError naming the module (and where it stands) for a class with no ONNX
@@ -114,8 +115,7 @@ class _Graph:
         outs = fn(m, at, names, samples)
         if at.samples is not None:                   # a composite computed them child by child
             return outs, at.samples
-        y = m(*samples)
-        ys = list(y) if isinstance(y, tuple) else [y]
+        ys = _flat(m(*samples))                   # LSTM: output, (h_n, c_n) -> three outputs
         outs = outs if isinstance(outs, list) else [outs]
         return outs, ys
 
@@ -149,6 +149,10 @@ class _At:
 
     def refuse(self, why):
         raise ValueError(f"to_onnx: {type(self.m).__name__} (at {self.path or 'the root'!r}): {why}")
+
+
+def _flat(y):
+    return [a for v in y for a in _flat(v)] if isinstance(y, tuple) else [y]
 
 
 def _x(names):
@@ -332,6 +336,57 @@ def _standardize(m, g, names, samples):
     return g.node("Div", [g.node("Sub", [_x(names), g.param(m.mean, "mean")]), g.param(m.std, "std")])
 
 
+# -- recurrent layers -------------------------------------------------------------------------
+# ONNX's RNN, LSTM and GRU take W (directions, gates H, in), R (directions, gates H, H) and
+# B (directions, 2 gates H: W's biases then R's) with their gates in another order than
+# torch.nn's: LSTM i, o, f, c (torch i, f, g, o); GRU z, r, h (torch r, z, n), and
+# linear_before_reset=1 is torch's GRU, r * (W_hn h + b_hn).
+_ONNX_GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN_TANH": [0], "RNN_RELU": [0]}
+
+
+def _gates(w, mode, H):
+    return np.concatenate([w[i * H:(i + 1) * H] for i in _ONNX_GATE_ORDER[mode]])
+
+
+def _recurrent(m, g, names, samples):
+    """RNN, LSTM, GRU (any layers, directions, batch_first) and their cells (one step),
+    hx zeros; outputs as handydl's: output, h_n (LSTM: and c_n), or a cell's h' (and c')."""
+    cell = type(m).__name__.endswith("Cell")
+    mode, H = m.mode, m.hidden_size
+    op = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
+    x = _x(names)
+    if cell:
+        x = g.node("Unsqueeze", [x, g.ints([0])])                  # (1, N, in): one time step
+    elif m.batch_first:
+        x = g.node("Transpose", [x], perm=[1, 0, 2])
+    layers, D = (1, 1) if cell else (m.num_layers, m.num_directions)
+    hs, cs = [], []
+    for layer in range(layers):
+        W, R, B = [], [], []
+        for d in range(D):
+            w_ih, w_hh, b_ih, b_hh = m._weights() if cell else m._weights(layer, d)
+            W.append(_gates(w_ih.data, mode, H))
+            R.append(_gates(w_hh.data, mode, H))
+            B.append(np.concatenate([_gates(b.data, mode, H) for b in (b_ih, b_hh)]) if b_ih is not None
+                     else np.zeros(2 * W[-1].shape[0], W[-1].dtype))
+        attrs = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        if op == "RNN":
+            attrs["activations"] = ["Relu" if mode == "RNN_RELU" else "Tanh"] * D
+        outs = [g.name("Y"), g.name("Y_h")] + ([g.name("Y_c")] if op == "LSTM" else [])
+        g.node(op, [x, g.const(np.stack(W), "W"), g.const(np.stack(R), "R"), g.const(np.stack(B), "B")], outs,
+               **attrs)
+        # Y (T, D, N, H) -> torch's (T, N, D H), the next layer's input
+        x = g.node("Reshape", [g.node("Transpose", [outs[0]], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])
+        hs.append(outs[1])
+        cs.extend(outs[2:])
+    if cell:
+        return [g.node("Squeeze", [s, g.ints([0])]) for s in [hs[0], *cs]]
+    states = [g.node("Concat", part, axis=0) if len(part) > 1 else part[0] for part in (hs, cs) if part]
+    return [g.node("Transpose", [x], perm=[1, 0, 2]) if m.batch_first else x, *states]
+
+
 # -- composites -------------------------------------------------------------------------------
 
 def _sequential(m, g, names, samples):
@@ -373,6 +428,7 @@ TO_ONNX = {
     nn.Flatten: _reshape, nn.Unflatten: _reshape,
     nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool, nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
     nn.Standardize: _standardize, nn.GLU: _glu,
+    **{getattr(nn, name): _recurrent for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     nn.Sequential: _sequential, nn.MLP: _sequential, nn.Residual: _residual, nn.Parallel: _parallel,
     G["Sigmoid"]: _op("Sigmoid"), G["Tanh"]: _op("Tanh"), G["ReLU"]: _op("Relu"),
     G["LeakyReLU"]: _op("LeakyRelu", alpha=lambda p: p["negative_slope"]),
@@ -400,10 +456,6 @@ del G
 # handydl modules without an export, and why
 NOT_EXPORTED = {
     "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
-    **{name: "not exported yet: ONNX's RNN, LSTM and GRU operators order their gates differently "
-             "from torch.nn's; torch.onnx.export(to_torch(model), (x,), path, dynamo=False) does (an LSTM "
-             "was checked)"
-       for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
     **{name: "not exported yet (token ids in, several inputs, masks)"
        for name in ("Embedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
                     "MultiheadAttention", "TransformerEncoderLayer")},
