@@ -1231,6 +1231,160 @@ _RNN += [
 ]
 
 
+# -- the rest of torch.nn's losses (issue 21): arrays, checked against central differences --------
+
+_Y2H = _onehot((1, 0, 3, 2), 4)                # each row's second label (the first: _onehot((0, 2, 1, 0), 4))
+_COSINE_LET = ["aa = einsum('nd,nd->n', A, A) + 0.000000000001", "bb = einsum('nd,nd->n', B, B) + 0.000000000001",
+               "r = 1 / sqrt(aa * bb)", "c = einsum('nd,nd->n', A, B) * r"]
+_MLM_LET = ["C = 4", "N = 4", f"Y1 = {_onehot((0, 2, 1, 0), 4)}", f"Y2 = {_Y2H}", "M = 1 - Y1 - Y2",
+            "H1 = 1 - einsum('nc,nc->n', X, Y1) + X.T", "H2 = 1 - einsum('nc,nc->n', X, Y2) + X.T",
+            "A1 = (where(H1 > 0, 1, 0) * M.T).T / (C * N)", "A2 = (where(H2 > 0, 1, 0) * M.T).T / (C * N)"]
+
+_LOSSES = [
+    Derivation(
+        "smooth_l1_loss", "the gradient of the smooth L1 loss (beta = 0.5)",
+        "mean(where(abs(yhat - y) < 0.5, (yhat - y)**2 / (2 * 0.5), abs(yhat - y) - 0.25))", [
+            Step(r"\frac{\partial L}{\partial \hat y_i} = \frac{1}{n} \begin{cases} d_i / \beta & |d_i| < \beta \\ \mathrm{sign}(d_i) & |d_i| \ge \beta \end{cases}",
+                 "where(abs(d) < 0.5, d / 0.5, sign(d)) / n",
+                 "the quadratic piece d^2 / (2 beta) has derivative d / beta, the linear piece |d| - beta/2 "
+                 "has sign(d); at |d| = beta both are sign(d): continuously differentiable"),
+            Step(r"= \frac{1}{n}\,\mathrm{clip}(d_i / \beta, -1, 1)", "max(-1, min(1, d / 0.5)) / n",
+                 "as a clip: Huber's gradient divided by beta"),
+        ],
+        wrt="yhat", shapes={"yhat": (4, 3), "y": (4, 3)}, let=["n = 12", "d = yhat - y"],
+        setup=r"L = \frac{1}{n} \sum_i \begin{cases} d_i^2 / (2\beta) & |d_i| < \beta \\ |d_i| - \beta/2 & \text{otherwise} \end{cases},\ d = \hat y - y,\ \beta = 0.5",
+        code=lambda env: _backward(ops.smooth_l1_loss, env["yhat"], env["y"], gy=1.0, beta=0.5)),
+    Derivation(
+        "soft_margin_loss", "the gradient of the soft margin loss", "mean(log(1 + exp(-Y * X)))", [
+            Step(r"\frac{\partial L}{\partial x_i} = \frac{1}{n}\,\frac{-y_i\,e^{-y_i x_i}}{1 + e^{-y_i x_i}}",
+                 "-Y * exp(-Y * X) / (1 + exp(-Y * X)) / n", "(log u)' = u'/u with u = 1 + e^{-y x}, u' = -y e^{-y x}"),
+            Step(r"= -\frac{y_i}{n}\,\sigma(-y_i x_i)", "-Y * sigmoid(-Y * X) / n",
+                 "e^z / (1 + e^z) = sigma(z) with z = -y x; backward evaluates it without overflow"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "Y": (4, 3)}, let=["n = 12"],
+        setup=r"L = \frac{1}{n} \sum_i \log\bigl(1 + e^{-y_i x_i}\bigr)",
+        code=lambda env: _backward(ops.soft_margin_loss, env["X"], env["Y"], gy=1.0)),
+    Derivation(
+        "kl_div", "the gradient of the KL divergence (reduction batchmean)", "sum(T * (log(T) - X)) / N", [
+            Step(r"\frac{\partial L}{\partial x_{n,c}} = -\frac{t_{n,c}}{N}", "-T / N",
+                 "t log t does not depend on the input x = log q; -t x has derivative -t; batchmean divides "
+                 "by the batch size N = 4, not by all 12 entries"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "T": (4, 3)}, let=["N = 4"], positive=True,
+        setup=r"L = \frac{1}{N} \sum_{n,c} t_{n,c} \bigl(\log t_{n,c} - x_{n,c}\bigr),\ x = \log q",
+        code=lambda env: _backward(ops.kl_div, env["X"], env["T"], gy=1.0, reduction="batchmean")),
+    Derivation(
+        "poisson_nll_loss", "the gradient of the Poisson negative log-likelihood (log input)",
+        "mean(exp(X) - T * X)", [
+            Step(r"\frac{\partial L}{\partial x_i} = \frac{1}{n}\bigl(e^{x_i} - t_i\bigr)", "(exp(X) - T) / n",
+                 "the rate is e^x, so -log p(t) = e^x - t x + log t!; the last term has no x"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "T": (4, 3)}, let=["n = 12"],
+        setup=r"L = \frac{1}{n} \sum_i e^{x_i} - t_i x_i\quad(\text{log\_input: } x = \log \lambda)",
+        code=lambda env: _backward(ops.poisson_nll_loss, env["X"], env["T"], gy=1.0)),
+    Derivation(
+        "poisson_nll_loss", "the gradient of the Poisson negative log-likelihood (the rate as input)",
+        "mean(X - T * log(X + 0.00000001))", [
+            Step(r"\frac{\partial L}{\partial x_i} = \frac{1}{n}\Bigl(1 - \frac{t_i}{x_i + \epsilon}\Bigr)",
+                 "(1 - T / (X + 0.00000001)) / n", "(log(x + eps))' = 1/(x + eps)"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "T": (4, 3)}, let=["n = 12"], positive=True,
+        setup=r"L = \frac{1}{n} \sum_i x_i - t_i \log(x_i + \epsilon),\ \epsilon = 10^{-8}\quad(\text{log\_input=False})",
+        code=lambda env: _backward(ops.poisson_nll_loss, env["X"], env["T"], gy=1.0, log_input=False)),
+    Derivation(
+        "gaussian_nll_loss", "the Gaussian negative log-likelihood: dL/dinput",
+        "mean(0.5 * (log(V) + (X - T)**2 / V))", [
+            Step(r"\frac{\partial L}{\partial x_i} = \frac{1}{n}\,\frac{x_i - t_i}{v_i}", "(X - T) / V / n",
+                 "log v has no x; (x - t)^2 / (2 v) has derivative (x - t) / v"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "T": (4, 3), "V": (4, 3)}, let=["n = 12"], positive=True,
+        setup=r"L = \frac{1}{n} \sum_i \tfrac12\Bigl(\log v_i + \frac{(x_i - t_i)^2}{v_i}\Bigr)",
+        code=lambda env: _backward(ops.gaussian_nll_loss, env["X"], env["T"], env["V"], gy=1.0)),
+    Derivation(
+        "gaussian_nll_loss", "the Gaussian negative log-likelihood: dL/dvar",
+        "mean(0.5 * (log(V) + (X - T)**2 / V))", [
+            Step(r"\frac{\partial L}{\partial v_i} = \frac{1}{2n}\Bigl(\frac{1}{v_i} - \frac{(x_i - t_i)^2}{v_i^2}\Bigr)",
+                 "0.5 * (1 / V - (X - T)**2 / V**2) / n", "(log v)' = 1/v and (1/v)' = -1/v^2"),
+            Step(r"= \frac{v_i - (x_i - t_i)^2}{2 n v_i^2}", "(V - (X - T)**2) / (2 * n * V**2)",
+                 "over the common denominator: zero where the variance equals the squared error. A var "
+                 "broadcast over a dim (one variance per row) gets the sum of these along it"),
+        ],
+        wrt="V", shapes={"X": (4, 3), "T": (4, 3), "V": (4, 3)}, let=["n = 12"], positive=True,
+        setup=r"L = \frac{1}{n} \sum_i \tfrac12\Bigl(\log v_i + \frac{(x_i - t_i)^2}{v_i}\Bigr)",
+        code=lambda env: _backward(ops.gaussian_nll_loss, env["X"], env["T"], env["V"], gy=1.0, index=2)),
+    Derivation(
+        "margin_ranking_loss", "the gradient of the margin ranking loss (margin 0.5): dL/dx1",
+        "mean(max(0, 0.5 - Y * (A - B)))", [
+            Step(r"\frac{\partial L}{\partial x^{(1)}_i} = -\frac{y_i}{n}\,[h_i \ge 0],\quad h_i = m - y_i (x^{(1)}_i - x^{(2)}_i)",
+                 "-Y * where(0.5 - Y * (A - B) >= 0, 1, 0) / n",
+                 "max(0, h) has slope 1 where h > 0 and 0 where h < 0 (at h = 0 the convention is 1, as "
+                 "PyTorch's clamp_min); dh/dx1 = -y. dL/dx2 is its negative"),
+        ],
+        wrt="A", shapes={"A": (6,), "B": (6,), "Y": (6,)}, let=["n = 6"],
+        setup=r"L = \frac{1}{n} \sum_i \max\bigl(0,\ m - y_i (x^{(1)}_i - x^{(2)}_i)\bigr),\ m = 0.5",
+        code=lambda env: _backward(ops.margin_ranking_loss, env["A"], env["B"], env["Y"], gy=1.0, margin=0.5)),
+    Derivation(
+        "hinge_embedding_loss", "the gradient of the hinge embedding loss (margin 1)",
+        "mean((1 + Y) / 2 * X + (1 - Y) / 2 * max(0, 1 - X))", [
+            Step(r"\frac{\partial L}{\partial x_i} = \frac{1}{n}\Bigl(\tfrac{1 + y_i}{2} - \tfrac{1 - y_i}{2}\,[1 - x_i \ge 0]\Bigr)",
+                 "((1 + Y) / 2 - (1 - Y) / 2 * where(1 - X >= 0, 1, 0)) / n",
+                 "(1 + y)/2 and (1 - y)/2 select the branch of y = 1 and y = -1; x has slope 1, max(0, m - x) "
+                 "slope -1 where m - x > 0 (at m - x = 0 the convention is -1, as PyTorch's clamp_min)"),
+        ],
+        wrt="X", shapes={"X": (4, 3)}, let=["n = 12", f"Y = 2 * {_Y1H} - 1"],
+        setup=r"L = \frac{1}{n} \sum_i \begin{cases} x_i & y_i = 1 \\ \max(0, m - x_i) & y_i = -1 \end{cases},\ m = 1",
+        code=lambda env: _backward(ops.hinge_embedding_loss, env["X"], env["Y"], gy=1.0)),
+    Derivation(
+        "cosine_embedding_loss", "the gradient of the cosine embedding loss (similar pairs): dL/dx1",
+        "mean(1 - c)", [
+            Step(r"\frac{\partial L}{\partial a_n} = -\frac{1}{N}\Bigl(\frac{b_n}{\sqrt{\alpha_n \beta_n}} - "
+                 r"\frac{\langle a_n, b_n\rangle\, a_n}{\sqrt{\alpha_n \beta_n}\,\alpha_n}\Bigr)",
+                 "-(B.T / sqrt(aa * bb) - einsum('nd,nd->n', A, B) * A.T / (sqrt(aa * bb) * aa)).T / N",
+                 "the quotient rule on c = <a, b> (alpha beta)^{-1/2}: d<a, b>/da = b and "
+                 "d alpha^{-1/2}/da = -alpha^{-3/2} a, since alpha = |a|^2 + eps has derivative 2a"),
+            Step(r"= -\frac{1}{N}\Bigl(\frac{b_n}{\sqrt{\alpha_n \beta_n}} - c_n\,\frac{a_n}{\alpha_n}\Bigr)",
+                 "-(B.T * r - c * A.T / aa).T / N",
+                 "with c_n itself: backward keeps c and 1/sqrt(alpha beta) from the forward pass. For "
+                 "y = -1 the factor is [c - m >= 0] instead of -1"),
+        ],
+        wrt="A", shapes={"A": (4, 3), "B": (4, 3)}, let=["N = 4"] + _COSINE_LET,
+        setup=r"L = \frac{1}{N} \sum_n 1 - c_n,\ c_n = \frac{\langle a_n, b_n\rangle}{\sqrt{\alpha_n \beta_n}},\ "
+              r"\alpha_n = \|a_n\|^2 + \epsilon,\ \beta_n = \|b_n\|^2 + \epsilon\ (y_n = 1)",
+        code=lambda env: _backward(ops.cosine_embedding_loss, env["A"], env["B"], np.ones(4), gy=1.0)),
+    Derivation(
+        "multilabel_soft_margin_loss", "the gradient of the multi-label soft margin loss",
+        "sum(Y * log(1 + exp(-X)) + (1 - Y) * log(1 + exp(X))) / (N * C)", [
+            Step(r"\frac{\partial L}{\partial x_{n,c}} = \frac{1}{NC}\Bigl(-y_{n,c}\frac{e^{-x}}{1 + e^{-x}} + (1 - y_{n,c})\frac{e^{x}}{1 + e^{x}}\Bigr)",
+                 "(-Y * exp(-X) / (1 + exp(-X)) + (1 - Y) * exp(X) / (1 + exp(X))) / (N * C)",
+                 "-log sigma(x) = log(1 + e^{-x}) and -log sigma(-x) = log(1 + e^x), each (log u)' = u'/u"),
+            Step(r"= \frac{1}{NC}\bigl(-y_{n,c}(1 - \sigma(x_{n,c})) + (1 - y_{n,c})\,\sigma(x_{n,c})\bigr)",
+                 "(-Y * (1 - sigmoid(X)) + (1 - Y) * sigmoid(X)) / (N * C)",
+                 "e^{-x}/(1 + e^{-x}) = 1 - sigma(x) and e^x/(1 + e^x) = sigma(x)"),
+            Step(r"= \frac{1}{NC}\bigl(\sigma(x_{n,c}) - y_{n,c}\bigr)", "(sigmoid(X) - Y) / (N * C)",
+                 "the y sigma terms cancel: binary cross-entropy's p - y, per class, averaged over the C classes"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "Y": (4, 3)}, let=["N = 4", "C = 3"],
+        setup=r"L = \frac{1}{N} \sum_n \frac{1}{C} \sum_c -y_{n,c} \log\sigma(x_{n,c}) - (1 - y_{n,c}) \log\sigma(-x_{n,c})",
+        code=lambda env: _backward(ops.multilabel_soft_margin_loss, env["X"], env["Y"], gy=1.0)),
+    Derivation(
+        "multilabel_margin_loss", "the gradient of the multi-label hinge loss (two labels per sample)",
+        "sum(max(0, H1) * M.T + max(0, H2) * M.T) / (C * N)", [
+            Step(r"\frac{\partial L}{\partial x_{n,i}} = \sum_{j \in Y_n} \frac{[h_{n,j,i} > 0]}{C N}\ (i \notin Y_n),\quad"
+                 r"\frac{\partial L}{\partial x_{n,j}} = -\sum_{i \notin Y_n} \frac{[h_{n,j,i} > 0]}{C N}\ (j \in Y_n)",
+                 "A1 + A2 - (Y1.T * einsum('nc->n', A1)).T - (Y2.T * einsum('nc->n', A2)).T",
+                 "each hinge h_{n,j,i} = 1 - x_{n,j} + x_{n,i} (j a label, i not) enters where it is positive: "
+                 "+1 for x_{n,i}, -1 for x_{n,j}; A_k holds the first part for the k-th label, and that "
+                 "label's entry collects minus its row sum (at h = 0 the convention is 0, as PyTorch)"),
+        ],
+        wrt="X", shapes={"X": (4, 4)}, let=_MLM_LET,
+        setup=(r"L = \frac{1}{N} \sum_n \frac{1}{C} \sum_{j \in Y_n} \sum_{i \notin Y_n} \max(0, h_{n,j,i}),\ "
+               r"h_{n,j,i} = 1 - x_{n,j} + x_{n,i},\ Y_n = \{y^{(1)}_n, y^{(2)}_n\}"),
+        code=lambda env: _backward(ops.multilabel_margin_loss, env["X"],
+                                   np.array([[0, 1, -1, -1], [2, 0, -1, 3], [1, 3, -1, -1], [0, 2, -1, -1]]),
+                                   gy=1.0)),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1430,6 +1584,7 @@ DERIVATIONS = [
     *_CNN,
     *_ACTIVATIONS,
     *_REST,
+    *_LOSSES,
     *_RNN,
 ]
 

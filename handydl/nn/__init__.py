@@ -21,5 +21,8 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, GroupNorm, MaxPo
 from .conv import Conv1d, Conv2d, ConvTranspose2d  # noqa: F401,E402
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
 from .loss import SequenceCrossEntropyLoss  # noqa: F401,E402
+from .loss import (CosineEmbeddingLoss, GaussianNLLLoss, HingeEmbeddingLoss, KLDivLoss,  # noqa: F401,E402
+                   MarginRankingLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss, PoissonNLLLoss,
+                   SmoothL1Loss, SoftMarginLoss)
 from .attention import (Embedding, LearnedPositionalEmbedding, MultiheadAttention,  # noqa: F401,E402
                         SinusoidalPositionalEmbedding, TransformerEncoderLayer)

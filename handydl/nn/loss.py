@@ -31,7 +31,10 @@ class Loss(Module):
         return self.params["reduction"]
 
     def forward(self, input, target):
-        loss, saved = self.op.run((input, target), self.params)     # params bound at __init__
+        return self._forward((input, target))
+
+    def _forward(self, inputs):
+        loss, saved = self.op.run(inputs, self.params)     # params bound at __init__
         self.save(saved, np.shape(loss))
         if tape.recording():            # the tape follows arrays: keep the 0-d one it recorded
             return loss
@@ -40,12 +43,17 @@ class Loss(Module):
     def backward(self, gy=1.0, target_grad=False):
         """dL/dinput for the latest call not yet differentiated, scaled by ``gy`` (an
         array of the loss's shape with reduction="none"); with ``target_grad=True``
-        the pair (dL/dinput, dL/dtarget or None)."""
+        one gradient per positional input (dL/dtarget None).  A loss of several
+        differentiable inputs (MarginRankingLoss's input1, input2; GaussianNLLLoss's
+        input, var) returns their gradients as a tuple."""
         saved, shape = self._peek_saved()
         gy = check_gy(gy, shape, type(self).__name__)
         grads = self.op.backward(saved, gy)
         self.saved()
-        return (grads[0], grads[1]) if target_grad else grads[0]
+        if target_grad:
+            return tuple(grads)
+        wanted = tuple(g for g, d in zip(grads, self.op.differentiable) if d)
+        return wanted[0] if len(wanted) == 1 else wanted
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items() if v is not None)
@@ -115,6 +123,92 @@ class MultiMarginLoss(Loss):
 
     def __init__(self, p=1, margin=1.0, weight=None, reduction="mean"):
         super().__init__(reduction, p=p, margin=margin, weight=weight)
+
+
+class SmoothL1Loss(Loss):
+    """Quadratic below beta, linear above (beta = 0: the L1 loss)."""
+    op = ops.smooth_l1_loss
+
+    def __init__(self, reduction="mean", beta=1.0):
+        super().__init__(reduction, beta=beta)
+
+
+class SoftMarginLoss(Loss):
+    """log(1 + e^{-y x}) for targets y in {-1, 1}."""
+    op = ops.soft_margin_loss
+
+
+class KLDivLoss(Loss):
+    """KL(target || q) with input = log q; reduction "batchmean" is the KL per sample."""
+    op = ops.kl_div
+
+    def __init__(self, reduction="mean", log_target=False):
+        super().__init__(reduction, log_target=log_target)
+
+
+class PoissonNLLLoss(Loss):
+    """Poisson negative log-likelihood of counts; the input is the log-rate (log_input)."""
+    op = ops.poisson_nll_loss
+
+    def __init__(self, log_input=True, full=False, eps=1e-8, reduction="mean"):
+        super().__init__(reduction, log_input=log_input, full=full, eps=eps)
+
+
+class GaussianNLLLoss(Loss):
+    """Gaussian negative log-likelihood: ``loss_fn(input, target, var)``; backward returns
+    (dL/dinput, dL/dvar)."""
+    op = ops.gaussian_nll_loss
+
+    def __init__(self, full=False, eps=1e-6, reduction="mean"):
+        super().__init__(reduction, full=full, eps=eps)
+
+    def forward(self, input, target, var):
+        return self._forward((input, target, var))
+
+
+class MarginRankingLoss(Loss):
+    """max(0, margin - y (x1 - x2)): ``loss_fn(input1, input2, target)``; backward returns
+    (dL/dinput1, dL/dinput2)."""
+    op = ops.margin_ranking_loss
+
+    def __init__(self, margin=0.0, reduction="mean"):
+        super().__init__(reduction, margin=margin)
+
+    def forward(self, input1, input2, target):
+        return self._forward((input1, input2, target))
+
+
+class HingeEmbeddingLoss(Loss):
+    """x for similar pairs (y = 1), max(0, margin - x) for dissimilar ones (y = -1)."""
+    op = ops.hinge_embedding_loss
+
+    def __init__(self, margin=1.0, reduction="mean"):
+        super().__init__(reduction, margin=margin)
+
+
+class CosineEmbeddingLoss(Loss):
+    """1 - cos for similar pairs, max(0, cos - margin) for dissimilar ones:
+    ``loss_fn(input1, input2, target)``; backward returns (dL/dinput1, dL/dinput2)."""
+    op = ops.cosine_embedding_loss
+
+    def __init__(self, margin=0.0, reduction="mean"):
+        super().__init__(reduction, margin=margin)
+
+    def forward(self, input1, input2, target):
+        return self._forward((input1, input2, target))
+
+
+class MultiLabelSoftMarginLoss(Loss):
+    """One logistic loss per class, averaged over the classes."""
+    op = ops.multilabel_soft_margin_loss
+
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(reduction, weight=weight)
+
+
+class MultiLabelMarginLoss(Loss):
+    """The multi-label hinge; the target lists each sample's labels, ended by -1."""
+    op = ops.multilabel_margin_loss
 
 
 class SequenceCrossEntropyLoss(CrossEntropyLoss):

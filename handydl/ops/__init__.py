@@ -17,6 +17,9 @@ from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
                      binary_cross_entropy_with_logits, cross_entropy, half_squared_error,
                      huber_loss, l1_loss, mse_loss, multi_margin_loss, nll_loss,
                      prob_cross_entropy)
+from .losses import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,  # noqa: F401
+                     kl_div, margin_ranking_loss, multilabel_margin_loss,
+                     multilabel_soft_margin_loss, poisson_nll_loss, smooth_l1_loss, soft_margin_loss)
 from .dropout import dropout  # noqa: F401
 from .structure import add, concat, mul, permute, reshape, split, unbroadcast  # noqa: F401
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import fused
 from .activations import stable_sigmoid
-from .registry import as_float, check_int, check_real, register
+from .registry import as_float, check_bool, check_int, check_real, register
 from .softmax import log_softmax
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -185,13 +185,15 @@ def _check_ignore_index(who, ignore_index):
               lambda n: True)
 
 
-def _loss(name, formula, derivative, sample=_reg_sample, params=None, choices=None, **fields):
-    """register() with what every loss shares: two inputs, the target not differentiated."""
+def _loss(name, formula, derivative, sample=_reg_sample, params=None, choices=None,
+          reductions=REDUCTIONS, inputs=("input", "target"), differentiable=(True, False), **fields):
+    """register() with what every loss shares: (input, target), the target not differentiated
+    (a loss of several inputs, as margin_ranking_loss's x1, x2, target, names them)."""
     return register(
         name, kind="loss", formula=formula, derivative=derivative,
-        inputs=("input", "target"), differentiable=(True, False),
+        inputs=inputs, differentiable=differentiable,
         params={**(params or {}), "reduction": "mean"},
-        choices={**(choices or {}), "reduction": REDUCTIONS},
+        choices={**(choices or {}), "reduction": reductions},
         test_params=fields.pop("test_params", ()) + ({"reduction": "sum"}, {"reduction": "none"}),
         domains=fields.pop("domains", LOSS_DOMAINS), sample=sample, **fields)
 
@@ -569,3 +571,433 @@ def _multi_margin_backward(saved, gy):
     g = np.where(active, p * h ** (p - 1), 0) * wy / C      # dL_n/dx_{n,i}, i != y
     g[np.arange(len(y)), y] = -g.sum(axis=1)
     return g * _grad_scale(gy, reduction, len(y), (-1, 1)), None
+
+
+# -- the rest of torch.nn's losses (issue 21) ----------------------------------------------
+# Where PyTorch clamps (max(0, h)), the gradient passes at h = 0 exactly, as PyTorch's
+# clamp_min backward (h >= 0); a strict h > 0 is said where PyTorch's kernel uses it.
+
+def _sign_sample(rng, dtype, lo, hi):
+    """Scores and targets in {-1, +1}."""
+    return (rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+            rng.choice([-1.0, 1.0], size=(4, 3)).astype(dtype))
+
+
+def _positive(who, name):
+    return lambda p: check_real(who, name, p[name], "a finite number >= 0", lambda v: 0 <= v < math.inf)
+
+
+def _bools(who, *names):
+    return lambda p: [check_bool(who, n, p[n]) for n in names]
+
+
+def _same_shape(who, **arrays):
+    """ValueError naming every shape unless all arrays have one shape."""
+    shapes = {k: np.shape(v) for k, v in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{k} of shape {s}" for k, s in shapes.items())
+        raise ValueError(f"{who}: expected {', '.join(shapes)} of one shape, got {listed}")
+
+
+@_loss("smooth_l1_loss",
+       formula=(r"L = \frac1n\sum_i \begin{cases} \frac{d_i^2}{2\beta} & |d_i| < \beta \\"
+                r" |d_i| - \tfrac12\beta & \text{otherwise}\end{cases},\ d = \hat y - y"),
+       derivative=(r"\frac{\partial L}{\partial \hat y_i} = \frac1n \mathrm{clip}\Bigl(\frac{d_i}{\beta}, -1, 1\Bigr)"
+                   r"\quad(\beta = 0:\ \frac1n \mathrm{sign}(d_i))"),
+       convention="continuously differentiable for beta > 0; beta = 0 is the L1 loss, with sign(0) = 0 as PyTorch",
+       params={"beta": 1.0}, test_params=({"beta": 0.5}, {"beta": 0.0}),
+       reference=lambda torch, x, t, beta, reduction: torch.nn.functional.smooth_l1_loss(
+           x, t, reduction=reduction, beta=beta),
+       check_params=_positive("smooth_l1_loss", "beta"))
+def smooth_l1_loss(input, target, beta, reduction):
+    """Quadratic (d^2 / 2 beta) for |d| < beta, linear beyond: Huber's loss divided by
+    beta.  input, target: any one shape.  saved: (d, beta, reduction)."""
+    x, t = _pair(input, target, "smooth_l1_loss")
+    d = x - t
+    a = np.abs(d)
+    per = a if beta == 0 else np.where(a < beta, 0.5 * d * d / beta, a - 0.5 * beta)
+    return _reduce(per, reduction), (d, beta, reduction)
+
+
+@smooth_l1_loss.set_backward
+def _smooth_l1_backward(saved, gy):
+    d, beta, reduction = saved
+    g = np.sign(d) if beta == 0 else np.clip(d / beta, -1, 1)
+    return g * _grad_scale(gy, reduction, d.size), None
+
+
+@_loss("soft_margin_loss",
+       formula=r"L = \frac1n\sum_i \log\bigl(1 + e^{-y_i x_i}\bigr),\quad y_i \in \{-1, 1\}",
+       derivative=r"\frac{\partial L}{\partial x_i} = -\frac{y_i}{n}\,\sigma(-y_i x_i)",
+       sample=_sign_sample,
+       reference=lambda torch, x, t, reduction: _torch_reduce(
+           torch.logaddexp(torch.zeros_like(x), -t * x), reduction))
+def soft_margin_loss(input, target, reduction):
+    """The logistic loss of a margin y x, as softplus(-y x) = logaddexp(0, -y x): finite for
+    every margin (PyTorch's log1p(exp(-y x)) overflows to inf below -710).  input, target:
+    one shape.  saved: (y, z = -y x, reduction)."""
+    x, y = _pair(input, target, "soft_margin_loss")
+    z = -y * x
+    return _reduce(np.logaddexp(0, z), reduction), (y, z, reduction)
+
+
+@soft_margin_loss.set_backward
+def _soft_margin_backward(saved, gy):
+    y, z, reduction = saved
+    return -y * stable_sigmoid(z) * _grad_scale(gy, reduction, z.size), None
+
+
+def _torch_reduce(per, reduction):
+    return {"mean": per.mean(), "sum": per.sum(), "none": per}[reduction]
+
+
+def _kl_sample(rng, dtype, lo, hi):
+    """Log-probabilities (any real) and target probabilities in [0, 1], zeros among them."""
+    t = rng.uniform(0, 1, size=(4, 3))
+    t[0, 0] = 0.0
+    return rng.uniform(lo, hi, size=(4, 3)).astype(dtype), t.astype(dtype)
+
+
+@_loss("kl_div",
+       formula=(r"L = \frac1n\sum_i t_i(\log t_i - x_i)\quad(x: \text{log-probabilities; } "
+                r"\text{log\_target: } e^{t_i}(t_i - x_i))"),
+       derivative=r"\frac{\partial L}{\partial x_i} = -\frac{t_i}{n}\quad(\text{log\_target: } -\frac{e^{t_i}}{n})",
+       convention="0 log 0 = 0 (a zero target adds nothing), as PyTorch's xlogy",
+       sample=_kl_sample, params={"log_target": False}, reductions=("mean", "batchmean", "sum", "none"),
+       test_params=({"log_target": True}, {"reduction": "batchmean"}),
+       reference=lambda torch, x, t, log_target, reduction: torch.nn.functional.kl_div(
+           x, t, reduction=reduction, log_target=log_target),
+       check_params=_bools("kl_div", "log_target"))
+def kl_div(input, target, log_target, reduction):
+    """KL(t || q) summed pointwise, with input = log q (as PyTorch's kl_div).  "mean" divides
+    by every element, "batchmean" by the batch size (input.shape[0]; a 0-d input: the sum),
+    which is the true KL divergence per sample.  input, target: one shape.
+    saved: (dL/dx per element before the reduction, denominator, reduction)."""
+    x, t = _pair(input, target, "kl_div")
+    if log_target:
+        et = np.exp(t)
+        per, g = et * (t - x), -et
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):     # 0 log 0 is taken as 0 next
+            tlogt = np.where(t == 0, 0, t * np.log(t))
+        per, g = tlogt - t * x, -t
+    if reduction == "batchmean":
+        denom = x.shape[0] if x.ndim else 1
+        return _reduce(per, "mean", denom), (g, denom, "mean")
+    return _reduce(per, reduction), (g, per.size, reduction)
+
+
+@kl_div.set_backward
+def _kl_div_backward(saved, gy):
+    g, denom, reduction = saved
+    return g * _grad_scale(gy, reduction, denom), None
+
+
+@_loss("poisson_nll_loss",
+       formula=(r"L = \frac1n\sum_i e^{x_i} - t_i x_i\quad(\text{log\_input; otherwise } "
+                r"x_i - t_i \log(x_i + \epsilon))\ [+\ t \log t - t + \tfrac12\log(2\pi t)\ \text{if full},\ t > 1]"),
+       derivative=(r"\frac{\partial L}{\partial x_i} = \frac1n\bigl(e^{x_i} - t_i\bigr)"
+                   r"\quad\Bigl(\text{otherwise } \frac1n\Bigl(1 - \frac{t_i}{x_i + \epsilon}\Bigr)\Bigr)"),
+       convention="the Stirling term of full=True depends on the target only: no gradient",
+       sample=lambda rng, dtype, lo, hi: (rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+                                          rng.poisson(2.0, size=(4, 3)).astype(dtype)),
+       params={"log_input": True, "full": False, "eps": 1e-8},
+       test_params=({"full": True}, {"log_input": False}, {"log_input": False, "full": True}),
+       domains=((0.0, 3.0), (0.0, 30.0)),      # log_input=False needs a rate x >= 0
+       reference=lambda torch, x, t, log_input, full, eps, reduction: torch.nn.functional.poisson_nll_loss(
+           x, t, log_input=log_input, full=full, eps=eps, reduction=reduction),
+       check_params=lambda p: (_bools("poisson_nll_loss", "log_input", "full")(p),
+                               _positive("poisson_nll_loss", "eps")(p)))
+def poisson_nll_loss(input, target, log_input, full, eps, reduction):
+    """The negative log-likelihood of counts t under Poisson(rate), without the constant
+    log t! (full=True adds Stirling's approximation of it where t > 1, as PyTorch).  The
+    rate is e^x (log_input, the default) or x itself.  input, target: one shape.
+    saved: (dL/dx per element, reduction)."""
+    x, t = _pair(input, target, "poisson_nll_loss")
+    if log_input:
+        ex = np.exp(x)
+        per, g = ex - t * x, ex - t
+    else:
+        per, g = x - t * np.log(x + eps), 1 - t / (x + eps)
+    if full:
+        tt = np.where(t <= 1, 2, t)                       # any t > 1: the term is masked there
+        stirling = tt * np.log(tt) - tt + 0.5 * np.log(2 * math.pi * tt)
+        per = per + np.where(t <= 1, 0, stirling)
+    return _reduce(per, reduction), (g, reduction)
+
+
+@poisson_nll_loss.set_backward
+def _poisson_nll_backward(saved, gy):
+    g, reduction = saved
+    return g * _grad_scale(gy, reduction, g.size), None
+
+
+def _gaussian_sample(rng, dtype, lo, hi):
+    """Means, targets and one variance per row (var (4, 1): broadcast over the features)."""
+    return (rng.uniform(lo, hi, size=(4, 3)).astype(dtype), rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+            rng.uniform(0.2, 2.0, size=(4, 1)).astype(dtype))
+
+
+def _gaussian_var(var, x, who):
+    """var as an array that broadcasts against input x by PyTorch's rules: x's shape,
+    x's shape without the last dim (a trailing 1 is added), or x's shape with one dim of
+    size 1 (homoscedastic along it); a number is one variance for all."""
+    v = np.asarray(var, dtype=x.dtype)
+    if v.ndim == 0:
+        return v
+    if v.shape == x.shape:
+        return v
+    if v.shape == x.shape[:-1]:
+        return v[..., None]
+    if v.ndim == x.ndim and sum(b for a, b in zip(x.shape, v.shape) if a != b) == 1:
+        return v
+    raise ValueError(f"{who}: var of shape {v.shape} is not valid for input of shape {x.shape}; expected "
+                     f"{x.shape}, {x.shape[:-1]}, or {x.shape} with one dim of size 1")
+
+
+@_loss("gaussian_nll_loss",
+       formula=(r"L = \frac1n\sum_i \tfrac12\Bigl(\log v_i + \frac{(x_i - t_i)^2}{v_i}\Bigr)"
+                r"\ [+\ \tfrac12\log 2\pi \text{ if full}],\quad v = \max(\mathrm{var}, \epsilon)"),
+       derivative=(r"\frac{\partial L}{\partial x_i} = \frac{x_i - t_i}{n\,v_i},\quad"
+                   r"\frac{\partial L}{\partial v_i} = \frac{1}{2n}\Bigl(\frac{1}{v_i} - \frac{(x_i - t_i)^2}{v_i^2}\Bigr)"
+                   r"\ (\text{summed over the dims var is broadcast along})"),
+       convention="var is clamped at eps without differentiating the clamp, as PyTorch (its clamp runs "
+                  "under no_grad): dL/dvar is the derivative at the clamped value",
+       inputs=("input", "target", "var"), differentiable=(True, False, True),
+       sample=_gaussian_sample, params={"full": False, "eps": 1e-6}, test_params=({"full": True},),
+       reference=lambda torch, x, t, v, full, eps, reduction: torch.nn.functional.gaussian_nll_loss(
+           x, t, v, full=full, eps=eps, reduction=reduction),
+       check_params=lambda p: (_bools("gaussian_nll_loss", "full")(p), _positive("gaussian_nll_loss", "eps")(p)))
+def gaussian_nll_loss(input, target, var, full, eps, reduction):
+    """The negative log-likelihood of t under N(input, var), up to a constant (full=True adds
+    it).  input, target: one shape; var: see :func:`_gaussian_var`; negative var entries are
+    refused.  saved: (d = x - t, v, var's shape, reduction)."""
+    who = "gaussian_nll_loss"
+    x, t = _pair(input, target, who)
+    v = _gaussian_var(var, x, who)
+    if np.any(v < 0):
+        raise ValueError(f"{who}: var has a negative entry ({v[v < 0].flat[0].item()}); expected var >= 0")
+    v = np.maximum(v, eps).astype(x.dtype, copy=False)
+    d = x - t
+    per = 0.5 * (np.log(v) + d * d / v)
+    if full:
+        per = per + 0.5 * math.log(2 * math.pi)
+    return _reduce(per, reduction), (d, v, np.shape(var), reduction)
+
+
+@gaussian_nll_loss.set_backward
+def _gaussian_nll_backward(saved, gy):
+    d, v, var_shape, reduction = saved
+    s = _grad_scale(gy, reduction, d.size)
+    gv = 0.5 * (1 / v - d * d / (v * v)) * s
+    axes = tuple(i for i in range(d.ndim) if v.ndim == 0 or (v.shape[i] == 1 and d.shape[i] != 1))
+    gv = gv.sum(axis=axes, keepdims=v.ndim > 0).reshape(var_shape)
+    return d / v * s, None, gv
+
+
+def _pair_and_target_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=6).astype(dtype), rng.uniform(lo, hi, size=6).astype(dtype),
+            rng.choice([-1.0, 1.0], size=6).astype(dtype))
+
+
+@_loss("margin_ranking_loss",
+       formula=r"L = \frac1n\sum_i \max\bigl(0,\ m - y_i (x^{(1)}_i - x^{(2)}_i)\bigr),\quad y_i \in \{-1, 1\}",
+       derivative=(r"\frac{\partial L}{\partial x^{(1)}_i} = -\frac{y_i}{n}[h_i \ge 0] = "
+                   r"-\frac{\partial L}{\partial x^{(2)}_i},\quad h_i = m - y_i (x^{(1)}_i - x^{(2)}_i)"),
+       convention="at h = 0 the gradient passes (h >= 0), as PyTorch's clamp_min",
+       inputs=("input1", "input2", "target"), differentiable=(True, True, False),
+       sample=_pair_and_target_sample, params={"margin": 0.0}, test_params=({"margin": 0.5},),
+       reference=lambda torch, x1, x2, t, margin, reduction: torch.nn.functional.margin_ranking_loss(
+           x1, x2, t, margin=margin, reduction=reduction),
+       check_params=lambda p: check_real("margin_ranking_loss", "margin", p["margin"], "a finite number"))
+def margin_ranking_loss(input1, input2, target, margin, reduction):
+    """The pairwise ranking hinge: y = 1 wants x1 above x2 by the margin, y = -1 below.
+    input1, input2, target: one shape.  saved: (dL/dx1 per element, reduction)."""
+    who = "margin_ranking_loss"
+    _same_shape(who, input1=input1, input2=input2, target=target)
+    x1, x2 = as_float(input1), as_float(input2)
+    y = np.asarray(target).astype(x1.dtype, copy=False)
+    h = margin - y * (x1 - x2)
+    per = np.maximum(h, 0)
+    return _reduce(per, reduction), (-y * (h >= 0), reduction)
+
+
+@margin_ranking_loss.set_backward
+def _margin_ranking_backward(saved, gy):
+    g1, reduction = saved
+    g1 = g1 * _grad_scale(gy, reduction, g1.size)
+    return g1, -g1, None
+
+
+@_loss("hinge_embedding_loss",
+       formula=(r"L = \frac1n\sum_i \begin{cases} x_i & y_i = 1 \\ \max(0,\ m - x_i) & y_i = -1\end{cases}"
+                r"\quad(x: \text{distances})"),
+       derivative=r"\frac{\partial L}{\partial x_i} = \frac1n\begin{cases} 1 & y_i = 1 \\ -[m - x_i \ge 0] & y_i = -1\end{cases}",
+       convention="at x = margin the gradient passes (m - x >= 0), as PyTorch's clamp_min; a target "
+                  "other than 1 and -1 counts in both branches, as PyTorch",
+       sample=_sign_sample, params={"margin": 1.0}, test_params=({"margin": 0.5},),
+       reference=lambda torch, x, t, margin, reduction: torch.nn.functional.hinge_embedding_loss(
+           x, t, margin=margin, reduction=reduction),
+       check_params=lambda p: check_real("hinge_embedding_loss", "margin", p["margin"], "a finite number"))
+def hinge_embedding_loss(input, target, margin, reduction):
+    """Distances x of similar pairs (y = 1) are pulled to 0, of dissimilar ones (y = -1)
+    pushed beyond the margin.  input, target: one shape.  saved: (dL/dx per element, reduction)."""
+    x, y = _pair(input, target, "hinge_embedding_loss")
+    pos, neg = y != -1, y != 1
+    h = margin - x
+    per = np.where(neg, np.maximum(h, 0), 0) + np.where(pos, x, 0)
+    g = pos.astype(x.dtype) - (neg & (h >= 0))
+    return _reduce(per, reduction), (g, reduction)
+
+
+@hinge_embedding_loss.set_backward
+def _hinge_embedding_backward(saved, gy):
+    g, reduction = saved
+    return g * _grad_scale(gy, reduction, g.size), None
+
+
+_COS_EPS = 1e-12          # PyTorch's EPSILON, added to each squared norm
+
+
+def _cosine_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(4, 3)).astype(dtype), rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+            rng.choice([-1.0, 1.0], size=4).astype(dtype))
+
+
+@_loss("cosine_embedding_loss",
+       formula=(r"L = \frac1N\sum_n \begin{cases} 1 - c_n & y_n = 1 \\ \max(0,\ c_n - m) & y_n = -1\end{cases},"
+                r"\quad c_n = \frac{\langle a_n, b_n\rangle}{\sqrt{(\|a_n\|^2 + \epsilon)(\|b_n\|^2 + \epsilon)}}"),
+       derivative=(r"\frac{\partial c_n}{\partial a_n} = \frac{b_n}{\sqrt{(\|a_n\|^2 + \epsilon)(\|b_n\|^2 + \epsilon)}}"
+                   r" - c_n \frac{a_n}{\|a_n\|^2 + \epsilon},\quad \frac{\partial L}{\partial a_n} = \frac{1}{N}"
+                   r"\begin{cases} -1 & y_n = 1 \\ [c_n - m \ge 0] & y_n = -1 \end{cases} \cdot \frac{\partial c_n}{\partial a_n}"),
+       convention="at c = margin the gradient passes (c - m >= 0), as PyTorch's clamp_min; eps = 1e-12 in "
+                  "each squared norm keeps a zero vector finite",
+       inputs=("input1", "input2", "target"), differentiable=(True, True, False),
+       sample=_cosine_sample, params={"margin": 0.0}, test_params=({"margin": 0.3},),
+       reference=lambda torch, a, b, t, margin, reduction: torch.nn.functional.cosine_embedding_loss(
+           a, b, t, margin=margin, reduction=reduction),
+       check_params=lambda p: check_real("cosine_embedding_loss", "margin", p["margin"], "a finite number"))
+def cosine_embedding_loss(input1, input2, target, margin, reduction):
+    """Rows a_n, b_n of similar pairs (y = 1) are pulled to cosine 1, of dissimilar ones
+    pushed to cosine <= margin.  input1, input2: (N, D) or unbatched (D,); target: (N,) or ().
+    saved: (a, b, c, 1/sqrt(|a|^2 |b|^2), |a|^2, |b|^2, dL/dc per row, reduction)."""
+    who = "cosine_embedding_loss"
+    _same_shape(who, input1=input1, input2=input2)
+    a, b = as_float(input1), as_float(input2)
+    y = np.asarray(target)
+    if a.ndim not in (1, 2) or y.shape != a.shape[:-1]:
+        raise ValueError(f"{who}: expected inputs of shape (N, D) or (D,) and target of shape (N,) or (), "
+                         f"got inputs of shape {a.shape} and target of shape {y.shape}")
+    y = y.astype(a.dtype, copy=False)
+    aa = (a * a).sum(-1) + _COS_EPS
+    bb = (b * b).sum(-1) + _COS_EPS
+    r = 1 / np.sqrt(aa * bb)
+    c = (a * b).sum(-1) * r
+    per = np.where(y == 1, 1 - c, 0) + np.where(y == -1, np.maximum(c - margin, 0), 0)
+    dc = (y == -1) * (c - margin >= 0) - (y == 1).astype(a.dtype)
+    return _reduce(per, reduction), (a, b, c, r, aa, bb, dc.astype(a.dtype), reduction)
+
+
+@cosine_embedding_loss.set_backward
+def _cosine_embedding_backward(saved, gy):
+    a, b, c, r, aa, bb, dc, reduction = saved
+    w = (dc * _grad_scale(gy, reduction, dc.size))[..., None]
+    c, r = c[..., None], r[..., None]
+    return w * (b * r - c * a / aa[..., None]), w * (a * r - c * b / bb[..., None]), None
+
+
+@_loss("multilabel_soft_margin_loss",
+       formula=(r"L_n = -\frac1C\sum_c w_c\bigl(y_{n,c}\log\sigma(x_{n,c}) + (1 - y_{n,c})\log\sigma(-x_{n,c})\bigr)"),
+       derivative=r"\frac{\partial L_n}{\partial x_{n,c}} = \frac{w_c}{C}\bigl(\sigma(x_{n,c}) - y_{n,c}\bigr)",
+       sample=lambda rng, dtype, lo, hi: (rng.uniform(lo, hi, size=(4, 3)).astype(dtype),
+                                          rng.integers(0, 2, size=(4, 3))),
+       params={"weight": None}, test_params=({"weight": np.array([0.5, 2.0, 1.5])},),
+       reference=lambda torch, x, t, weight, reduction: torch.nn.functional.multilabel_soft_margin_loss(
+           x, t, weight=weight, reduction=reduction))
+def multilabel_soft_margin_loss(input, target, weight, reduction):
+    """One binary cross-entropy on logits per class, averaged over the C classes (the last
+    dim); "mean" then averages over the samples.  input, target: (..., C), target 0 or 1.
+    Through log(1 + e^z) = logaddexp(0, z): finite for every logit.
+    saved: (x, y, w, C, reduction)."""
+    who = "multilabel_soft_margin_loss"
+    x, y = _pair(input, target, who)
+    if x.ndim == 0:
+        raise ValueError(f"{who}: expected input of shape (N, C) or (C,), got a scalar")
+    C = x.shape[-1]
+    w = _weight(weight, C, x.dtype, who)
+    per = y * np.logaddexp(0, -x) + (1 - y) * np.logaddexp(0, x)    # -log sigma(x), -log sigma(-x)
+    if w is not None:
+        per = per * w
+    return _reduce(per.sum(axis=-1) / C, reduction), (x, y, w, C, reduction)
+
+
+@multilabel_soft_margin_loss.set_backward
+def _multilabel_soft_margin_backward(saved, gy):
+    x, y, w, C, reduction = saved
+    g = (stable_sigmoid(x) - y) / C
+    if w is not None:
+        g = g * w
+    s = _grad_scale(gy, reduction, x[..., 0].size)
+    return g * (s[..., None] if np.ndim(s) else s), None
+
+
+def _multilabel_sample(rng, dtype, lo, hi):
+    """Scores (4, 5) and label lists padded with -1 (the first -1 ends a row's labels)."""
+    t = np.full((4, 5), -1)
+    for n, k in enumerate([1, 2, 0, 4]):
+        t[n, :k] = rng.permutation(5)[:k]
+    t[0, 2] = 3                        # after the terminating -1: ignored, as PyTorch
+    return rng.uniform(lo, hi, size=(4, 5)).astype(dtype), t
+
+
+@_loss("multilabel_margin_loss",
+       formula=(r"L_n = \frac1C\sum_{j \in Y_n}\sum_{i \notin Y_n} \max\bigl(0,\ 1 - (x_{n,j} - x_{n,i})\bigr)"
+                r"\quad(Y_n: \text{the labels before the first } -1)"),
+       derivative=(r"\frac{\partial L_n}{\partial x_{n,i}} = \frac1C\sum_{j \in Y_n}[h_{j,i} > 0]\ (i \notin Y_n),\quad"
+                   r"\frac{\partial L_n}{\partial x_{n,j}} = -\frac1C\sum_{i \notin Y_n}[h_{j,i} > 0]\ (j \in Y_n)"),
+       convention="derivative 0 where the hinge is exactly 0 (h = 0), as PyTorch's kernel (h > 0)",
+       sample=_multilabel_sample,
+       reference=lambda torch, x, t, reduction: torch.nn.functional.multilabel_margin_loss(
+           x, t, reduction=reduction))
+def multilabel_margin_loss(input, target, reduction):
+    """The multi-label hinge: every label j of a sample should score 1 above every
+    non-label i.  input: (N, C) or unbatched (C,); target: class indices of the same shape,
+    the labels first, ended by -1 (what follows the first -1 is ignored).
+    saved: (hinge mask (N, C slots, C), label slot mask, labels, dtype, unbatched, reduction)."""
+    who = "multilabel_margin_loss"
+    x, t = as_float(input), np.asarray(target)
+    if x.ndim not in (1, 2) or t.shape != x.shape:
+        raise ValueError(f"{who}: expected input of shape (N, C) or (C,) and target of its shape, got "
+                         f"input of shape {x.shape} and target of shape {t.shape}")
+    unbatched = x.ndim == 1
+    x2, t2 = (x[None], t[None]) if unbatched else (x, t)
+    N, C = x2.shape
+    if t2.dtype.kind not in "iu" or (t2.size and (t2.min() < -1 or t2.max() >= C)):
+        raise ValueError(f"{who}: target must hold integer class indices in [0, {C}) or -1, got "
+                         f"dtype {t2.dtype}" + (f", values in [{t2.min()}, {t2.max()}]" if t2.size else ""))
+    ended = t2 == -1
+    first = np.where(ended.any(axis=1), ended.argmax(axis=1), C)
+    slot = np.arange(C)[None, :] < first[:, None]                   # (N, C): a label slot in use
+    labels = np.where(slot, t2, 0)
+    is_label = np.zeros((N, C), bool)
+    is_label[np.nonzero(slot)[0], labels[slot]] = True
+    xj = np.take_along_axis(x2, labels, axis=1)                     # x_{n, y_j}
+    h = 1 - xj[:, :, None] + x2[:, None, :]                         # (N, j slot, i)
+    active = slot[:, :, None] & ~is_label[:, None, :] & (h > 0)
+    per = np.where(active, h, 0).sum(axis=(1, 2)) / C
+    if unbatched:
+        per = per[0]
+    return _reduce(per, reduction), (active, labels, x.dtype, unbatched, reduction)
+
+
+@multilabel_margin_loss.set_backward
+def _multilabel_margin_backward(saved, gy):
+    active, labels, dtype, unbatched, reduction = saved
+    N, _, C = active.shape
+    s = _grad_scale(gy, reduction, N)
+    s = np.reshape(s, (-1, 1)) if np.ndim(s) else s
+    a = active.astype(dtype)
+    g = a.sum(axis=1)                                            # +1 per violated (j, i) at i
+    np.add.at(g, (np.arange(N)[:, None], labels), -a.sum(axis=2))   # -1 at y_j (slots unused: 0)
+    g = g * (s / C)
+    return (g[0] if unbatched else g), None
