@@ -92,6 +92,7 @@ HINTS = [
     ("wrong_softmax.md", 24, "wrong index"),
     ("wrong_softmax.md", 28, "sum runs over the wrong index"),
     ("wrong_softmax.md", 32, "sign"),
+    ("wrong_softmax.md", 36, "order of a product is reversed"),
     ("wrong_matrix.tex", 7, "transposition"),
     ("wrong_matrix.tex", 9, "transposition"),
     ("wrong_matrix.tex", 11, "order of a product is reversed"),

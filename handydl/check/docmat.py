@@ -30,13 +30,17 @@ class _UF:
         self.parent = {}
         self.size = {}
         self.free = {}           # vector dims that become 1 unless tied
+        self.named = set()       # dims named by the document or by index notation (n, N, ℓ)
+        self.width = set()       # the width of a vector known to be one (x ∈ R^n, p_i = ...): 1
 
-    def new(self, size=None, free=False):
+    def new(self, size=None, free=False, width=False):
         k = len(self.parent)
         self.parent[k] = k
         if size is not None:
             self.size[k] = size
-        self.free[k] = free
+        self.free[k] = free or width
+        if width:
+            self.width.add(k)
         return k
 
     def find(self, k):
@@ -52,6 +56,13 @@ class _UF:
         sa, sb = self.size.get(a), self.size.get(b)
         if sa is not None and sb is not None and sa != sb:
             raise MathError(f"the shapes do not fit ({sa} against {sb})")
+        for x, y in ((a, b), (b, a)):        # a vector's width 1 against a length: pᵀp for ppᵀ
+            if x in self.width and (y in self.named or (self.size.get(y) or 1) > 1):
+                raise MathError("the shapes do not fit (a vector's width against a length)")
+        if a in self.named or b in self.named:
+            self.named.add(a)
+        if a in self.width or b in self.width:
+            self.width.add(a)
         self.parent[b] = a
         if sa is None and sb is not None:
             self.size[a] = sb
@@ -80,6 +91,8 @@ class _Shapes:
                 return True                              # an entry
             if name in ctx.shapes:
                 return all(d == "1" for d in ctx.shapes[name])
+            if name in ctx.defs and ctx.defs[name].indices:
+                return False                             # p_i = ...: a vector
             if name in ctx.defs and ctx.defs[name].body is not None and name not in seen:
                 return self.is_scalar(ctx.defs[name].body, seen + (name,))
             if name in GREEK_SCALARS or name in ctx.scalar_names or name in ("e", "pi"):
@@ -98,12 +111,16 @@ class _Shapes:
         if k == "call":
             if node[1] in ("tr", "sum"):
                 return True
+            if node[1] == "diag":
+                return False
             return all(self.is_scalar(a, seen) for a in (node[2] or ()))
         if k == "deriv":
             return self.is_scalar(node[1], seen) and all(self.is_scalar(w, seen) for w in node[2])
         if k in ("T", "inv"):
             return self.is_scalar(node[1], seen)
-        if k in ("sum", "prod", "delta", "cases"):
+        if k in ("sum", "prod"):
+            return True                                  # L = -Σ_k y_k log p_k: a number
+        if k in ("delta", "cases"):
             raise MathError("index notation mixed with matrix notation")
         raise MathError(f"{k} in a matrix step")
 
@@ -115,23 +132,40 @@ class _Shapes:
             dims = ctx.shapes[name]
             ids = tuple(self.dim(d) for d in dims)
             if len(ids) == 1:
-                ids = (ids[0], uf.new(free=True))        # a vector: row or column, as it is used
+                ids = (ids[0], uf.new(width=True))        # a vector: row or column, as it is used
             elif len(ids) != 2:
                 raise MathError(f"{name} has {len(dims)} dimensions (only matrices and vectors)")
+        elif name in ctx.defs and ctx.defs[name].indices:
+            if len(ctx.defs[name].indices) != 1:
+                raise MathError(f"{name} is defined with two indices (a matrix entry by entry)")
+            ids = (self.dim(self.index_dim()), uf.new(width=True))   # p_i = ...: a vector, all of length N
+            self.names[name] = ids
+            self._scan(ctx.defs[name].body)          # the vectors it is computed from need values
         elif name in ctx.defs and ctx.defs[name].body is not None:
             self.names[name] = None                      # a guard against a definition using itself
             ids = self.of(ctx.defs[name].body)
+        elif name in ctx.vector_names:
+            ids = (self.dim(self.index_dim()), uf.new(width=True))
         else:
             vector = name[:1].islower()
             ids = (uf.new(free=vector), uf.new(free=vector))
         self.names[name] = ids
         return ids
 
+    def index_dim(self):
+        """The length of the vectors written with indices (one for all, as in index notation)."""
+        for name in sorted(self.ctx.vector_names):
+            dims = self.ctx.shapes.get(name)
+            if dims and len(dims) == 1:
+                return dims[0]
+        return "ℓ"
+
     def dim(self, token):
         if token.isdigit():
             return self.uf.new(size=int(token))
         if token not in self.dimnames:
             self.dimnames[token] = self.uf.new()
+            self.uf.named.add(self.dimnames[token])
         return self.dimnames[token]
 
     def of(self, node):
@@ -186,25 +220,38 @@ class _Shapes:
         if k == "call":
             if node[1] in _ELEMENTWISE and node[2] and len(node[2]) == 1:
                 return self.of(node[2][0])
+            if node[1] == "diag" and node[2] and len(node[2]) == 1:
+                v = self.of(node[2][0])
+                return v if v == ("?",) else (v[0], v[0])    # the vector as a column, on the diagonal
             raise MathError(f"the function {node[1]} of a matrix")
         if k == "deriv":
             f, w = node[1], node[2]
             if len(w) != 1:
                 raise MathError("a second derivative in matrix notation")
             sw = self.of(w[0])
+            if f[0] == "sym" and f[1] in self.ctx.upstream_out:      # L's output needs a shape, for G
+                self.of_name(self.ctx.upstream_out[f[1]])
             if self.is_scalar(f):                        # w's shape, or its transpose
                 return sw if self.layout == "denominator" or sw == ("?",) else (sw[1], sw[0])
             self.of(f)
             return ("?",)                                 # a Jacobian: its layout decides
         raise MathError(f"{k} in a matrix step")
 
-    def _scan(self, node):
-        """Shapes of the matrices inside a scalar (tr(A B), sum(G * y))."""
+    def _scan(self, node, seen=()):
+        """Shapes of the matrices and vectors inside a scalar (tr(A B), Σ_k y_k log p_k)."""
         for n in walk(node):
             if n[0] == "deriv":
+                if n[1][0] == "sym" and n[1][1] in self.ctx.upstream_out:
+                    self.of_name(self.ctx.upstream_out[n[1][1]])
                 for w in n[2]:
                     if w[0] == "sym" and not w[2] and not self.is_scalar(w):
                         self.of(w)
+            elif n[0] == "sym" and n[1] not in seen:
+                d = self.ctx.defs.get(n[1])
+                if d is not None and not d.indices and d.body is not None:
+                    self._scan(d.body, seen + (n[1],))
+                elif d is not None and d.indices or n[1] in self.ctx.vector_names:
+                    self.of_name(n[1])
 
     def assign(self, rng):
         uf = self.uf
@@ -215,7 +262,7 @@ class _Shapes:
         for r in roots:
             if r in uf.size:
                 sizes[r] = uf.size[r]
-            elif uf.free[r] and r not in named:
+            elif r in uf.width or uf.free[r] and r not in named:
                 sizes[r] = 1
             else:
                 sizes[r] = int(pool[k % len(pool)]) + (k // len(pool))
@@ -225,8 +272,9 @@ class _Shapes:
 
 
 class _Eval:
-    def __init__(self, checker, env, layout):
+    def __init__(self, checker, env, layout, shapes=None):
         self.ck, self.ctx, self.env, self.layout = checker, checker.ctx, env, layout
+        self.shapes = shapes or {}
         self.cache = {}
 
     def name(self, name):
@@ -237,15 +285,59 @@ class _Eval:
         ctx = self.ctx
         if name == "e":
             return np.e
-        if name in ctx.defs and ctx.defs[name].body is not None:
+        if name in ctx.defs and ctx.defs[name].indices and ctx.defs[name].body is not None:
+            v = self.indexed(ctx.defs[name])
+        elif name in ctx.defs and ctx.defs[name].body is not None:
             v = self.ev(ctx.defs[name].body)
         elif name in ctx.upstream_out:
             out = ctx.upstream_out[name]
-            v = np.sum(self.env[f"∂{name}/∂{out}"] * self.name(out))
+            g = self.env.get(f"∂{name}/∂{out}")
+            if g is None:
+                raise MathError(f"{name} has no value (its output {out} has no shape here)")
+            v = np.sum(g * self.name(out))
         else:
             raise MathError(f"{name} has no value")
         self.cache[name] = v
         return v
+
+    def index_scalar(self, node):
+        """A scalar written in index notation (a sum over k), at the vectors of env."""
+        return float(self._instance([node], self.index_size(), ("sum", id(node)))[0])
+
+    def index_size(self):
+        for name in sorted(self.ctx.vector_names):
+            if name in self.shapes:
+                return int(np.prod(self.shapes[name]))
+        raise MathError("a sum over an index with no vector to give its length")
+
+    def _instance(self, exprs_of, n, key, bound=None):
+        import sympy as sp
+        from .docsym import SymEval
+        cache = self.ctx.__dict__.setdefault("_indexed_functions", {})
+        key = key + (n,)
+        if key not in cache:
+            exprs = [SymEval(self.ctx, sp, n, b).ev(t) for t, b in zip(exprs_of, bound or [{}] * len(exprs_of))]
+            symbols = sorted(set().union(*(e.free_symbols for e in exprs)), key=str)
+            cache[key] = (symbols, sp.lambdify(symbols, exprs, modules="numpy"))
+        symbols, f = cache[key]
+        args = []
+        for sym in symbols:
+            base, pos = self.ctx.base_of.get(sym), self.ctx.position_of.get(sym, ())
+            value = np.asarray(self.name(base), dtype=float) if base is not None else None
+            if value is None or (pos and pos[0] >= value.size):
+                raise MathError(f"{sym} has no value in a matrix step")
+            args.append(value.flat[pos[0]] if pos else float(value))
+        return np.asarray(f(*args), dtype=float)
+
+    def indexed(self, d):
+        """A vector defined entry by entry (p_i = e^{o_i} / Σ_k e^{o_k}), at the vectors of env:
+        each entry is the SymPy instance of index notation, made a NumPy function once."""
+        shape = self.shapes.get(d.name)
+        if shape is None:
+            raise MathError(f"{d.name} has no shape")
+        n = int(np.prod(shape))
+        bound = [{d.indices[0]: i} for i in range(n)]
+        return self._instance([d.body] * n, n, ("def", d.name), bound).reshape(shape)
 
     def ev(self, node):
         k = node[0]
@@ -298,6 +390,8 @@ class _Eval:
         if k == "call":
             if node[1] == "tr":
                 return np.trace(self.ev(node[2][0]))
+            if node[1] == "diag":
+                return np.diag(np.ravel(self.ev(node[2][0])))
             f = _ELEMENTWISE.get(node[1])
             if f is None or node[3]:
                 raise MathError(f"the function {node[1]} in a matrix step")
@@ -308,6 +402,8 @@ class _Eval:
             return float(np.sum(np.abs(v) ** p) ** (1 / p))
         if k == "deriv":
             return self.deriv(node)
+        if k in ("sum", "prod"):
+            return self.index_scalar(node)
         raise MathError(f"{k} in a matrix step")
 
     def deriv(self, node):
@@ -336,7 +432,7 @@ class _Eval:
     def ev_with(self, f, name, value):
         env = dict(self.env)
         env[name] = value
-        return _Eval(self.ck, env, self.layout).ev(f)
+        return _Eval(self.ck, env, self.layout, self.shapes).ev(f)
 
 
 class _Shape(Exception):
@@ -352,7 +448,13 @@ def _draw(ctx, shapes, rng, upstream):
     for name, shape in shapes.items():
         if name in ctx.defs and ctx.defs[name].body is not None:
             continue
-        if name in ctx.positive:
+        if name in ctx.onehot:
+            env[name] = np.zeros(shape)
+            env[name].flat[int(rng.integers(env[name].size))] = 1.0
+        elif name in ctx.simplex:
+            w = rng.uniform(0.2, 1.0, shape)
+            env[name] = w / w.sum()
+        elif name in ctx.positive:
             env[name] = rng.uniform(0.3, 2.0, shape)
         else:
             env[name] = rng.standard_normal(shape)
@@ -398,8 +500,8 @@ def compare_matrix(checker, left, right, quick=False):
                 used.append(shapes)
             try:
                 with np.errstate(all="ignore"):
-                    a = np.asarray(_Eval(checker, env, layout).ev(left), dtype=float)
-                    b = np.asarray(_Eval(checker, env, layout).ev(right), dtype=float)
+                    a = np.asarray(_Eval(checker, env, layout, shapes).ev(left), dtype=float)
+                    b = np.asarray(_Eval(checker, env, layout, shapes).ev(right), dtype=float)
             except _Shape as e:
                 agree[layout] = False
                 worst = worst or {"layout": layout, "why": str(e)}

@@ -775,7 +775,7 @@ class DocumentChecker:
         sp, ctx, rng = self.ctx.sp, self.ctx, self.rng
         values = {}
         groups = {}
-        for s in symbols:
+        for s in sorted(symbols, key=str):          # the same draw in every run (no hash order)
             groups.setdefault(ctx.base_of.get(s, str(s)), []).append(s)
         for base, syms in groups.items():
             if base in ctx.onehot:
