@@ -270,6 +270,19 @@ def test_user_text_is_never_evaluated(tmp_path):
     assert all(s.verdict == "not checked" for s in report.steps)
 
 
+def test_a_budget_inside_a_budget_keeps_the_outer_one():
+    import time
+    from handydl.check.document import OutOfTime, budget
+    t = time.monotonic()
+    with pytest.raises(OutOfTime):
+        with budget(0.5):
+            with budget(0.1):
+                pass
+            while time.monotonic() - t < 5:      # the outer budget must still stop this
+                pass
+    assert time.monotonic() - t < 2
+
+
 def test_huge_math_is_refused_quickly():
     import time
     t = time.monotonic()

@@ -75,6 +75,11 @@ class Step:
     counterexample: dict | None = None
     notes: list = field(default_factory=list)
     equation: int = 0
+    # for the checker: (chain start, left, right, relation) as trees; whether left = right was
+    # found false; whether right equals the chain's start (None: not known)
+    trees: tuple = field(default=(), repr=False)
+    local_false: bool = field(default=False, repr=False)
+    global_ok: bool | None = field(default=None, repr=False)
 
     def to_dict(self):
         return {"line": self.line, "label": self.label, "text": self.text, "verdict": self.verdict,
@@ -136,13 +141,17 @@ def budget(seconds):
 
     def on_alarm(signum, frame):
         raise OutOfTime()
+    outer = signal.getitimer(signal.ITIMER_REAL)[0]     # a budget inside a budget: the shorter
+    start = time.monotonic()
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer) if outer > 0 else seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if outer > 0:                                   # the outer budget goes on counting
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
 
 
 # -- reading the document's facts ------------------------------------------------------------
@@ -346,7 +355,7 @@ class DocumentChecker:
             op, off = ch.relations[k - 1]
             step = Step(r.line(off), ch.labels[k - 1], ch.sides[k - 1].text.strip() + f" {op} "
                         + ch.sides[k].text.strip(), equation=index)
-            step._trees = (sides[start] if start < len(sides) else None, sides[k - 1], sides[k], op)
+            step.trees = (sides[start] if start < len(sides) else None, sides[k - 1], sides[k], op)
             eq.steps.append(step)
         if start == 1 and not eq.steps:
             return eq
@@ -387,7 +396,7 @@ class DocumentChecker:
         wrts = {}
         for eq in equations:
             for st in eq.steps:
-                for t in st._trees[1:3]:
+                for t in st.trees[1:3]:
                     if isinstance(t, tuple):
                         for n in walk(t):
                             if n[0] == "deriv" and n[1][0] == "sym" and not n[1][2] \
@@ -409,22 +418,22 @@ class DocumentChecker:
         wrong_line = None
         for st in eq.steps:
             self._check_step(st)
-            if st.verdict == "wrong" and st._local_false:
-                if st._global_ok:
+            if st.verdict == "wrong" and st.local_false:
+                if st.global_ok:
                     st.notes.append("this side equals the chain's start: the step does not follow from "
                                     "the one before, but undoes its error")
                 wrong_line = wrong_line or st.line
-            elif st.verdict == "correct" and not previous_ok and st._global_ok is False:
+            elif st.verdict == "correct" and not previous_ok and st.global_ok is False:
                 st.notes.append(f"follows from the step before, but carries the error of line {wrong_line}")
             if st.verdict == "wrong":
                 previous_ok = False
-            elif st.verdict == "correct" and st._global_ok:
+            elif st.verdict == "correct" and st.global_ok:
                 previous_ok = True
 
     def _check_step(self, st):
-        start, left, right, op = st._trees
-        st._local_false = False
-        st._global_ok = None
+        start, left, right, op = st.trees
+        st.local_false = False
+        st.global_ok = None
         for t in (left, right):
             if isinstance(t, Exception):
                 st.verdict, st.why = "not checked", f"not understood: {t}"
@@ -444,20 +453,20 @@ class DocumentChecker:
             with budget(self.step_seconds):
                 res = self.compare(left, right)
                 if res.equal is False:
-                    st._local_false = True
+                    st.local_false = True
                     st.verdict = "wrong"
                     st.how = res.how
                     st.counterexample = res.counterexample
                     st.hint = self.hint(left, right, res)
                     if isinstance(start, tuple) and start is not left:
-                        st._global_ok = self.compare(start, right, quick=True).equal
+                        st.global_ok = self.compare(start, right, quick=True).equal
                 elif res.equal:
                     st.verdict, st.how = "correct", res.how
                     st.notes.extend(res.notes)
                     if isinstance(start, tuple) and start is not left:
-                        st._global_ok = self.compare(start, right, quick=True).equal
+                        st.global_ok = self.compare(start, right, quick=True).equal
                     else:
-                        st._global_ok = True
+                        st.global_ok = True
                 else:
                     st.verdict, st.why = "not checked", res.why
         except OutOfTime:
@@ -482,8 +491,8 @@ class DocumentChecker:
             from . import mathparse
         except ImportError:                       # pragma: no cover - shipped together
             return
-        sides = st.text.split(f" {st._trees[3]} ", 1)
-        if st._trees[3] != "=" or len(sides) != 2:
+        sides = st.text.split(f" {st.trees[3]} ", 1)
+        if st.trees[3] != "=" or len(sides) != 2:
             return
         try:
             with budget(self.step_seconds):
@@ -507,9 +516,9 @@ class DocumentChecker:
         st.how = "read by handydl.check.mathparse, " + res.how
         st.why = ""
         st.counterexample = res.counterexample
-        st._local_false = not res.equal
+        st.local_false = not res.equal
         if res.equal:
-            st._global_ok = None
+            st.global_ok = None
 
     def mode(self, *trees):
         ctx = self.ctx
