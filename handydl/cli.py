@@ -477,7 +477,7 @@ def cmd_export(args) -> int:
         raise UsageError("handydl export needs the onnx package: pip install onnx") from None
     from .interop import to_onnx
     try:
-        to_onnx(model, out, shape)
+        to_onnx(model, out, shape, input_dtype=args.input_dtype)
     except (TypeError, ValueError) as e:            # a module ONNX cannot express: the model's, not a bug
         raise UsageError(f"{args.model}: {e}") from None
     print(f"wrote {out} (input 'input' of shape (N, {', '.join(map(str, shape))}), output 'output')")
@@ -892,6 +892,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the ONNX file to write")
     p.add_argument("--input-shape", help="one sample's shape without the batch, e.g. 64 or 1,28,28 "
                                          "(default: the model's input width)")
+    p.add_argument("--input-dtype", choices=["float32", "int64"], default="float32",
+                   help="float32 (default), or int64 for a model that takes token ids (an Embedding first)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")

@@ -23,13 +23,13 @@ def flat(y):
 
 def run_onnx(path, x):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x.astype(np.float32)})
+    return session.run(None, {"input": x.astype(np.float32) if x.dtype.kind == "f" else x.astype(np.int64)})
 
 
 def exported_matches(model, x, tmp_path, **tol):
     """The ONNX file's outputs on x (a batch of 3, not the exporter's sample batch of 2)
     equal handydl's eval-mode outputs."""
-    path = to_onnx(model, tmp_path / "m.onnx", x.shape[1:])
+    path = to_onnx(model, tmp_path / "m.onnx", x.shape[1:], input_dtype="float32" if x.dtype.kind == "f" else "int64")
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     was = model.training
     model.eval()
@@ -47,6 +47,9 @@ def exported_matches(model, x, tmp_path, **tol):
 
 def rows(n=3, d=6, seed=0):
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+
+
+IDS = np.random.default_rng(7).integers(0, 10, size=(3, 5))
 
 
 def sequence(length=5, n=3, d=6):
@@ -149,6 +152,18 @@ CASES = {
     "GRU-batch-first-bidirectional": (lambda: nn.GRU(6, 4, batch_first=True, bidirectional=True, rng=0),
                                       sequence()),
     "RNNCell": (lambda: nn.RNNCell(6, 4, nonlinearity="relu", rng=0), rows()),
+    # token ids in (int64), and the attention layers
+    "Embedding": (lambda: nn.Embedding(10, 6, rng=0), IDS),
+    "Embedding-padding": (lambda: nn.Embedding(10, 6, padding_idx=3, rng=0), IDS),
+    "LearnedPositionalEmbedding": (lambda: nn.LearnedPositionalEmbedding(8, 6, rng=0), sequence()),
+    "SinusoidalPositionalEmbedding": (lambda: nn.SinusoidalPositionalEmbedding(8, 6), sequence()),
+    "TransformerEncoderLayer-post-norm-relu": (lambda: _perturbed(nn.TransformerEncoderLayer(6, 2, 10, rng=0)),
+                                               sequence()),
+    "TransformerEncoderLayer-pre-norm-gelu-batch-first-nobias": (lambda: nn.TransformerEncoderLayer(
+        6, 3, 10, activation="gelu", norm_first=True, batch_first=True, bias=False, rng=0), sequence()),
+    "token-model": (lambda: nn.Sequential(nn.Embedding(10, 6, rng=0), nn.LearnedPositionalEmbedding(8, 6, rng=1),
+                                          nn.TransformerEncoderLayer(6, 2, 12, batch_first=True, rng=2),
+                                          nn.Linear(6, 10, rng=3)), IDS),
     "LSTMCell": (lambda: nn.LSTMCell(6, 4, rng=0), rows()),
     "GRUCell-nobias": (lambda: nn.GRUCell(6, 4, bias=False, rng=0), rows()),
 }
@@ -215,6 +230,7 @@ def test_a_tied_weight_is_stored_once(tmp_path):
     (nn.AvgPool2d(2, divisor_override=3), (1, 4, 4), "divisor_override has no ONNX"),
     (nn.AdaptiveAvgPool2d(3), (1, 4, 4), r"output size \(3, 3\) does not divide the input's 4x4"),
     (nn.Flatten(0), (4,), "reshapes the batch dimension"),
+    (nn.MultiheadAttention(4, 2), (3, 4), r"it takes three inputs \(query, key, value\)"),
     (nn.Sequential(nn.ReLU(), nn.ModuleList([nn.ReLU()])), (4,),
      r"ModuleList \(at '1'\) has no ONNX export \(a container without a forward\)"),
 ])
@@ -266,3 +282,12 @@ def test_handydl_export_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "p.onnx")]) == 2
     assert "no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_handydl_export_of_a_token_model(tmp_path, capsys):
+    model = CASES["token-model"][0]()
+    checkpoint.save(model, tmp_path / "t.safetensors")
+    assert cli.main(["export", str(tmp_path / "t.safetensors"), str(tmp_path / "t.onnx"), "--input-shape", "5",
+                     "--input-dtype", "int64"]) == 0
+    with nn.no_grad():
+        np.testing.assert_allclose(run_onnx(tmp_path / "t.onnx", IDS)[0], model.eval()(IDS), **TOL)

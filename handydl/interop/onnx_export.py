@@ -9,10 +9,11 @@ that compute it, and a module without one is refused by name instead of
 being traced into whatever the tracer makes of it.
 
 The export is of the model in evaluation mode (Dropout the identity,
-BatchNorm with its running statistics), in float32, with a dynamic batch
-dimension; recurrent layers start from zero states (hx None).  Shapes inside the graph come from running the model itself on
-a sample input of ``input_shape`` (under ``no_grad``), so a Flatten or a
-Split knows its sizes.
+BatchNorm with its running statistics), in float32 (token ids int64), with a
+dynamic first dimension; recurrent layers start from zero states (hx None),
+attention has no masks.  Shapes inside the graph come from running the model
+itself on a sample input of ``input_shape`` (under ``no_grad``), so a Flatten
+or a Split knows its sizes.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from .. import nn
 OPSET = 21          # LayerNormalization (17), Mish (18), Gelu (20), GroupNormalization (21)
 
 
-def to_onnx(model, path, input_shape, opset=OPSET):
+def to_onnx(model, path, input_shape, opset=OPSET, input_dtype="float32"):
     """Write ``model`` as an ONNX file at ``path`` for inputs of shape (N, *input_shape)
     (N, the first dimension, is dynamic: the batch, or the time of a sequence-first
     RNN); returns the path.  The input is named "input", the
-    output(s) "output" ("output_0", ... for several).
+    output(s) "output" ("output_0", ... for several).  ``input_dtype="int64"`` for a
+    model that takes token ids (an Embedding first).
 
     TypeError naming the module (and where it stands) for a class with no ONNX
     operators here (``TO_ONNX``), ValueError for a configuration ONNX cannot
@@ -38,12 +40,17 @@ def to_onnx(model, path, input_shape, opset=OPSET):
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_onnx: expected a handydl Module, got {type(model).__name__}")
     input_shape = _input_shape(input_shape)
+    if input_dtype not in ("float32", "int64"):
+        raise ValueError(f"to_onnx: input_dtype={input_dtype!r} is not valid; expected 'float32' or "
+                         "'int64' (token ids)")
     modes = [(m, m.training) for m in model.modules()]
     g = _Graph()
     try:
         model.eval()
         with nn.no_grad():
-            sample = np.random.default_rng(0).normal(size=(2,) + input_shape).astype(np.float32)
+            rng = np.random.default_rng(0)
+            sample = (rng.normal(size=(2,) + input_shape).astype(np.float32) if input_dtype == "float32"
+                      else np.zeros((2,) + input_shape, np.int64))
             outs, samples = g.module(model, ["input"], [sample], "")
     finally:
         for m, mode in modes:
@@ -53,7 +60,8 @@ def to_onnx(model, path, input_shape, opset=OPSET):
         g.node("Identity", [out], [name])
     graph = helper.make_graph(
         g.nodes, type(model).__name__,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *input_shape])],
+        [helper.make_tensor_value_info("input", {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}[input_dtype],
+                                       ["N", *input_shape])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * s.ndim) for n, s in zip(names, samples)],
         g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
@@ -387,6 +395,65 @@ def _recurrent(m, g, names, samples):
     return [g.node("Transpose", [x], perm=[1, 0, 2]) if m.batch_first else x, *states]
 
 
+# -- embeddings and attention -------------------------------------------------------------------
+
+def _embedding(m, g, names, samples):
+    return g.node("Gather", [g.param(m.weight, "weight"), _x(names)], axis=0)
+
+
+def _positional(m, g, names, samples):
+    """x + table[:T], T = x's dim -2, read from x's shape in the graph."""
+    x = _x(names)
+    t = g.node("Slice", [g.node("Shape", [x]), g.ints([-2]), g.ints([-1])])
+    table = g.param(m.pe if isinstance(m, nn.SinusoidalPositionalEmbedding) else m.weight, "weight")
+    return g.node("Add", [x, g.node("Slice", [table, g.ints([0]), t, g.ints([0])])])
+
+
+def _self_attention(m, g, x, path):
+    """MultiheadAttention(x, x, x) in eval mode, no masks: Q, K, V from one product, the
+    heads' softmax(Q K^T / sqrt(d)) V, out_proj."""
+    E, H, d = m.embed_dim, m.num_heads, m.head_dim
+    at = _At(g, m, path)
+    if not m.batch_first:
+        x = g.node("Transpose", [x], perm=[1, 0, 2])                 # (N, L, E)
+    w = g.const(m.in_proj_weight.data.T, f"{path}.in_proj_weight^T")
+    qkv = g.node("MatMul", [x, w])
+    if m.in_proj_bias is not None:
+        qkv = g.node("Add", [qkv, at.param(m.in_proj_bias, "in_proj_bias")])
+    q, k, v = g.node("Split", [qkv], [g.name("q"), g.name("k"), g.name("v")], axis=-1, num_outputs=3)
+    heads = [g.node("Transpose", [g.node("Reshape", [t, g.ints([0, 0, H, d])])], perm=[0, 2, 1, 3])
+             for t in (q, k, v)]                                     # (N, H, L, d)
+    scores = g.node("Mul", [g.node("MatMul", [heads[0], g.node("Transpose", [heads[1]], perm=[0, 1, 3, 2])]),
+                            g.const(1 / np.sqrt(d))])
+    o = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), heads[2]])
+    o = g.node("Reshape", [g.node("Transpose", [o], perm=[0, 2, 1, 3]), g.ints([0, 0, E])])
+    y = _linear(m.out_proj, _At(g, m.out_proj, f"{path}.out_proj"), [o], None)
+    return y if m.batch_first else g.node("Transpose", [y], perm=[1, 0, 2])
+
+
+def _encoder_layer(m, g, names, samples):
+    """post-norm: h = norm1(x + sa(x)), y = norm2(h + ff(h)); pre-norm: h = x + sa(norm1(x)),
+    y = h + ff(norm2(h)); ff = linear2(activation(linear1)), Dropout the identity."""
+    def run(module, name, x):          # linear, norm, activation: none needs a sample
+        path = f"{g.path}.{name}" if g.path else name
+        if type(module) not in TO_ONNX:
+            raise TypeError(f"to_onnx: {type(module).__name__} (at {path!r}) has no ONNX export")
+        return TO_ONNX[type(module)](module, _At(g.g, module, path), [x], None)
+
+    def sa(x):
+        return _self_attention(m.self_attn, g.g, x, f"{g.path}.self_attn" if g.path else "self_attn")
+
+    def ff(x):
+        return run(m.linear2, "linear2", run(m.activation, "activation", run(m.linear1, "linear1", x)))
+
+    x = _x(names)
+    if m.norm_first:
+        h = g.node("Add", [x, sa(run(m.norm1, "norm1", x))])
+        return g.node("Add", [h, ff(run(m.norm2, "norm2", h))])
+    h = run(m.norm1, "norm1", g.node("Add", [x, sa(x)]))
+    return run(m.norm2, "norm2", g.node("Add", [h, ff(h)]))
+
+
 # -- composites -------------------------------------------------------------------------------
 
 def _sequential(m, g, names, samples):
@@ -429,6 +496,8 @@ TO_ONNX = {
     nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool, nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
     nn.Standardize: _standardize, nn.GLU: _glu,
     **{getattr(nn, name): _recurrent for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
+    nn.Embedding: _embedding, nn.LearnedPositionalEmbedding: _positional,
+    nn.SinusoidalPositionalEmbedding: _positional, nn.TransformerEncoderLayer: _encoder_layer,
     nn.Sequential: _sequential, nn.MLP: _sequential, nn.Residual: _residual, nn.Parallel: _parallel,
     G["Sigmoid"]: _op("Sigmoid"), G["Tanh"]: _op("Tanh"), G["ReLU"]: _op("Relu"),
     G["LeakyReLU"]: _op("LeakyRelu", alpha=lambda p: p["negative_slope"]),
@@ -456,7 +525,6 @@ del G
 # handydl modules without an export, and why
 NOT_EXPORTED = {
     "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
-    **{name: "not exported yet (token ids in, several inputs, masks)"
-       for name in ("Embedding", "LearnedPositionalEmbedding", "SinusoidalPositionalEmbedding",
-                    "MultiheadAttention", "TransformerEncoderLayer")},
+    "MultiheadAttention": "it takes three inputs (query, key, value); its self-attention is exported "
+                          "inside a TransformerEncoderLayer",
 }
