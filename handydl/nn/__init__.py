@@ -26,3 +26,4 @@ from .loss import (CosineEmbeddingLoss, GaussianNLLLoss, HingeEmbeddingLoss, KLD
                    SmoothL1Loss, SoftMarginLoss)
 from .attention import (Embedding, LearnedPositionalEmbedding, MultiheadAttention,  # noqa: F401,E402
                         SinusoidalPositionalEmbedding, TransformerEncoderLayer)
+from .gpt import GPT, CausalSelfAttention, GPTBlock, GPTMLP  # noqa: F401,E402
