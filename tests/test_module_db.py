@@ -65,9 +65,6 @@ NOT_SUPPORTED: dict[tuple[str, str], str] = {
     ("MaxPool2d", "return_indices"):
         "return_indices=True is refused: the winning offsets are kept for backward only, "
         "and handydl has no MaxUnpool2d to take them",
-    ("LSTM", "proj_size"):
-        "proj_size > 0 (a projected hidden state, weight_hr) is refused with a clear error: "
-        "not implemented",
     ("MultiheadAttention", "add_bias_kv"):
         "add_bias_kv=True (learned key and value rows appended to every sequence) is refused",
     ("MultiheadAttention", "add_zero_attn"):
@@ -82,7 +79,6 @@ def _constructed_with(key, value):
 
 MATCHES = {
     "return_indices": _constructed_with("return_indices", True),
-    "proj_size": lambda case: case.sample.constructor_input.kwargs.get("proj_size", 0) > 0,
     "add_bias_kv": _constructed_with("add_bias_kv", True),
     "add_zero_attn": lambda case: (case.sample.constructor_input.kwargs.get("add_zero_attn", False)
                                    and not case.sample.constructor_input.kwargs.get("add_bias_kv", False)),

@@ -169,6 +169,50 @@ def test_later_upstream_gradients_are_optional(mode):
     assert np.all(m.backward() == 0)
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")   # torch's own
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", [(1, False, False, 3, 5, True), (2, True, True, 2, 4, True),
+                                    (2, True, False, 2, 3, False), (1, False, False, None, 4, True)])
+def test_lstm_with_proj_size_matches_torch(config, dtype):
+    """h_t = (o_t tanh c_t) W_hr^T of size proj_size; weight_hh (4H, P), c of size H."""
+    layers, bi, bf, batch, T, with_hx = config
+    rng = np.random.default_rng(20)
+    m, t = make("lstm", 3, 5, num_layers=layers, bidirectional=bi, batch_first=bf, proj_size=2,
+                dtype=dtype, rng=15)
+    assert str(m) == str(t)
+    LD = layers * (2 if bi else 1)
+    x_shape = (T, 3) if batch is None else ((batch, T, 3) if bf else (T, batch, 3))
+    x = rng.standard_normal(x_shape).astype(dtype)
+    lead = (LD,) if batch is None else (LD, batch)
+    hx = (rng.standard_normal(lead + (2,)).astype(dtype), rng.standard_normal(lead + (5,)).astype(dtype))
+    outs = flat_outputs("lstm", m(x, hx) if with_hx else m(x))
+    tx, thx = to_t(x), to_t(hx)
+    touts = flat_outputs("lstm", t(tx, thx) if with_hx else t(tx))
+    for k, (o, to) in enumerate(zip(outs, touts)):
+        close(o, to.detach().numpy(), dtype, f"projected LSTM output {k}")
+    gys = [rng.standard_normal(o.shape).astype(dtype) for o in outs]
+    grads = m.backward(*gys)
+    ours = ([grads[0], *grads[1]] if with_hx else [grads]) + [p.grad for p in m.parameters()]
+    leaves = [tx] + (list(thx) if with_hx else []) + list(t.parameters())
+    tgrads = torch.autograd.grad(touts, leaves, [torch.from_numpy(g) for g in gys])
+    assert len(ours) == len(tgrads)
+    for k, (g, tg) in enumerate(zip(ours, tgrads)):
+        close(g, tg.numpy(), dtype, f"projected LSTM gradient {k}")
+
+
+def test_lstm_op_with_projection_matches_central_differences():
+    from handydl.check import gradcheck
+    rng = np.random.default_rng(21)
+    T, N, I, H, P = 3, 2, 3, 4, 2
+    inputs = [rng.standard_normal((T, N, I)), rng.standard_normal((N, P)), rng.standard_normal((N, H)),
+              rng.standard_normal((4 * H, I)) * 0.5, rng.standard_normal((4 * H, P)) * 0.5,
+              rng.standard_normal(4 * H), rng.standard_normal(4 * H), rng.standard_normal((P, H))]
+    for params in ({}, {"reverse": True, "batch_first": True}):
+        x = inputs[0].swapaxes(0, 1).copy() if params else inputs[0]
+        report = gradcheck(ops.lstm, x, *inputs[1:], params=ops.lstm.bind(params), raise_exception=False)
+        assert report.passed, report.failure_message()
+
+
 def test_lstm_backward_takes_the_state_gradients_as_a_tuple_too():
     rng = np.random.default_rng(4)
     m = nn.LSTM(3, 2, dtype=np.float64, rng=0)
@@ -440,9 +484,11 @@ def test_default_init_is_torchs_uniform(mode):
     assert str(m) == str(t)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", MODES + ["lstm-proj"])
 def test_checkpoint_round_trip(mode, tmp_path):
-    m, _ = make(mode, 3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, rng=10)
+    kw = {"proj_size": 2} if mode == "lstm-proj" else {}
+    mode = mode.removesuffix("-proj")
+    m, _ = make(mode, 3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, rng=10, **kw)
     x = np.random.default_rng(15).standard_normal((2, 5, 3))
     path = checkpoint.save(m, tmp_path / "rnn.npz")
     loaded = checkpoint.load(path)
@@ -482,8 +528,9 @@ def test_bad_constructor_arguments_are_refused_naming_them(cls):
         with pytest.raises(ValueError, match="nonlinearity='sigmoid'"):
             C(3, 4, nonlinearity="sigmoid")
     if cls == "LSTM":
-        with pytest.raises(ValueError, match="proj_size=2"):
-            C(3, 4, proj_size=2)
+        for bad, error in ((4, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+            with pytest.raises(error, match=rf"proj_size={bad!r}.*hidden_size 4"):
+                C(3, 4, proj_size=bad)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -519,6 +566,9 @@ def test_a_refused_upstream_gradient_changes_nothing(mode):
         m.backward(np.ones((5, 2, 5)))
     with pytest.raises(ValueError, match=r"shape \(1, 2, 4\)"):
         m.backward(np.ones(outs[0].shape), np.ones((2, 2, 4)))
+    if mode != "lstm":
+        with pytest.raises(ValueError, match="only the LSTM has c_n"):
+            m.backward(np.ones(outs[0].shape), None, np.ones((1, 2, 4)))
     assert m.saved_count == 1
     for p, b in zip(m.parameters(), before):
         np.testing.assert_array_equal(p.grad, b)

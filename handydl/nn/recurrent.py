@@ -71,10 +71,8 @@ class RNNBase(Module):
         for name, n in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             check_int(who, name, n)
         check_real(who, "dropout", dropout, "a probability in [0, 1]", lambda p: 0 <= p <= 1)
-        check_int(who, "proj_size", proj_size, "0 (an integer)", lambda n: n >= 0)
-        if proj_size:
-            raise ValueError(f"{who}: proj_size={proj_size} is not supported; handydl implements "
-                             "proj_size=0 (no projection of h) only")
+        check_int(who, "proj_size", proj_size, f"an integer in [0, hidden_size) (hidden_size {hidden_size})",
+                  lambda n: 0 <= n < hidden_size)
         bias, batch_first, bidirectional = (_check_bool(who, n, v) for n, v in (
             ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))
         _cpu_only(device, who)
@@ -86,7 +84,7 @@ class RNNBase(Module):
         self.mode = mode or type(self).mode
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
-        self.dropout, self.proj_size = float(dropout), 0
+        self.dropout, self.proj_size = float(dropout), int(proj_size)
         self._rng = resolve_rng(rng)
         self._make_parameters(dtype)
 
@@ -94,25 +92,34 @@ class RNNBase(Module):
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    @property
+    def _state_size(self):
+        """The size of h: proj_size for a projected LSTM, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _names(self, layer, direction):
         s = f"l{layer}" + ("_reverse" if direction else "")
-        return [f"weight_ih_{s}", f"weight_hh_{s}"] + ([f"bias_ih_{s}", f"bias_hh_{s}"] if self.bias else [])
+        return ([f"weight_ih_{s}", f"weight_hh_{s}"] + ([f"bias_ih_{s}", f"bias_hh_{s}"] if self.bias else [])
+                + ([f"weight_hr_{s}"] if self.proj_size else []))
 
     def _make_parameters(self, dtype):
         """torch.nn's names, shapes and order; every one U(-1/sqrt(H), 1/sqrt(H)), as PyTorch."""
-        H, k, D = self.hidden_size, _GATES[self.mode], self.num_directions
+        H, k, D, P = self.hidden_size, _GATES[self.mode], self.num_directions, self._state_size
         bound = 1 / math.sqrt(H)
         for layer in range(self.num_layers):
-            n_in = self.input_size if layer == 0 else H * D
+            n_in = self.input_size if layer == 0 else P * D
             for d in range(D):
-                shapes = [(k * H, n_in), (k * H, H), (k * H,), (k * H,)]
+                shapes = [(k * H, n_in), (k * H, P)] + [(k * H,), (k * H,)] * self.bias + [(P, H)]
                 for name, shape in zip(self._names(layer, d), shapes):
                     setattr(self, name, _uniform(self._rng, bound, shape, dtype))
 
     def _weights(self, layer, direction):
-        """(weight_ih, weight_hh, bias_ih, bias_hh) Parameters of one layer and direction."""
+        """The layer op's weight inputs of one layer and direction: (weight_ih, weight_hh, bias_ih,
+        bias_hh) Parameters, None for absent biases, and weight_hr for a projected LSTM."""
         ps = [self._params[n] for n in self._names(layer, direction)]
-        return ps if self.bias else ps + [None, None]
+        if not self.bias:
+            ps[2:2] = [None, None]
+        return ps
 
     @property
     def dtype(self):
@@ -144,12 +151,12 @@ class RNNBase(Module):
 
     def _initial_states(self, states, N, dtype):
         """One tuple of (N, H) initial states (h, and c for the LSTM) per layer and direction."""
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        LD, sizes = self.num_layers * self.num_directions, (self._state_size, self.hidden_size)
         if not states:
-            zero = np.zeros((N, H), np.result_type(dtype, self.dtype))
-            return [(zero,) * self._n_states] * LD
+            zeros = tuple(np.zeros((N, n), np.result_type(dtype, self.dtype)) for n in sizes)
+            return [zeros[:self._n_states]] * LD
         pieces = [_run(ops.split, s, split_size_or_sections=1, dim=0)[0] for s in states]
-        return [tuple(_reshape(p[k], (N, H)) for p in pieces) for k in range(LD)]
+        return [tuple(_reshape(p[k], (N, n)) for p, n in zip(pieces, sizes)) for k in range(LD)]
 
     def _stack(self, x, per_layer):
         """The layers bottom to top, each direction one layer op; returns the top layer's output,
@@ -201,10 +208,11 @@ class RNNBase(Module):
         who = type(self).__name__
         if hx is None:
             return []
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        LD = self.num_layers * self.num_directions
         N = x.shape[0 if self.batch_first else 1]
-        want = (LD, H) if unbatched else (LD, N, H)
         names = ("h_0", "c_0")[:self._n_states]
+        wants = [(LD, n) if unbatched else (LD, N, n) for n in (self._state_size, self.hidden_size)]
+        want = wants[0]
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"{who}: hx must be a tuple (h_0, c_0) of two arrays of shape {want}, "
@@ -213,11 +221,12 @@ class RNNBase(Module):
         else:
             states = [hx]
         out = []
-        for name, s in zip(names, states):
+        for name, s, want, size in zip(names, states, wants, ("proj_size" if self.proj_size else
+                                                             "hidden_size", "hidden_size")):
             s = _input_array(s, self.dtype)
             if s.shape != want:
                 raise ValueError(f"{who}: expected {name} of shape {want} (num_layers * num_directions = "
-                                 f"{LD}, " + ("" if unbatched else f"batch {N}, ") + f"hidden_size {H}), "
+                                 f"{LD}, " + ("" if unbatched else f"batch {N}, ") + f"{size} {want[-1]}), "
                                  f"got shape {s.shape}")
             out.append(s)
         return out
@@ -229,6 +238,9 @@ class RNNBase(Module):
         (LSTM: (dL/dinput, (dL/dh_0, dL/dc_0))).  ``input_grad=False``: the input is data, None
         is returned.  dL/dparam is accumulated into every Parameter, once all are computed."""
         saved, unbatched, hx_given, x_shape, state_shapes, y_shape = self._peek_saved()
+        if self.mode != "LSTM" and grad_c_n is not None:
+            raise ValueError(f"{type(self).__name__}.backward: expected the gradients of its 2 outputs "
+                             "(output, h_n), got a third (only the LSTM has c_n)")
         if self.mode == "LSTM" and isinstance(grad_h_n, (tuple, list)):
             if grad_c_n is not None:
                 raise ValueError("LSTM.backward: give the state gradients as (g_h_n, g_c_n) or as two "
@@ -303,12 +315,16 @@ class RNNBase(Module):
                       bidirectional=self.bidirectional, dtype=self.dtype.name)
         if self.mode.startswith("RNN"):
             config["nonlinearity"] = self.mode[4:].lower()
+        if self.proj_size:
+            config["proj_size"] = self.proj_size
         return config
 
     def extra_repr(self):
         """As torch.nn's: the sizes, then the arguments that differ from their defaults
         (torch.nn.RNN's does not show its nonlinearity: ``.nonlinearity`` tells it)."""
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
@@ -347,7 +363,9 @@ class LSTM(RNNBase):
         c_t = \sigma(a_f) c_{t-1} + \sigma(a_i) \tanh(a_g),\quad h_t = \sigma(a_o) \tanh(c_t).
 
     ``weight_ih_l{k}`` (4H, H_in), ``weight_hh_l{k}`` (4H, H).  ``forward(input, hx=None)`` with hx
-    ``(h_0, c_0)`` returns ``(output, (h_n, c_n))``.  ``proj_size`` must be 0 (not implemented).
+    ``(h_0, c_0)`` returns ``(output, (h_n, c_n))``.  ``proj_size`` P > 0 projects h, as torch's:
+    :math:`h_t = (o_t \odot \tanh c_t) W_{hr}^\top` with ``weight_hr_l{k}`` (P, H), ``weight_hh_l{k}``
+    (4H, P), h and the output of size P, c of size H.
     Forward and backward of each layer: :func:`handydl.ops.lstm`.
     """
 
@@ -461,6 +479,9 @@ class RNNCellBase(Module):
         (dL/dinput, dL/dhx) when hx was given; dL/dparam accumulated into the Parameters."""
         saved, unbatched, hx_given, shapes = self._peek_saved()
         who = type(self).__name__
+        if self.mode != "LSTM" and grad_c is not None:
+            raise ValueError(f"{who}.backward: expected the gradient of its one output h', got a second "
+                             "(only the LSTMCell has c')")
         gys = []
         for g, shape in zip((grad_h, grad_c), shapes):
             g = None if g is None else check_gy(g, shape, who)

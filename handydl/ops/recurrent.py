@@ -155,13 +155,18 @@ def _gru_step_backward(gates, hn, h_prev, gh, ga_out, gah_out):
 
 # -- checks ---------------------------------------------------------------------------------
 
-def _check(name, x, states, W_ih, W_hh, b_ih, b_hh, seq):
-    """Shapes of a cell's (seq=False) or a layer's (seq=True) inputs; ValueError naming them."""
+def _check(name, x, states, W_ih, W_hh, b_ih, b_hh, seq, W_hr=None):
+    """Shapes of a cell's (seq=False) or a layer's (seq=True) inputs; ValueError naming them.
+    ``W_hr`` (P, H): the LSTM's projection, h of size P (weight_hh (4H, P)), c of size H."""
     k = GATES[name.removesuffix("_cell")]
-    if W_hh.ndim != 2 or W_hh.shape[0] != k * W_hh.shape[1]:
+    if W_hr is not None:
+        if W_hr.ndim != 2 or W_hh.shape != (k * W_hr.shape[1], W_hr.shape[0]):
+            raise ValueError(f"{name}: with weight_hr of shape (proj_size, hidden_size) = {W_hr.shape}, "
+                             f"weight_hh must have shape ({k} * hidden_size, proj_size), got shape {W_hh.shape}")
+    elif W_hh.ndim != 2 or W_hh.shape[0] != k * W_hh.shape[1]:
         raise ValueError(f"{name}: weight_hh must have shape ({k} * hidden_size, hidden_size), "
                          f"got shape {W_hh.shape}")
-    H = W_hh.shape[1]
+    H = W_hh.shape[0] // k
     if W_ih.ndim != 2 or W_ih.shape[0] != k * H:
         raise ValueError(f"{name}: weight_ih must have shape ({k * H}, input_size) ({k} * hidden_size "
                          f"{H}), got shape {W_ih.shape}")
@@ -171,9 +176,11 @@ def _check(name, x, states, W_ih, W_hh, b_ih, b_hh, seq):
         raise ValueError(f"{name}: expected input of shape {want} with input_size {I} (weight_ih "
                          f"{W_ih.shape}), got shape {x.shape}")
     N = x.shape[1] if seq else x.shape[0]
-    for what, s in zip(("h", "c"), states):
-        if s.shape != (N, H):
-            raise ValueError(f"{name}: expected {what} of shape ({N}, {H}) (batch, hidden_size), "
+    P = W_hh.shape[1]                                   # the size of h: H, or proj_size
+    for what, s, n in zip(("h", "c"), states, (P, H)):
+        if s.shape != (N, n):
+            size = "proj_size" if what == "h" and W_hr is not None else "hidden_size"
+            raise ValueError(f"{name}: expected {what} of shape ({N}, {n}) (batch, {size}), "
                              f"got shape {s.shape}")
     for what, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
         if b is not None and b.shape != (k * H,):
@@ -383,9 +390,12 @@ def _torch_scan(name):
         cell = getattr(torch, f"{name}_cell")
         X = x.transpose(0, 1) if batch_first else x
         ys = [None] * X.shape[0]
+        w, W_hr = (w[:4], w[4]) if len(w) > 4 else (w, None)      # the LSTM's projection, if given
         for t in (reversed(range(X.shape[0])) if reverse else range(X.shape[0])):
             out = cell(X[t], tuple(states), *w) if n_states == 2 else cell(X[t], states[0], *w)
             states = list(out) if n_states == 2 else [out]
+            if W_hr is not None:
+                states[0] = states[0] @ W_hr.T
             ys[t] = states[0]
         y = torch.stack(ys)
         return (y.transpose(0, 1) if batch_first else y, *states)
@@ -521,26 +531,34 @@ rnn_relu = _rnn_layer("rnn_relu", relu=True)
                 r"\odot o_t \odot (1 - \tanh^2 c_t),\ g_{a_t} \text{ as the cell's},\ "
                 r"\frac{\partial L}{\partial W_{hh}} = \sum_t g_{a_t}^\top h_{t-1},\ "
                 r"\frac{\partial L}{\partial W_{ih}} = \sum_t g_{a_t}^\top x_t,\ g_{x_t} = g_{a_t} W_{ih}"),
-    inputs=("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"), outputs=("y", "h_n", "c_n"),
+    inputs=("x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"),
+    outputs=("y", "h_n", "c_n"),
     params=dict(_LAYER_PARAMS), choices=_LAYER_CHOICES, test_params=_LAYER_TESTS,
     sample=_layer_sample("lstm"), domains=_DOMAINS, reference=_torch_scan("lstm"),
 )
-def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=False, batch_first=False):
+def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None, reverse=False,
+         batch_first=False):
     """One LSTM layer over a sequence (one direction), as one layer of torch.nn.LSTM: the cell
     (:func:`lstm_cell`, gates i, f, g, o) at t = 1..T (T..1 with reverse=True).
 
     x (T, N, I) ((N, T, I) with batch_first), h0 and c0 (N, H), weight_ih (4H, I), weight_hh
     (4H, H), biases (4H,) or None.  Returns (y, h_n, c_n): y (T, N, H) (or (N, T, H)).
+    ``weight_hr`` (P, H), torch.nn.LSTM's proj_size: h_t = (o_t tanh c_t) W_hr^T of size P
+    (h0 (N, P), weight_hh (4H, P), y (T, N, P)).
     saved: (x time-major in processing order, W_ih, W_hh, has biases, S = h_0 .. h_T,
-    C = c_0 .. c_T, the gates (T, N, 4H), tanh c_1 .. tanh c_T, reverse, batch_first)."""
-    x, h0, c0, W_ih, W_hh, b_ih, b_hh = _floats(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    C = c_0 .. c_T, the gates (T, N, 4H), tanh c_1 .. tanh c_T, reverse, batch_first, W_hr,
+    M = o_t tanh c_t before the projection (or None))."""
+    x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr = _floats(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                                      weight_hr)
     X = _time_major(x, reverse, batch_first)
-    _check("lstm", X, (h0, c0), W_ih, W_hh, b_ih, b_hh, seq=True)
+    _check("lstm", X, (h0, c0), W_ih, W_hh, b_ih, b_hh, seq=True, W_hr=W_hr)
     A = _project(X, W_ih, _bias_sum(b_ih, b_hh))      # every step's input at once; becomes the gates
     T = A.shape[0]
     S = np.empty((T + 1,) + h0.shape, A.dtype)        # h_0 .. h_T
-    C = np.empty_like(S)                              # c_0 .. c_T
-    TC = np.empty_like(S[1:])                         # tanh c_1 .. tanh c_T
+    C = np.empty((T + 1,) + c0.shape, A.dtype)        # c_0 .. c_T
+    TC = np.empty_like(C[1:])                         # tanh c_1 .. tanh c_T
+    M = None if W_hr is None else np.empty_like(TC)   # o_t tanh c_t, before the projection
+    W_hrT = None if W_hr is None else _transposed(W_hr)
     S[0], C[0] = h0, c0
     # sigma(a) = (1 + tanh(a/2)) / 2: halve the i, f, o columns of A and W_hh^T once (exactly)
     _halve_sigmoid_columns(A)
@@ -548,28 +566,34 @@ def lstm(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, reverse=Fa
     for t in range(T):                                # the time loop, the only loop
         a = A[t]
         a += S[t] @ W_hhT
-        _lstm_step(a, C[t], C[t + 1], TC[t], S[t + 1], halved=True)
+        _lstm_step(a, C[t], C[t + 1], TC[t], S[t + 1] if M is None else M[t], halved=True)
+        if M is not None:
+            np.matmul(M[t], W_hrT, out=S[t + 1])     # h_t = m_t W_hr^T
     y = _output(S, reverse, batch_first)
     return ((y, S[-1].copy(), C[-1].copy()),
-            (X, W_ih, W_hh, b_ih is not None, b_hh is not None, S, C, A, TC, reverse, batch_first))
+            (X, W_ih, W_hh, b_ih is not None, b_hh is not None, S, C, A, TC, reverse, batch_first, W_hr, M))
 
 
 @lstm.set_backward
-def _lstm_backward(saved, gy, gh_n, gc_n, needs=(True,) * 7):
-    X, W_ih, W_hh, has_bih, has_bhh, S, C, gates, TC, reverse, batch_first = saved
+def _lstm_backward(saved, gy, gh_n, gc_n, needs=(True,) * 8):
+    X, W_ih, W_hh, has_bih, has_bhh, S, C, gates, TC, reverse, batch_first, W_hr, M = saved
     GY = None if gy is None else _time_major(gy, reverse, batch_first)
     GA = np.empty_like(gates)
     gh = np.zeros_like(S[0]) if gh_n is None else np.array(gh_n, dtype=S.dtype)
-    gc = np.zeros_like(S[0]) if gc_n is None else np.array(gc_n, dtype=S.dtype)
+    gc = np.zeros_like(C[0]) if gc_n is None else np.array(gc_n, dtype=S.dtype)
+    GH = None if M is None else np.empty_like(S[1:])    # g_{h_t}, for dL/dW_hr = sum_t g_{h_t}^T m_t
     # _lstm_step_backward with what does not depend on the gradient taken out of the loop and
     # computed for all steps at once: the gates' derivatives D and o (1 - tanh^2 c)
-    H = S.shape[-1]
+    H = C.shape[-1]
     D = gates * (1 - gates)                  # sigma' = sigma (1 - sigma) for i, f, o
     D[..., 2 * H:3 * H] = 1 - gates[..., 2 * H:3 * H] ** 2         # tanh' for g
     K = gates[..., 3 * H:] * (1 - TC * TC)   # dh_t/dc_t = o_t (1 - tanh^2 c_t)
     for t in range(GA.shape[0] - 1, -1, -1):
         if GY is not None:
             gh = gh + GY[t]                  # h_t reaches L directly and through h_{t+1}
+        if M is not None:                    # h_t = m_t W_hr^T: the gradient of m_t is g_h W_hr
+            GH[t] = gh
+            gh = gh @ W_hr
         gc = gc + gh * K[t]                  # and c_t through c_{t+1} and through h_t
         i, f, g = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:3 * H]
         ga = GA[t]
@@ -581,9 +605,10 @@ def _lstm_backward(saved, gy, gh_n, gc_n, needs=(True,) * 7):
         gc = gc * f                                      # g_{c_{t-1}} = g_c f
         gh = ga @ W_hh
     gx, gW_ih, gb = _input_grads(GA, X, W_ih, needs[0], needs[3], reverse, batch_first)
+    gW_hr = _hidden_grad(GH, M) if M is not None and needs[7] else None
     return (gx, gh if needs[1] else None, gc if needs[2] else None, gW_ih,
             _hidden_grad(GA, S[:-1]) if needs[4] else None,
-            gb if has_bih and needs[5] else None, gb.copy() if has_bhh and needs[6] else None)
+            gb if has_bih and needs[5] else None, gb.copy() if has_bhh and needs[6] else None, gW_hr)
 
 
 @register(
