@@ -413,14 +413,17 @@ def _recurrent(kind):
         n_in, H = _size(c["input_size"], "input_size"), _size(c["hidden_size"], "hidden_size")
         layers = _size(c.get("num_layers", 1), "num_layers")
         directions = 2 if c.get("bidirectional") else 1
+        P = _size(c.get("proj_size", 0), "proj_size") or H      # the LSTM's projected h
         out = {}
         for layer in range(layers):
             for d in range(directions):
                 s = f"l{layer}" + ("_reverse" if d else "")
-                out[f"weight_ih_{s}"] = (_GATES[kind] * H, n_in if layer == 0 else H * directions)
-                out[f"weight_hh_{s}"] = (_GATES[kind] * H, H)
+                out[f"weight_ih_{s}"] = (_GATES[kind] * H, n_in if layer == 0 else P * directions)
+                out[f"weight_hh_{s}"] = (_GATES[kind] * H, P)
                 if c.get("bias", True):
                     out[f"bias_ih_{s}"] = out[f"bias_hh_{s}"] = (_GATES[kind] * H,)
+                if P != H:
+                    out[f"weight_hr_{s}"] = (P, H)
         return out
     return declared
 

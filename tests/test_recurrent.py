@@ -200,6 +200,20 @@ def test_lstm_with_proj_size_matches_torch(config, dtype):
         close(g, tg.numpy(), dtype, f"projected LSTM gradient {k}")
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")   # torch's own
+def test_a_projected_lstm_moves_to_torch_and_back():
+    from handydl.interop import from_torch, to_torch
+    m = nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, rng=16)
+    x = np.random.default_rng(22).standard_normal((4, 2, 3))
+    t = to_torch(m)
+    back = from_torch(t)
+    y, (h, c) = m(x)
+    ty, (th, tc) = t(torch.from_numpy(x))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(back(x)[0], y)
+    assert str(back) == str(m) == str(t)
+
+
 def test_lstm_op_with_projection_matches_central_differences():
     from handydl.check import gradcheck
     rng = np.random.default_rng(21)

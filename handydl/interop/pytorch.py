@@ -403,8 +403,7 @@ def _recurrent_from(t, c):
         config["nonlinearity"] = t.nonlinearity
     if not type(t).__name__.endswith("Cell"):
         if t.proj_size:
-            raise ValueError(f"from_torch: {type(t).__name__}(proj_size={t.proj_size}) is not supported by "
-                             "handydl (proj_size=0 only)")
+            config["proj_size"] = t.proj_size
         config.update(num_layers=t.num_layers, batch_first=t.batch_first, dropout=t.dropout,
                       bidirectional=t.bidirectional)
     m = cls(**config)
