@@ -214,6 +214,14 @@ def test_a_projected_lstm_moves_to_torch_and_back():
     assert str(back) == str(m) == str(t)
 
 
+def test_a_projected_lstm_is_refused_by_the_onnx_export_naming_proj_size(tmp_path):
+    pytest.importorskip("onnx")
+    from handydl.interop import to_onnx
+    with pytest.raises(ValueError, match="proj_size=2"):
+        to_onnx(nn.LSTM(3, 5, proj_size=2), tmp_path / "lstm.onnx", input_shape=(2, 3))
+    assert not (tmp_path / "lstm.onnx").exists()
+
+
 def test_lstm_op_with_projection_matches_central_differences():
     from handydl.check import gradcheck
     rng = np.random.default_rng(21)

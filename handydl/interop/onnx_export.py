@@ -360,6 +360,8 @@ def _recurrent(m, g, names, samples):
     """RNN, LSTM, GRU (any layers, directions, batch_first) and their cells (one step),
     hx zeros; outputs as handydl's: output, h_n (LSTM: and c_n), or a cell's h' (and c')."""
     cell = type(m).__name__.endswith("Cell")
+    if getattr(m, "proj_size", 0):
+        g.refuse(f"proj_size={m.proj_size} (a projected h) has no ONNX LSTM attribute")
     mode, H = m.mode, m.hidden_size
     op = {"LSTM": "LSTM", "GRU": "GRU"}.get(mode, "RNN")
     x = _x(names)
