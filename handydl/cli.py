@@ -708,29 +708,44 @@ def _shapes(items):
 
 
 def cmd_verify(args) -> int:
-    """Check a derivative someone wrote: exit 0 correct, 1 wrong, 2 unusable input."""
+    """Check a derivative someone wrote: exit 0 correct, 1 wrong, 2 unusable input, 3 out of time."""
+    from .check.bounded import BudgetExceeded
     from .check.expr import ExprError
-    from .check.verify import verify_derivative, verify_gradient
+    from .check.verify import verify_derivative, verify_gradient, verify_relation
     if args.function and not args.claim_pos and not args.expr and os.path.isfile(args.function):
         return _verify_document(args)
     if args.json or args.html:
         raise UsageError("--json and --html report on a document: handydl verify FILE --json")
+    timeout = args.timeout or DEFAULT_CHECK_SECONDS
     try:
         if args.expr:
             if args.function or args.claim_pos:
                 raise UsageError("give either FUNCTION CLAIM or --expr/--wrt/--claim, not both")
             if not args.wrt:
                 raise UsageError("--expr needs --wrt NAME (the variable to differentiate by)")
-            verdict = verify_gradient(args.expr, args.wrt, args.claim, _shapes(args.shape),
-                                      let=args.let, cases=args.case)
+            verdicts = [(None, verify_gradient(args.expr, args.wrt, args.claim, _shapes(args.shape),
+                                               let=args.let, cases=args.case, timeout=timeout))]
+        elif args.function and not args.claim_pos and "=" in args.function.replace("==", ""):
+            verdicts = verify_relation(args.function, var=args.var, timeout=timeout)
         else:
             if not (args.function and args.claim_pos):
-                raise UsageError('expected FUNCTION and CLAIM, e.g. handydl verify "tanh(x)" "1 - tanh(x)**2"')
-            verdict = verify_derivative(args.function, args.claim_pos, var=args.var)
+                raise UsageError('expected FUNCTION and CLAIM, e.g. handydl verify "tanh(x)" "1 - tanh(x)^2", '
+                                 'or one chain: handydl verify "\\frac{d}{dx} \\tanh x = 1 - \\tanh^2 x"')
+            verdicts = [(None, verify_derivative(args.function, args.claim_pos, var=args.var or "x",
+                                                 timeout=timeout))]
     except ExprError as e:
         raise UsageError(str(e)) from None
-    print(verdict)
-    return 0 if verdict.correct else 1
+    except BudgetExceeded as e:
+        print(f"OUT OF TIME: {e}" if e.kind == "time" else f"OUT OF MEMORY: {e}")
+        return 3
+    for side, verdict in verdicts:
+        if side is not None and len(verdicts) > 1:
+            print(f"= {side}")
+        print(verdict)
+    return 0 if all(v.correct for _, v in verdicts) else 1
+
+
+DEFAULT_CHECK_SECONDS = 10.0    # one claim of `handydl verify` (a document: its own budget)
 
 
 def _verify_document(args) -> int:
@@ -860,14 +875,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "--all never runs them")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("verify", help="check a derivative you wrote (exit 0 correct, 1 wrong, 2 unusable)",
-                       description='scalar: handydl verify "tanh(x)" "1 - tanh(x)**2"; arrays: '
-                                   'handydl verify --expr "sum((X @ W)**2)" --wrt W '
-                                   '--claim "2 * X.T @ (X @ W)" --shape X=3,4 --shape W=4,2')
-    p.add_argument("function", nargs="?", help="a scalar function of --var, or a derivation document "
-                                               "(Markdown, LaTeX or text) whose every step is checked")
+    p = sub.add_parser("verify", help="check a derivative you wrote, in plain math or LaTeX "
+                                      "(exit 0 correct, 1 wrong, 2 unusable input, 3 out of time)",
+                       description='scalar: handydl verify "tanh(x)" "1 - tanh(x)^2" (or LaTeX: '
+                                   '"\\frac{d}{dx}\\tanh x = 1 - \\tanh^2 x"); arrays: '
+                                   'handydl verify --expr "sum((X @ W)^2)" --wrt W '
+                                   '--claim "2 X^T (X W)" --shape X=3,4 --shape W=4,2',
+                       epilog="exit status: 0 correct, 1 wrong, 2 unusable input, 3 out of time or memory")
+    p.add_argument("function", nargs="?", help="a scalar function of --var, a whole chain "
+                                                "d/dx f = claim = claim ..., or a derivation document "
+                                                "(Markdown, LaTeX or text) whose every step is checked")
     p.add_argument("claim_pos", nargs="?", metavar="claim", help="its claimed derivative")
-    p.add_argument("--var", default="x", help="the variable (default x)")
+    p.add_argument("--var", default=None, help="the variable (default x, or the one of d/dx)")
     p.add_argument("--expr", help="a scalar (or vector) expression of named arrays")
     p.add_argument("--wrt", help="the array to differentiate by")
     p.add_argument("--claim", help="the claimed gradient (or Jacobian)")
@@ -877,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a document: print {\"steps\": [...]} as JSON")
     p.add_argument("--html", metavar="FILE", help="a document: also write an HTML report (math drawn as SVG)")
     p.add_argument("--timeout", type=_positive(float, "--timeout"), default=None,
-                   help="a document: seconds for the whole check (exit 3 when steps ran out of time)")
+                   help=f"seconds one claim may take before it is stopped (default {DEFAULT_CHECK_SECONDS:g}); "
+                        "a document: seconds for the whole check (exit 3 when steps ran out of time)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("bench", help="handydl vs PyTorch vs JAX on this CPU (runs python -m bench)")

@@ -56,7 +56,8 @@ def test_verdict_says_which_method_decided():
     assert verify_derivative("tanh(x)", "1 - tanh(x)**2").method.startswith("symbolic")
     v = verify_derivative("relu(x)", "1 if x >= 0 else 0")
     assert "numeric sampling" in v.method
-    assert any("correct except at x = 0" in n for n in v.notes)
+    assert any("at x = 0 the function is not differentiable (left derivative 0, right 1); the claim "
+               "gives 1 there: the right derivative" in n for n in v.notes)
 
 
 def test_expected_derivative_is_printed_for_a_wrong_claim():
@@ -120,8 +121,8 @@ def test_unsafe_or_unknown_tokens_are_rejected_by_name(text, fragment):
 
 
 def test_unknown_names_and_bad_shapes_are_precise():
-    with pytest.raises(ExprError, match="unknown name 'y'; the variable is 'x'"):
-        verify_derivative("x * y", "y")
+    with pytest.raises(ExprError, match="unknown name 'z'; the variable is 'x'"):
+        verify_derivative("x * y", "z")          # y is a parameter of the function; z is nothing
     with pytest.raises(ExprError, match="'V' is not in the expression"):
         verify_gradient("sum(X @ W)", "V", "X", {"X": (3, 4), "W": (4, 2), "V": (2,)})
     with pytest.raises(ExprError, match=r"the claim has shape \(4, 3\), expected W's shape \(4, 2\)"):
