@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 sp = pytest.importorskip("sympy")
@@ -99,6 +98,8 @@ def test_array_claims_in_plain_math_and_latex():
     v = verify_gradient("p", "o", cases=[r"i == j: p_i (1 - p_i)", r"i != j: -p_i p_j"], shapes={"o": (4,)},
                         let=["p = softmax(o)"], timeout=T)
     assert v.correct
+    assert verify_gradient("p", "o", cases=[r"i = j: p_i (1 - p_i)", r"i \ne j: -p_i p_j"], shapes={"o": (4,)},
+                           let=[r"p = \operatorname{softmax}(o)"], timeout=T).correct
     v = verify_gradient("p", "o", cases=[r"i == j: p_i (1 - p_i)", r"i != j: p_i p_j"], shapes={"o": (4,)},
                         let=["p = softmax(o)"], timeout=T)
     assert not v.correct and v.counterexample["index"] in [(a, b) for a in range(4) for b in range(4) if a != b]

@@ -390,7 +390,6 @@ class _Judge:
 
     # - the verdict
     def sample(self, lo, hi, n, seed):
-        import mpmath
         checked, bad, notes, kinks_seen, stopped = 0, [], [], [], False
         reach = max(hi, -lo)
         for env in self.parameter_sets(seed):
@@ -606,6 +605,10 @@ def parse_case(text):
     cond, sep, value = (text or "").partition(":")
     if not sep:
         raise ExprError(f"case {text!r}: expected CONDITION: EXPRESSION, e.g. 'i == j: p[i] * (1 - p[i])'")
+    from .mathparse import split_relation
+    sides = split_relation(cond)
+    if len(sides) == 2:                                   # 'i = j' as people write it
+        cond = f"({sides[0]}) == ({sides[1]})"
     return parse(cond, "case condition"), parse(value, "case value")
 
 
