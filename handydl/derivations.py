@@ -1385,6 +1385,36 @@ _LOSSES = [
 ]
 
 
+_SOFTMAXES = [
+    Derivation(
+        "softmin", "the gradient of softmin: softmax's, through -x", "sum(G * exp(-o) / sum(exp(-o)))", [
+            Step(r"\frac{\partial L}{\partial o_j} = -\sum_i g_i\,p_i(\delta_{ij} - p_j)",
+                 "-(G * p - p * sum(G * p))",
+                 "softmin(o) = softmax(z) at z = -o: softmax's Jacobian p_i (delta_ij - p_j), times dz/do = -1"),
+            Step(r"= p_j\Bigl(\sum_i g_i p_i - g_j\Bigr)", "p * (sum(G * p) - G)",
+                 "softmax's vector-Jacobian product with the sign turned: O(n), no Jacobian built"),
+        ],
+        wrt="o", shapes={"o": (5,), "G": (5,)}, let=["p = exp(-o) / sum(exp(-o))"],
+        setup=r"p_i = \mathrm{softmin}(o)_i = \frac{e^{-o_i}}{\sum_k e^{-o_k}},\quad G = \partial L/\partial p",
+        code=lambda env: _backward(ops.softmin, env["o"], gy=env["G"])),
+    Derivation(
+        "softmax2d", "the gradient of Softmax2d: softmax's at every position, over the channels",
+        "sum(G * exp(X) / sum(exp(X), 0))", [
+            Step(r"\frac{\partial L}{\partial x_{c,h,w}} = \frac{e^{x_{c,h,w}}}{S_{h,w}} g_{c,h,w} - "
+                 r"\frac{e^{x_{c,h,w}}}{S_{h,w}} \sum_k g_{k,h,w} \frac{e^{x_{k,h,w}}}{S_{h,w}},\quad "
+                 r"S_{h,w} = \sum_k e^{x_{k,h,w}}",
+                 "exp(X) / sum(exp(X), 0) * G - exp(X) / sum(exp(X), 0) * sum(G * exp(X), 0) / sum(exp(X), 0)",
+                 "the quotient rule at each position (h, w): x_{c,h,w} reaches only the outputs of its own "
+                 "position, through e^{x_{c,h,w}} and through S_{h,w}"),
+            Step(r"= p_{c,h,w}\Bigl(g_{c,h,w} - \sum_k g_{k,h,w}\,p_{k,h,w}\Bigr)", "p * (G - sum(G * p, 0))",
+                 "name p = e^x / S: softmax's VJP along the channel dim, once per position"),
+        ],
+        wrt="X", shapes={"X": (3, 2, 2), "G": (3, 2, 2)}, let=["p = exp(X) / sum(exp(X), 0)"],
+        setup=r"p_{c,h,w} = \frac{e^{x_{c,h,w}}}{\sum_k e^{x_{k,h,w}}},\ x: (C, H, W) = (3, 2, 2),\ G = \partial L/\partial p",
+        code=lambda env: _backward(ops.softmax2d, env["X"], gy=env["G"])),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1585,6 +1615,7 @@ DERIVATIONS = [
     *_ACTIVATIONS,
     *_REST,
     *_LOSSES,
+    *_SOFTMAXES,
     *_RNN,
 ]
 

@@ -8,8 +8,8 @@ from .registry import REGISTRY, Op, as_float, get, names, register, set_recorder
 from .activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh,  # noqa: F401
                           identity, leaky_relu, logsigmoid, mish, prelu, relu, relu6, selu,
                           sigmoid, silu, softplus, softshrink, softsign, tanh, tanhshrink, threshold)
-from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax_jacobian,  # noqa: F401
-                      sum_normalize)
+from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax2d,  # noqa: F401
+                      softmax_jacobian, softmin, sum_normalize)
 from .linear import chain_matmul, linear, matmul  # noqa: F401
 from .normalization import (batch_norm, batch_norm2d, batch_norm2d_eval, batch_norm_eval,  # noqa: F401
                             group_norm, layer_norm, lp_norm, standardize)

@@ -110,3 +110,53 @@ def _sum_normalize_backward(saved, gy):
     # g_i/S - sum_k g_k x_k / S^2  ==  (g_i - sum_k g_k y_k) / S  with y = x/S
     y, s, dim = saved
     return (gy - np.sum(gy * y, axis=dim, keepdims=True)) / s
+
+
+@register(
+    "softmin", module="Softmin", kind="softmax",
+    formula=r"p_i = \mathrm{softmin}(x)_i = \mathrm{softmax}(-x)_i = \frac{e^{-x_i}}{\sum_k e^{-x_k}}",
+    derivative=(r"\frac{\partial p_i}{\partial x_j} = -p_i(\delta_{ij} - p_j),\quad "
+                r"g_x = -p \odot \bigl(g_y - \textstyle\sum_k g_{y,k}\,p_k\bigr)"),
+    params={"dim": -1}, inputs=("x",), complex_step=True,
+    domains=((-6.0, 6.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_row_sample,
+    reference=lambda torch, x, dim: torch.nn.functional.softmin(x, dim=dim),
+)
+def softmin(x, dim):
+    """Softmax of -x along ``dim`` (the smallest entry gets the largest weight); the
+    row min is subtracted first (the max of -x), so exp cannot overflow.  saved: (p, dim)."""
+    e = np.exp(_shift_by_max(-as_float(x), dim))
+    p = e / e.sum(axis=dim, keepdims=True)
+    return p, (p, dim)
+
+
+@softmin.set_backward
+def _softmin_backward(saved, gy):
+    # softmax's VJP at z = -x, times dz/dx = -1
+    p, dim = saved
+    return p * (np.sum(gy * p, axis=dim, keepdims=True) - gy)
+
+
+def _image_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(2, 3, 2, 2)).astype(dtype),)
+
+
+@register(
+    "softmax2d", module="Softmax2d", kind="softmax",
+    formula=r"p_{c,h,w} = \frac{e^{x_{c,h,w}}}{\sum_k e^{x_{k,h,w}}}\quad(\text{softmax over the channels at every position})",
+    derivative=(r"g_{x,c,h,w} = p_{c,h,w}\bigl(g_{y,c,h,w} - \textstyle\sum_k g_{y,k,h,w}\,p_{k,h,w}\bigr)"),
+    inputs=("x",), complex_step=True,
+    domains=((-6.0, 6.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_image_sample,
+    reference=lambda torch, x: torch.nn.Softmax2d()(x),
+)
+def softmax2d(x):
+    """Softmax over the channel dim of (N, C, H, W) or unbatched (C, H, W) input (dim -3),
+    as PyTorch's Softmax2d; another number of dims is a ValueError.  saved: (p, -3)."""
+    x = as_float(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"softmax2d: expected input of shape (N, C, H, W) or (C, H, W), got shape {x.shape}")
+    return softmax.fn(x, -3)
+
+
+@softmax2d.set_backward
+def _softmax2d_backward(saved, gy):
+    return _softmax_backward(saved, gy)
