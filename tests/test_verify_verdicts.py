@@ -103,6 +103,11 @@ def test_array_claims_in_plain_math_and_latex():
     v = verify_gradient("p", "o", cases=[r"i == j: p_i (1 - p_i)", r"i != j: p_i p_j"], shapes={"o": (4,)},
                         let=["p = softmax(o)"], timeout=T)
     assert not v.correct and v.counterexample["index"] in [(a, b) for a in range(4) for b in range(4) if a != b]
+    # functions inside the cases are evaluated at high precision too
+    assert verify_gradient("exp(o)", "o", cases=["i == j: exp(o[i])", "i != j: 0"], shapes={"o": (3,)},
+                           timeout=T).correct
+    assert not verify_gradient("exp(o)", "o", cases=["i == j: 1.0000001 exp(o_i)", "i != j: 0"],
+                               shapes={"o": (3,)}, timeout=T).correct
 
 
 def test_a_chain_is_checked_link_by_link():
@@ -126,7 +131,8 @@ def test_verdicts_render_in_jupyter():
     v = verdict("tanh(x)", "1 + tanh(x)^2")
     md, tex = v._repr_markdown_(), v._repr_latex_()
     assert md.startswith("**WRONG**") and "counterexample" in md and r"\tanh" in md
-    assert tex.startswith("$") and tex.endswith("$") and r"\textbf{WRONG}" in tex
+    assert tex.startswith("$$\\begin{array}{l}") and tex.endswith("\\end{array}$$") and r"\textbf{WRONG}" in tex
+    assert tex.count("{") == tex.count("}") and r"1 - \tanh^{2}" in tex
     assert verdict("tanh(x)", "1 - tanh(x)^2")._repr_markdown_().startswith("**CORRECT**")
 
 
@@ -183,7 +189,7 @@ def test_claims_as_people_type_them(function, claim, correct):
 
 # -- property tests -----------------------------------------------------------------------------
 
-def _leaf(draw_int):
+def _leaf():
     return st.one_of(st.just(("x", "x", x)),
                      st.integers(1, 9).map(lambda n: (str(n), str(n), sp.Integer(n))))
 
@@ -192,7 +198,7 @@ def _leaf(draw_int):
 def trees(draw, depth=3):
     """(plain text, LaTeX text, the SymPy expression built directly)."""
     if depth == 0 or draw(st.integers(0, 3)) == 0:
-        return draw(_leaf(None))
+        return draw(_leaf())
     kind = draw(st.sampled_from(["+", "-", "*", "/", "^", "sin", "exp", "tanh", "sigmoid", "log"]))
     a = draw(trees(depth=depth - 1))
     if kind in ("sin", "exp", "tanh"):

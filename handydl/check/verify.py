@@ -95,13 +95,14 @@ class Verdict:
         return "\n".join(out)
 
     def _repr_latex_(self):
-        word = r"\textbf{CORRECT}" if self.correct else r"\textbf{WRONG}"
-        text = word + r"\ \text{(" + _tex_text(f"decided by {self.method}") + ")}"
+        rows = [(r"\textbf{CORRECT}" if self.correct else r"\textbf{WRONG}")
+                + r"\ \text{(" + _tex_text(f"decided by {self.method}") + ")}"]
+        rows += [r"\text{" + _tex_text(n) + "}" for n in self.notes]
         if self.counterexample:
-            text += r"\\ \text{" + _tex_text(_counterexample_text(self.counterexample)) + "}"
+            rows.append(r"\text{" + _tex_text(_counterexample_text(self.counterexample)) + "}")
         if self.expected and not self.correct:
-            text += r"\\ \text{the true derivative: } " + _latex(self.expected)
-        return "$" + text + "$"
+            rows.append(r"\text{the true derivative: } " + _latex(self.expected))
+        return "$$\\begin{array}{l}" + r" \\ ".join(rows) + r"\end{array}$$"
 
 
 def _tex_text(s):
@@ -390,7 +391,7 @@ class _Judge:
 
     # - the verdict
     def sample(self, lo, hi, n, seed):
-        checked, bad, notes, kinks_seen, stopped = 0, [], [], [], False
+        checked, bad, notes, stopped = 0, [], [], False
         reach = max(hi, -lo)
         for env in self.parameter_sets(seed):
             breaks = self.breakpoints(env, 1e6)
@@ -422,7 +423,6 @@ class _Judge:
                     bad.append(info)
                 elif kind == "note" and info not in notes:
                     notes.append(info)
-                kinks_seen.append(b)
         if checked == 0:
             raise ExprError(f"neither the claim nor {self.what} has a real value at any sample point "
                             f"in [{lo:g}, {hi:g}] (is the function defined there?)")
@@ -798,15 +798,18 @@ def _float_truth(e, lets, env, wrt, y):
     return truth, RTOL * np.maximum(1.0, np.abs(truth)) + noise
 
 
-def _cases(case_list, env, n_out, n_in, number=float):
-    J = np.empty((n_out, n_in), dtype=object if number is not float else np.float64)
+def _cases(case_list, env, n_out, n_in, precise=False):
+    """The Jacobian given case by case, entry (i, j) from the first case whose condition
+    holds; ``precise``: evaluated in mpmath (object entries)."""
+    J = np.empty((n_out, n_in), dtype=object if precise else np.float64)
     for i in range(n_out):
         for j in range(n_in):
             local = {**env, "i": i, "j": j}
+            run = (lambda e: _MpEval(local).visit(e.tree)) if precise else (lambda e: e.evaluate(local))
             for cond, value in case_list:
-                if bool(cond.evaluate(local)):
-                    J[i, j] = number(np.asarray(value.evaluate(local), dtype=object).reshape(()).item()) \
-                        if number is not float else float(np.asarray(value.evaluate(local)))
+                if bool(run(cond)):
+                    v = np.asarray(run(value), dtype=object if precise else np.float64)
+                    J[i, j] = v.reshape(()).item() if precise else float(v)
                     break
             else:
                 raise ExprError(f"no case covers i = {i}, j = {j}")
@@ -837,7 +840,7 @@ def _mp_compare(e, lets, claims, case_list, env, wrt, yshape):
                 flat[:, j] = np.ravel((yp - ym) / (2 * hj))
             _, full = _mp_value(e, lets, menv)
             if case_list:
-                claimed = _cases(case_list, full, flat.shape[0], x.size, number=_mp_number)
+                claimed = _cases(case_list, full, flat.shape[0], x.size, precise=True)
                 claimed = claimed.reshape(truth.shape)
             else:
                 claimed = np.asarray(_MpEval(full).visit(claims.tree), dtype=object)
@@ -849,11 +852,6 @@ def _mp_compare(e, lets, claims, case_list, env, wrt, yshape):
         size = np.maximum(np.abs(t_hi), np.abs(c_hi))
         bad = np.abs(c_hi - t_hi) > SAMPLE_RTOL * size + 10 * err + mpmath.mpf(10) ** -40
     return (t_hi.astype(np.float64), c_hi.astype(np.float64), bad.astype(bool))
-
-
-def _mp_number(v):
-    import mpmath
-    return mpmath.mpf(v) if not isinstance(v, mpmath.mpf) else v
 
 
 def _to_mp(v):
