@@ -1,4 +1,5 @@
-"""Checkpoints: the architecture (JSON) and the weights in one .npz file; never pickle.
+"""Checkpoints: the architecture (JSON) and the weights in one .npz or safetensors file;
+never pickle.
 
 The architecture is a tree of ``{"type", "config", "children"}``: each
 module's class name (looked up in ``MODULES``, never evaluated), its
@@ -9,9 +10,12 @@ under its first name, and the header's ``"tied"`` map says where else it
 stands, so it is tied again after loading.
 
 Writes are atomic (temporary file, then rename).  Loading checks everything
-(format, architecture, every array's name and shape) before returning: a
-corrupted, truncated or incompatible file raises CheckpointError naming the
-file and the problem, never a half-loaded model.
+before it allocates (the header's size, nesting and types, the module kinds,
+every array's shape from its npy or safetensors header against the file's
+size and against each module's config, ``DECLARED``) and again after building
+(every array's name and shape): a corrupted, truncated, hostile or
+incompatible file raises CheckpointError naming the file and the problem,
+never a half-loaded model and never a MemoryError.
 """
 from __future__ import annotations
 

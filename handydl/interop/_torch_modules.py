@@ -137,3 +137,58 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
     def forward(self, x):
         return x + self.pe[: x.shape[-2]]
+
+
+# -- nanoGPT's pieces, with handydl's (and nanoGPT's) child names ---------------------------------
+
+class CausalSelfAttention(nn.Module):
+    """c_attn (C -> 3C), heads through scaled_dot_product_attention(is_causal=True), c_proj, dropout."""
+
+    def __init__(self, c_attn, c_proj, resid_dropout, n_head, dropout):
+        super().__init__()
+        self.c_attn, self.c_proj, self.resid_dropout = c_attn, c_proj, resid_dropout
+        self.n_head, self.dropout = n_head, dropout
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(C, dim=2))
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class GPTMLP(nn.Module):
+    def __init__(self, c_fc, gelu, c_proj, dropout):
+        super().__init__()
+        self.c_fc, self.gelu, self.c_proj, self.dropout = c_fc, gelu, c_proj, dropout
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, ln_1, attn, ln_2, mlp):
+        super().__init__()
+        self.ln_1, self.attn, self.ln_2, self.mlp = ln_1, attn, ln_2, mlp
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) -> logits (B, T, vocab): wte + wpe, dropout, the blocks, ln_f, and the
+    head: wte's weight itself when tied (F.linear(x, wte.weight)), else lm_head."""
+
+    def __init__(self, wte, wpe, drop, h, ln_f, lm_head=None):
+        super().__init__()
+        self.wte, self.wpe, self.drop, self.h, self.ln_f = wte, wpe, drop, h, ln_f
+        self.lm_head = lm_head
+
+    def forward(self, idx):
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
+        for block in self.h:
+            x = block(x)
+        x = self.ln_f(x)
+        return torch.nn.functional.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
