@@ -450,6 +450,23 @@ def _encoder_layer(c):
     return weights + (3 * d + d + ff + d + 2 * d if bias else 0)
 
 
+def _gpt_sizes(c, part):
+    """nanoGPT's pieces build their Linear and LayerNorm layers from n_embd: their totals."""
+    C, bias = _size(c["n_embd"], "n_embd"), bool(c.get("bias", True))
+    attn = 4 * C * C + (4 * C if bias else 0)
+    mlp = 8 * C * C + (5 * C if bias else 0)
+    norm = C * (2 if bias else 1)
+    if part == "attn":
+        return attn
+    if part == "mlp":
+        return mlp
+    block = attn + mlp + 2 * norm
+    if part == "block":
+        return block
+    V, T, L = (_size(c[k], k) for k in ("vocab_size", "block_size", "n_layer"))
+    return V * C + T * C + L * block + norm + (0 if c.get("tie_weights", True) else C * V)
+
+
 # What each module with parameters or buffers allocates, by class name, from its config:
 # {attribute: shape}, or a total number of values for a container that makes its own layers.
 # A new module with parameters gets an entry (tests/test_reliability_checkpoint.py checks
@@ -474,6 +491,8 @@ DECLARED = {
     "MultiheadAttention": lambda c: {"in_proj_weight": (3 * _size(c["embed_dim"], "embed_dim"), c["embed_dim"]),
                                      **({"in_proj_bias": (3 * c["embed_dim"],)} if c.get("bias", True) else {})},
     "TransformerEncoderLayer": _encoder_layer,
+    "CausalSelfAttention": lambda c: _gpt_sizes(c, "attn"), "GPTMLP": lambda c: _gpt_sizes(c, "mlp"),
+    "GPTBlock": lambda c: _gpt_sizes(c, "block"), "GPT": lambda c: _gpt_sizes(c, "gpt"),
     **{kind: _recurrent(kind) for kind in _GATES}, **{f"{kind}Cell": _cell(kind) for kind in _GATES},
 }
 

@@ -161,6 +161,12 @@ CASES = {
                                                sequence()),
     "TransformerEncoderLayer-pre-norm-gelu-batch-first-nobias": (lambda: nn.TransformerEncoderLayer(
         6, 3, 10, activation="gelu", norm_first=True, batch_first=True, bias=False, rng=0), sequence()),
+    "GPT-tied": (lambda: _perturbed(nn.GPT(10, 8, n_layer=2, n_head=2, n_embd=8, rng=0)), IDS),
+    "GPT-untied-nobias": (lambda: nn.GPT(10, 8, n_layer=1, n_head=2, n_embd=8, bias=False, tie_weights=False,
+                                         rng=0), IDS),
+    "GPTBlock": (lambda: _perturbed(nn.GPTBlock(6, 2, rng=0)), sequence()),
+    "GPTMLP": (lambda: nn.GPTMLP(6, rng=0), sequence()),
+    "CausalSelfAttention-nobias": (lambda: nn.CausalSelfAttention(6, 3, bias=False, rng=0), sequence()),
     "token-model": (lambda: nn.Sequential(nn.Embedding(10, 6, rng=0), nn.LearnedPositionalEmbedding(8, 6, rng=1),
                                           nn.TransformerEncoderLayer(6, 2, 12, batch_first=True, rng=2),
                                           nn.Linear(6, 10, rng=3)), IDS),

@@ -170,6 +170,11 @@ def _cases():
         yield f"TransformerEncoderLayer-{act}-norm-first-{norm_first}", (lambda nf, a: lambda dt: _perturbed(
             nn.TransformerEncoderLayer(6, 2, 10, dropout=0.0, activation=a, norm_first=nf, dtype=dt, rng=0)))(
                 norm_first, act), [sequence()]
+    gpt_ids = np.random.default_rng(8).integers(0, 11, size=(3, 6))
+    yield "GPT-tied", lambda dt: _perturbed(nn.GPT(11, 8, n_layer=2, n_head=2, n_embd=8, dtype=dt, rng=0)), [gpt_ids]
+    yield "GPT-untied-nobias", lambda dt: nn.GPT(11, 8, n_layer=1, n_head=2, n_embd=8, bias=False,
+                                                 tie_weights=False, dtype=dt, rng=0), [gpt_ids]
+    yield "GPTBlock", lambda dt: _perturbed(nn.GPTBlock(6, 2, dtype=dt, rng=0)), [sequence()]
     yield "RNN", lambda dt: nn.RNN(6, 4, dtype=dt, rng=0), [sequence()]
     yield "RNN-relu-2-layers-nobias", lambda dt: nn.RNN(6, 4, num_layers=2, nonlinearity="relu", bias=False,
                                                         dtype=dt, rng=0), [sequence()]
@@ -422,3 +427,13 @@ def test_from_torch_of_attention_layers_written_in_torch():
           "out_proj weight gradient")
     with pytest.raises(ValueError, match="kdim/vdim other than embed_dim"):
         from_torch(torch.nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
+
+
+def test_a_tied_gpt_head_stays_tied_in_torch():
+    m = nn.GPT(11, 8, n_layer=1, n_head=2, n_embd=8, rng=0)
+    t = to_torch(m)
+    assert t.lm_head is None and len(list(t.parameters())) == len(m.parameters())
+    back = from_torch(t)
+    assert back.tie_weights and isinstance(back, nn.GPT) and back.wte.weight.shape == (11, 8)
+    idx = np.random.default_rng(0).integers(0, 11, size=(2, 5))
+    np.testing.assert_array_equal(back(idx), m(idx))

@@ -191,6 +191,22 @@ def modules_with_state():
             nn.MultiheadAttention(6, 2), nn.MultiheadAttention(6, 3, bias=False)]
 
 
+@pytest.mark.parametrize("module", [nn.GPT(11, 8, n_layer=2, n_head=2, n_embd=8),
+                                    nn.GPT(11, 8, n_layer=1, n_head=2, n_embd=8, bias=False, tie_weights=False),
+                                    nn.GPTBlock(8, 2), nn.GPTBlock(8, 2, bias=False), nn.GPTMLP(8),
+                                    nn.CausalSelfAttention(8, 2, bias=False)], ids=lambda m: type(m).__name__)
+def test_the_declared_size_of_the_gpt_pieces_is_their_state(module):
+    assert checkpoint.DECLARED[type(module).__name__](module.get_config()) == sum(
+        v.size for v in module.state_dict().values())
+
+
+def test_a_gpt_config_larger_than_its_arrays_is_refused(tmp_path):
+    arch = {"type": "GPT", "config": {"vocab_size": 50000, "block_size": 1024, "n_layer": 48, "n_head": 16,
+                                      "n_embd": 1600}}
+    path = npz_with_header(tmp_path / "gpt.npz", json.dumps({**BASE, "architecture": arch}))
+    assert refused(path, "GPT config .* declares 1,557,200,000 values, the file holds 0") < LIMIT
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_the_declared_size_of_an_encoder_layer_is_its_state(bias):
     m = nn.TransformerEncoderLayer(8, 2, 12, bias=bias)

@@ -433,6 +433,64 @@ def _self_attention(m, g, x, path):
     return y if m.batch_first else g.node("Transpose", [y], perm=[1, 0, 2])
 
 
+def _causal_attention(m, g, names, samples):
+    """nanoGPT's: c_attn, heads, softmax(Q K^T / sqrt(d) masked to j <= i) V, c_proj; the
+    mask a lower triangle (Trilu) of ones of the input's T x T, made in the graph."""
+    C, H = m.n_embd, m.n_head
+    d = C // H
+    x = _x(names)
+    qkv = _linear(m.c_attn, _At(g.g, m.c_attn, _join(g.path, "c_attn")), [x], None)
+    q, k, v = g.node("Split", [qkv], [g.name("q"), g.name("k"), g.name("v")], axis=-1, num_outputs=3)
+    heads = [g.node("Transpose", [g.node("Reshape", [t, g.ints([0, 0, H, d])])], perm=[0, 2, 1, 3])
+             for t in (q, k, v)]                                     # (B, H, T, d)
+    scores = g.node("Mul", [g.node("MatMul", [heads[0], g.node("Transpose", [heads[1]], perm=[0, 1, 3, 2])]),
+                            g.const(1 / np.sqrt(d))])
+    t = g.node("Slice", [g.node("Shape", [x]), g.ints([1]), g.ints([2])])
+    ones = g.node("ConstantOfShape", [g.node("Concat", [t, t], axis=0)],
+                  value=_tensor(np.ones(1, np.float32)))
+    allowed = g.node("Cast", [g.node("Trilu", [ones], upper=0)], to=9)          # 9: BOOL
+    scores = g.node("Where", [allowed, scores, g.const(-np.inf)])
+    o = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), heads[2]])
+    o = g.node("Reshape", [g.node("Transpose", [o], perm=[0, 2, 1, 3]), g.ints([0, 0, C])])
+    return _linear(m.c_proj, _At(g.g, m.c_proj, _join(g.path, "c_proj")), [o], None)
+
+
+def _gpt_mlp(m, g, names, samples):
+    """c_proj(GELU(c_fc(x))); the dropout is the identity."""
+    h = _linear(m.c_fc, _At(g.g, m.c_fc, _join(g.path, "c_fc")), names, None)
+    h = g.node("Gelu", [h], approximate=m.gelu.params["approximate"])
+    return _linear(m.c_proj, _At(g.g, m.c_proj, _join(g.path, "c_proj")), [h], None)
+
+
+def _gpt_block(m, g, names, samples):
+    """h = x + attn(ln_1(x)), y = h + mlp(ln_2(h))."""
+    def branch(norm, f, name_n, name_f, x):
+        y = _layer_norm(norm, _At(g.g, norm, _join(g.path, name_n)), [x], None)
+        return g.node("Add", [x, TO_ONNX[type(f)](f, _At(g.g, f, _join(g.path, name_f)), [y], None)])
+    h = branch(m.ln_1, m.attn, "ln_1", "attn", _x(names))
+    return branch(m.ln_2, m.mlp, "ln_2", "mlp", h)
+
+
+def _gpt(m, g, names, samples):
+    """Token ids (B, T) -> logits: Gather(wte) + wpe[:T], the blocks, ln_f, and the head
+    (wte's own initializer, transposed in the graph, when tied)."""
+    idx = _x(names)
+    t = g.node("Slice", [g.node("Shape", [idx]), g.ints([1]), g.ints([2])])
+    wte = g.param(m.wte.weight, "wte.weight")
+    x = g.node("Add", [g.node("Gather", [wte, idx], axis=0),
+                       g.node("Slice", [g.param(m.wpe.weight, "wpe.weight"), g.ints([0]), t, g.ints([0])])])
+    for i, block in enumerate(m.h):
+        x = _gpt_block(block, _At(g.g, block, _join(g.path, f"h.{i}")), [x], None)
+    x = _layer_norm(m.ln_f, _At(g.g, m.ln_f, _join(g.path, "ln_f")), [x], None)
+    if m.tie_weights:
+        return g.node("MatMul", [x, g.node("Transpose", [wte], perm=[1, 0])])
+    return _linear(m.lm_head, _At(g.g, m.lm_head, _join(g.path, "lm_head")), [x], None)
+
+
+def _join(path, name):
+    return f"{path}.{name}" if path else name
+
+
 def _encoder_layer(m, g, names, samples):
     """post-norm: h = norm1(x + sa(x)), y = norm2(h + ff(h)); pre-norm: h = x + sa(norm1(x)),
     y = h + ff(norm2(h)); ff = linear2(activation(linear1)), Dropout the identity."""
@@ -498,6 +556,8 @@ TO_ONNX = {
     nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool, nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
     nn.Standardize: _standardize, nn.GLU: _glu,
     **{getattr(nn, name): _recurrent for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")},
+    nn.GPTMLP: _gpt_mlp,
+    nn.CausalSelfAttention: _causal_attention, nn.GPTBlock: _gpt_block, nn.GPT: _gpt,
     nn.Embedding: _embedding, nn.LearnedPositionalEmbedding: _positional,
     nn.SinusoidalPositionalEmbedding: _positional, nn.TransformerEncoderLayer: _encoder_layer,
     nn.Sequential: _sequential, nn.MLP: _sequential, nn.Residual: _residual, nn.Parallel: _parallel,
@@ -530,3 +590,8 @@ NOT_EXPORTED = {
     "MultiheadAttention": "it takes three inputs (query, key, value); its self-attention is exported "
                           "inside a TransformerEncoderLayer",
 }
+
+
+def _tensor(a):
+    from onnx import numpy_helper
+    return numpy_helper.from_array(a)

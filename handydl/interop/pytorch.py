@@ -197,6 +197,13 @@ def _encoder_layer_to(m, c):
     return t
 
 
+def _gpt_to(m, c):
+    """nanoGPT's modules as small torch modules with the same child names; a tied head is
+    wte's weight itself (F.linear(x, wte.weight)), so the tie holds in torch."""
+    ch = c.children(m)
+    return c.wrap.GPT(ch["wte"], ch["wpe"], ch["drop"], ch["h"], ch["ln_f"], ch.get("lm_head"))
+
+
 def _sequential_to(m, c):
     children = c.children(m)
     # handydl passes a tuple of outputs on as several inputs; torch.nn.Sequential does not
@@ -239,6 +246,11 @@ TO_TORCH = {
     nn.Residual: lambda m, c: c.wrap.Residual(c(m.f, "f"), c(m.shortcut, "shortcut")),
     nn.Parallel: lambda m, c: c.wrap.Parallel(list(c.children(m).items()), m.merge, m.dim),
     nn.Embedding: _embedding_to, nn.MultiheadAttention: _attention_to,
+    nn.GPT: _gpt_to,
+    nn.GPTBlock: lambda m, c: c.wrap.GPTBlock(*c.children(m).values()),
+    nn.GPTMLP: lambda m, c: c.wrap.GPTMLP(*c.children(m).values()),
+    nn.CausalSelfAttention: lambda m, c: c.wrap.CausalSelfAttention(
+        c(m.c_attn, "c_attn"), c(m.c_proj, "c_proj"), c(m.resid_dropout, "resid_dropout"), m.n_head, m.dropout),
     nn.TransformerEncoderLayer: _encoder_layer_to,
     nn.LearnedPositionalEmbedding: lambda m, c: c.wrap.LearnedPositionalEmbedding(c.param(m.weight)),
     nn.SinusoidalPositionalEmbedding: lambda m, c: c.wrap.SinusoidalPositionalEmbedding(c.buffer(m.pe)),
@@ -447,6 +459,22 @@ def _encoder_layer_from(t, c):
     return m
 
 
+def _rebuilt(m, t, c):
+    """The handydl module ``m`` (built with t's sizes) with each child replaced by t's, converted."""
+    for name, child in t._modules.items():
+        setattr(m, name, c(child, name) if child is not None else None)
+    return m
+
+
+def _gpt_from(t, c):
+    block = t.h[0].attn if len(t.h) else None
+    m = nn.GPT(t.wte.num_embeddings, t.wpe.num_embeddings, n_layer=max(len(t.h), 1),
+               n_head=block.n_head if block else 1, n_embd=t.wte.embedding_dim,
+               dropout=t.drop.p, bias=t.ln_f.bias is not None, tie_weights=t.lm_head is None,
+               dtype=_np_dtype(t.wte))
+    return _rebuilt(m, t, c)
+
+
 def _softmax_from(cls):
     def convert(t, c):
         if t.dim is None:
@@ -484,6 +512,14 @@ FROM_TORCH = {
     "GLU": lambda t, c: nn.GLU(t.dim),
     "Embedding": _embedding_from, "MultiheadAttention": _attention_from,
     "TransformerEncoderLayer": _encoder_layer_from,
+    "handydl.GPT": lambda t, c: _gpt_from(t, c),
+    "handydl.GPTBlock": lambda t, c: _rebuilt(nn.GPTBlock(t.attn.c_attn.in_features, t.attn.n_head, t.attn.dropout,
+                                                          t.attn.c_attn.bias is not None,
+                                                          _np_dtype(t.attn.c_attn)), t, c),
+    "handydl.GPTMLP": lambda t, c: _rebuilt(nn.GPTMLP(t.c_fc.in_features, t.dropout.p, t.c_fc.bias is not None,
+                                                      _np_dtype(t.c_fc)), t, c),
+    "handydl.CausalSelfAttention": lambda t, c: _rebuilt(nn.CausalSelfAttention(
+        t.c_attn.in_features, t.n_head, t.dropout, t.c_attn.bias is not None, _np_dtype(t.c_attn)), t, c),
     "handydl.LearnedPositionalEmbedding": lambda t, c: _put(
         nn.LearnedPositionalEmbedding(*t.weight.shape, dtype=_np_dtype(t)), weight=c.param(t.weight)),
     "handydl.SinusoidalPositionalEmbedding": lambda t, c: nn.SinusoidalPositionalEmbedding(
