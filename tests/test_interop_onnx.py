@@ -98,6 +98,8 @@ CASES = {
     "Softplus": (lambda: nn.Softplus(beta=2.0, threshold=3.0), 4 * rows()),
     "Softmax": (lambda: nn.Softmax(dim=1), rows()),
     "LogSoftmax": (lambda: nn.LogSoftmax(dim=-1), rows()),
+    "Softmin": (lambda: nn.Softmin(dim=1), rows()),
+    "Softmax2d": (lambda: nn.Softmax2d(), image()),
     "SumNormalize": (lambda: nn.SumNormalize(dim=1), np.abs(rows()) + 0.1),
     "LpNorm-2": (lambda: nn.LpNorm(dim=1), rows()),
     "LpNorm-1-keepdim": (lambda: nn.LpNorm(p=1.0, dim=-1, keepdim=True), rows()),

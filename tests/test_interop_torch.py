@@ -110,6 +110,8 @@ def _cases():
     yield "Softplus", lambda dt: nn.Softplus(beta=2.0, threshold=3.0), [4 * r()]
     yield "Softmax", lambda dt: nn.Softmax(dim=0), [r()]
     yield "LogSoftmax", lambda dt: nn.LogSoftmax(dim=-1), [r()]
+    yield "Softmin", lambda dt: nn.Softmin(dim=0), [r()]
+    yield "Softmax2d", lambda dt: nn.Softmax2d(), [image()]
     yield "LpNorm", lambda dt: nn.LpNorm(p=3.0, dim=1, keepdim=True), [r()]
     yield "PReLU", lambda dt: nn.PReLU(4, init=0.1, dtype=dt), [image()]
     yield "Add", lambda dt: nn.Add(), [r(), r(5, 6) + 1]

@@ -576,6 +576,8 @@ TO_ONNX = {
     G["Hardshrink"]: _op("Shrink", lambd=lambda p: p["lambd"], bias=0.0),
     G["Softmax"]: _op("Softmax", axis=lambda p: p["dim"]),
     G["LogSoftmax"]: _op("LogSoftmax", axis=lambda p: p["dim"]),
+    G["Softmin"]: lambda m, g, names, samples: g.node("Softmax", [g.node("Neg", [_x(names)])], axis=m.params["dim"]),
+    G["Softmax2d"]: _op("Softmax", axis=-3),               # over the channels of (N, C, H, W) or (C, H, W)
     G["SumNormalize"]: _sum_normalize, G["LpNorm"]: _lp_norm,
     G["Add"]: lambda m, g, names, samples: g.node("Add", names[:2]),
     G["Mul"]: lambda m, g, names, samples: g.node("Mul", names[:2]),

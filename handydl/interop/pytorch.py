@@ -223,7 +223,8 @@ def _wrapper(name):
 # the torch.nn classes with the name and arguments of handydl's generated ones
 SAME_NAMED = ("Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "CELU", "SELU", "ReLU6", "GELU", "SiLU",
               "Mish", "Softplus", "Hardsigmoid", "Hardswish", "Identity", "Softmax", "LogSoftmax",
-              "Hardtanh", "Softsign", "LogSigmoid", "Tanhshrink", "Softshrink", "Hardshrink", "Threshold")
+              "Hardtanh", "Softsign", "LogSigmoid", "Tanhshrink", "Softshrink", "Hardshrink", "Threshold",
+              "Softmin", "Softmax2d")
 WRAPPED = ("SumNormalize", "LpNorm", "Add", "Mul", "Concat", "Split")
 
 TO_TORCH = {
@@ -528,7 +529,8 @@ FROM_TORCH = {
     "Sequential": lambda t, c: nn.Sequential(*c.children(t)),
     "ModuleList": lambda t, c: nn.ModuleList(c.children(t)),
     "ModuleDict": lambda t, c: nn.ModuleDict({name: c(x, name) for name, x in t._modules.items()}),
-    **{name: _same_name_from(name) for name in SAME_NAMED if name not in ("Softmax", "LogSoftmax")},
+    **{name: _same_name_from(name) for name in SAME_NAMED if name not in ("Softmax", "LogSoftmax", "Softmin")},
+    "Softmin": _softmax_from(nn.GENERATED["Softmin"]),
     "Softmax": _softmax_from(nn.GENERATED["Softmax"]),
     "LogSoftmax": _softmax_from(nn.GENERATED["LogSoftmax"]),
     # this bridge's own wrappers come back as what they were
