@@ -58,7 +58,8 @@ def _sigmoid_(a):
 
 def _halve_sigmoid_columns(a):
     """a[..., i f o columns] *= 1/2 in place: the tanh(a/2) of sigma(a) = (1 + tanh(a/2)) / 2.
-    Halving is exact in binary floating point, so halving a sum's terms halves the sum exactly."""
+    Halving is exact in binary floating point (barring underflow to subnormals), so halving a
+    sum's terms halves the sum exactly."""
     H = a.shape[-1] // 4
     a[..., :2 * H] *= 0.5
     a[..., 3 * H:] *= 0.5
