@@ -150,7 +150,8 @@ class RNNBase(Module):
         return (y, tuple(finals)) if self.mode == "LSTM" else (y, finals[0])
 
     def _initial_states(self, states, N, dtype):
-        """One tuple of (N, H) initial states (h, and c for the LSTM) per layer and direction."""
+        """One tuple of initial states per layer and direction: h (N, H) ((N, proj_size) for a
+        projected LSTM), and c (N, H) for the LSTM."""
         LD, sizes = self.num_layers * self.num_directions, (self._state_size, self.hidden_size)
         if not states:
             zeros = tuple(np.zeros((N, n), np.result_type(dtype, self.dtype)) for n in sizes)
