@@ -1415,6 +1415,35 @@ _SOFTMAXES = [
 ]
 
 
+_RMS_LET = ["M = 5", "Z = X.T", "GZ = G.T", "H = einsum('d,dn->dn', gamma, GZ)",
+            "r = 1 / sqrt(mean(Z**2, 0) + 0.001)", "zhat = Z * r"]
+_RMS_SETUP = (r"\hat x_{n,d} = x_{n,d}\, r_n,\ r_n = \Bigl(\tfrac{1}{M}\textstyle\sum_d x_{n,d}^2 + \epsilon\Bigr)^{-1/2},\ "
+              r"y = \gamma_d \hat x_{n,d},\ M = 5 \text{ features},\ \epsilon = 10^{-3},\ G = \partial L/\partial y")
+_NORMS = [
+    Derivation(
+        "rms_norm", "RMSNorm: dL/dx, layer norm's rule without the mean", "sum(GZ * einsum('d,dn->dn', gamma, zhat))", [
+            Step(r"\frac{\partial L}{\partial x_{n,d}} = h_{n,d}\,r_n - r_n^3\,\frac{x_{n,d}}{M}\sum_k h_{n,k} x_{n,k},"
+                 r"\quad h = \gamma \odot g",
+                 "einsum('dn->nd', H * r - r**3 * Z * sum(H * Z, 0) / M)",
+                 "y_k = gamma_k x_k r depends on x_d directly (k = d) and through r, with "
+                 "dr/dx_d = -(1/2) r^3 (2 x_d / M) = -r^3 x_d / M; dL/dxhat = gamma g = h"),
+            Step(r"= r_n\Bigl(h_{n,d} - \hat x_{n,d}\,\overline{h \hat x}_n\Bigr)\quad(\text{the bar: the mean over the features})",
+                 "einsum('dn->nd', r * (H - zhat * mean(H * zhat, 0)))",
+                 "r^3 x_d sum_k h_k x_k / M = r xhat_d mean_k(h_k xhat_k): layer norm's compact form without "
+                 "the -mean(h) term, since no mean is subtracted"),
+        ],
+        wrt="X", shapes={"X": (3, 5), "gamma": (5,), "G": (3, 5)}, let=_RMS_LET, setup=_RMS_SETUP,
+        code=lambda env: _backward(ops.rms_norm, env["X"], env["gamma"], gy=env["G"], eps=1e-3)),
+    Derivation(
+        "rms_norm", "RMSNorm: dL/dgamma", "sum(GZ * einsum('d,dn->dn', gamma, zhat))", [
+            Step(r"\frac{\partial L}{\partial \gamma_d} = \sum_n g_{n,d}\,\hat x_{n,d}", "einsum('dn->d', GZ * zhat)",
+                 "y = gamma_d xhat and xhat does not depend on gamma; gamma is shared by the samples: a sum over n"),
+        ],
+        wrt="gamma", shapes={"X": (3, 5), "gamma": (5,), "G": (3, 5)}, let=_RMS_LET, setup=_RMS_SETUP,
+        code=lambda env: _backward(ops.rms_norm, env["X"], env["gamma"], gy=env["G"], index=1, eps=1e-3)),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1616,6 +1645,7 @@ DERIVATIONS = [
     *_REST,
     *_LOSSES,
     *_SOFTMAXES,
+    *_NORMS,
     *_RNN,
 ]
 

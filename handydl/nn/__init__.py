@@ -21,6 +21,7 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, GroupNorm, MaxPo
 from .conv import Conv1d, Conv2d, ConvTranspose2d  # noqa: F401,E402
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
 from .loss import SequenceCrossEntropyLoss  # noqa: F401,E402
+from .layers import RMSNorm  # noqa: F401,E402
 from .loss import (CosineEmbeddingLoss, GaussianNLLLoss, HingeEmbeddingLoss, KLDivLoss,  # noqa: F401,E402
                    MarginRankingLoss, MultiLabelMarginLoss, MultiLabelSoftMarginLoss, PoissonNLLLoss,
                    SmoothL1Loss, SoftMarginLoss)

@@ -381,6 +381,57 @@ class LayerNorm(OpModule):
         return config
 
 
+class RMSNorm(OpModule):
+    """Root-mean-square normalization over the last dims, ``normalized_shape``:
+    y = weight * x / sqrt(mean(x^2) + eps), as torch.nn.RMSNorm (eps None: the machine
+    epsilon of the input's dtype; ``elementwise_affine=False``: no weight, a constant 1).
+    ``device`` None or "cpu", ``dtype`` None meaning float32."""
+
+    op = ops.rms_norm
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None):
+        shape = _normalized_shape(normalized_shape, "RMSNorm")
+        if eps is not None:
+            ops.normalization.check_eps("RMSNorm", eps)
+        ops.registry.check_bool("RMSNorm", "elementwise_affine", elementwise_affine)
+        super().__init__(eps=eps)
+        _cpu_only(device, "RMSNorm")
+        dtype = _float_dtype(dtype, "RMSNorm")
+        self.normalized_shape = shape
+        self.elementwise_affine = elementwise_affine
+        ones = np.ones(shape, dtype)
+        self.weight = Parameter(ones) if elementwise_affine else None
+        self._ones = ones                           # the constant weight of elementwise_affine=False
+
+    def op_inputs(self):
+        return (self._ones if self.weight is None else self.weight,)
+
+    def forward(self, input):                   # torch's name: m(input=x) works
+        x = np.asarray(input)
+        if self.weight is None and x.dtype.kind == "f" and self._ones.dtype != x.dtype:
+            self._ones = self._ones.astype(x.dtype)
+        return self._apply(self.op, input, self.op_inputs())[0]
+
+    def get_config(self):
+        dtype = (self.weight.data if self.elementwise_affine else self._ones).dtype
+        return dict(normalized_shape=list(self.normalized_shape), eps=self.params["eps"],
+                    elementwise_affine=self.elementwise_affine, dtype=dtype.name)
+
+
+def _normalized_shape(normalized_shape, who):
+    """normalized_shape (an int or a sequence of positive ints) as a tuple, or TypeError/ValueError."""
+    single = isinstance(normalized_shape, (int, np.integer, bool, np.bool_, float, np.floating))
+    shape = (normalized_shape,) if single else normalized_shape
+    try:
+        shape = tuple(shape)
+        for n in shape:
+            ops.registry.check_int(who, "normalized_shape", n)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{who}: normalized_shape={normalized_shape!r} is not valid; expected "
+                      "a positive integer or a sequence of them") from None
+    return tuple(int(n) for n in shape)
+
+
 # -- regularization and shape -----------------------------------------------------------------
 
 class Dropout(OpModule):

@@ -416,3 +416,54 @@ def group_norm(x, weight, bias, num_groups, eps):
 def _group_norm_backward(saved, gy):
     gx, gw, gb = _normalize_backward(saved, gy.reshape(saved.xhat.shape))
     return gx.reshape(gy.shape), gw.reshape(-1), gb.reshape(-1)
+
+
+# -- RMSNorm (issue 21) ----------------------------------------------------------------------
+
+def _rms_sample(rng, dtype, lo, hi):
+    x = rng.uniform(lo, hi, size=(3, 5)).astype(dtype)
+    return x, rng.uniform(0.5, 1.5, size=5).astype(dtype)
+
+
+def _check_rms_eps(p):
+    if p["eps"] is not None:
+        check_eps("rms_norm", p["eps"])
+
+
+@register(
+    "rms_norm", kind="normalization",
+    formula=(r"y = \gamma \frac{x}{\sqrt{\overline{x^2} + \epsilon}},\quad"
+             r"\overline{x^2} \text{ over the last dims of each sample}"),
+    derivative=(r"g_x = \frac{1}{\sqrt{\overline{x^2}+\epsilon}}\Bigl(\gamma g_y - \hat x\,"
+                r"\overline{\gamma g_y \hat x}\Bigr),\quad g_\gamma = \textstyle\sum g_y \hat x,\quad"
+                r"\hat x = \frac{x}{\sqrt{\overline{x^2}+\epsilon}}"),
+    convention="eps None is the machine epsilon of the input's dtype, as PyTorch",
+    inputs=("x", "weight"), params={"eps": None}, test_params=({"eps": 1e-3},), complex_step=True,
+    check_params=_check_rms_eps,
+    domains=((-3.0, 3.0), (-1000.0, -100.0), (100.0, 1000.0)), sample=_rms_sample,
+    reference=lambda torch, x, weight, eps: torch.nn.functional.rms_norm(x, weight.shape, weight, eps),
+)
+def rms_norm(x, weight, eps):
+    """Root-mean-square normalization over the last ``weight.ndim`` dims (normalized_shape =
+    weight.shape): layer norm without the mean and the bias.  x: (..., *normalized_shape),
+    weight: normalized_shape.  saved: (xhat, 1/rms, weight, stats axes, weight's broadcast axes)."""
+    x, weight = as_float(x), as_float(weight)
+    k = weight.ndim
+    if x.shape[x.ndim - k:] != weight.shape or x.ndim < k:
+        raise ValueError(f"rms_norm: expected input of shape (..., {', '.join(map(str, weight.shape))}), "
+                         f"got shape {x.shape}")
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    ms = (x * x).mean(axis=axes, keepdims=True) if x.size else np.zeros(x.shape[:x.ndim - k] + (1,) * k, x.dtype)
+    inv_rms = 1 / np.sqrt(ms + eps)
+    xhat = x * inv_rms
+    return weight * xhat, (xhat, inv_rms, weight, axes, tuple(range(x.ndim - k)))
+
+
+@rms_norm.set_backward
+def _rms_norm_backward(saved, gy):
+    xhat, inv_rms, weight, axes, param_axes = saved
+    g = gy * weight
+    gx = inv_rms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True)) if g.size else np.zeros_like(g)
+    return gx, (gy * xhat).sum(axis=param_axes)
