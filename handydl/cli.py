@@ -726,7 +726,8 @@ def cmd_verify(args) -> int:
             verdicts = [(None, verify_gradient(args.expr, args.wrt, args.claim, _shapes(args.shape),
                                                let=args.let, cases=args.case, timeout=timeout))]
         elif args.function and not args.claim_pos and "=" in args.function.replace("==", ""):
-            verdicts = verify_relation(args.function, var=args.var, timeout=timeout)
+            verdicts = verify_relation(args.function, var=args.var, timeout=timeout,
+                                       shapes=_shapes(args.shape) if args.shape else None, let=args.let)
         else:
             if not (args.function and args.claim_pos):
                 raise UsageError('expected FUNCTION and CLAIM, e.g. handydl verify "tanh(x)" "1 - tanh(x)^2", '

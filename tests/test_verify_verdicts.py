@@ -118,6 +118,18 @@ def test_a_chain_is_checked_link_by_link():
     assert [v.correct for _, v in out] == [True, False]
 
 
+def test_an_element_of_a_gradient_as_written_in_notes():
+    lets = [r"p = \operatorname{softmax}(o)", "y = softmax(t)", r"L = -\sum_i y_i \log p_i"]
+    out = verify_relation(r"\frac{\partial L}{\partial o_j} = p_j - y_j = y_j - p_j", shapes={"o": (4,), "t": (4,)},
+                          let=lets, timeout=T)
+    assert [v.correct for _, v in out] == [True, False]
+    out = verify_relation(r"\frac{\partial L}{\partial o_i} = p_i - y_i", shapes={"o": (4,), "t": (4,)},
+                          let=lets, timeout=T)
+    assert out[0][1].correct
+    with pytest.raises(ExprError, match="give the arrays' shapes"):
+        verify_relation(r"\frac{\partial L}{\partial o_i} = p_i - y_i")
+
+
 def test_symbolic_parameters():
     assert verdict("x^p", "p x^(p-1)").correct
     assert not verdict("x^p", "p x^p").correct

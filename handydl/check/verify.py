@@ -549,16 +549,21 @@ def _shortest(sp, D):
     return raw if len(raw) <= 2 * len(simple) else simple
 
 
-def verify_relation(text, var=None, lo=-10.0, hi=10.0, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEMORY_MB):
+def verify_relation(text, var=None, lo=-10.0, hi=10.0, timeout=DEFAULT_TIMEOUT, memory_mb=DEFAULT_MEMORY_MB,
+                    shapes=None, let=None):
     r"""Check a chain as written: ``\frac{d}{dx} f = a = b`` (each side after the
-    first against f'), or ``a = b = c`` (each side against the first).  Returns
-    a list of (side text, Verdict)."""
+    first against f'), or ``a = b = c`` (each side against the first).  With
+    ``shapes`` (and ``let``), ``\frac{\partial L}{\partial o_j} = p_j - y_j``
+    checks each side as element j of the gradient of the array expression L
+    by o.  Returns a list of (side text, Verdict)."""
     from .mathparse import parse_tree, split_relation
     pieces = split_relation(text)
     if len(pieces) < 2:
         raise ExprError(f"{text!r} has no '='; give FUNCTION and CLAIM, or a chain a = b")
     head = parse_tree(pieces[0], "the first side")
-    if isinstance(head, ast.Call) and isinstance(head.func, ast.Name) and head.func.id == "diff":
+    if _is_diff(head) and isinstance(head.args[1], ast.Subscript):
+        return _element_relation(head, pieces[1:], shapes, let, timeout, memory_mb)
+    if _is_diff(head):
         inner, v, order = head.args
         if not isinstance(v, ast.Name) or order.value != 1:
             raise ExprError("the first side must be a first derivative by a variable, d/dx f")
@@ -580,6 +585,33 @@ def verify_relation(text, var=None, lo=-10.0, hi=10.0, timeout=DEFAULT_TIMEOUT, 
         v = run_bounded(_derivative_check, (f, c, var, float(lo), float(hi), 400, 0, differentiate, timeout),
                         timeout, memory_mb, "the check")
         out.append((piece, v))
+    return out
+
+
+def _is_diff(tree):
+    return isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "diff"
+
+
+def _element_relation(head, sides, shapes, let, timeout, memory_mb):
+    """dL/do_j = claim_j: each side is element j of the gradient of L by o (arrays)."""
+    inner, v, order = head.args
+    idx = v.slice
+    if not (isinstance(v.value, ast.Name) and isinstance(idx, ast.Name) and order.value == 1):
+        raise ExprError("write the element of a gradient as \\frac{\\partial L}{\\partial o_j}, "
+                        "one index")
+    if not shapes:
+        raise ExprError(f"give the arrays' shapes (--shape {v.value.id}=N ...) to check "
+                        f"d/d{v.value.id}_{idx.id} element by element")
+    expr = ast.unparse(inner)
+    out = []
+    for side in sides:
+        tree = parse(side, "side").tree
+        if idx.id != "j":                    # the cases' input index is j: o_i -> o_j
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and node.id in (idx.id, "j"):
+                    node.id = "j" if node.id == idx.id else idx.id
+        out.append((side, verify_gradient(expr, v.value.id, cases=[f"0 == 0: {ast.unparse(tree)}"],
+                                          shapes=shapes, let=let, timeout=timeout, memory_mb=memory_mb)))
     return out
 
 
