@@ -477,6 +477,8 @@ DECLARED = {
     "BatchNorm1d": _batch_norm, "BatchNorm2d": _batch_norm,
     "LayerNorm": lambda c: _affine(tuple(_sizes(c["normalized_shape"], "normalized_shape")), c,
                                    "elementwise_affine"),
+    "RMSNorm": lambda c: ({"weight": tuple(_sizes(c["normalized_shape"], "normalized_shape"))}
+                          if c.get("elementwise_affine", True) else {}),
     "GroupNorm": lambda c: _affine((_size(c["num_channels"], "num_channels"),), c, "affine"),
     "PReLU": lambda c: {"weight": (_size(c.get("num_parameters", 1), "num_parameters"),)},
     "Standardize": lambda c: {"mean": tuple(_sizes(c["shape"], "shape")),

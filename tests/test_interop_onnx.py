@@ -119,6 +119,8 @@ CASES = {
     "LayerNorm": (lambda: _perturbed(nn.LayerNorm(6)), rows()),
     "LayerNorm-2d-nobias": (lambda: _perturbed(nn.LayerNorm((6, 6), bias=False)), image()),
     "LayerNorm-noaffine": (lambda: nn.LayerNorm(6, elementwise_affine=False), rows()),
+    "RMSNorm": (lambda: _perturbed(nn.RMSNorm(6)), rows()),
+    "RMSNorm-2d-eps-noaffine": (lambda: nn.RMSNorm((6, 6), eps=1e-3, elementwise_affine=False), image()),
     "GroupNorm": (lambda: _perturbed(nn.GroupNorm(2, 4)), image()),
     "GroupNorm-noaffine": (lambda: nn.GroupNorm(2, 4, affine=False), image()),
     "Dropout": (lambda: nn.Dropout(0.5), rows()),

@@ -129,6 +129,9 @@ def _cases():
     yield "LayerNorm", lambda dt: _perturbed(nn.LayerNorm((6,), dtype=dt)), [r()]
     yield "LayerNorm-2d-nobias", lambda dt: _perturbed(nn.LayerNorm((6, 6), bias=False, dtype=dt)), [image()]
     yield "LayerNorm-noaffine", lambda dt: nn.LayerNorm(6, elementwise_affine=False, dtype=dt), [r()]
+    yield "RMSNorm", lambda dt: _perturbed(nn.RMSNorm(6, dtype=dt)), [r()]
+    yield "RMSNorm-2d-eps-noaffine", lambda dt: nn.RMSNorm((6, 6), eps=1e-3, elementwise_affine=False,
+                                                           dtype=dt), [image()]
     yield "GroupNorm", lambda dt: _perturbed(nn.GroupNorm(2, 4, dtype=dt)), [image()]
     yield "GroupNorm-noaffine", lambda dt: nn.GroupNorm(2, 4, affine=False, dtype=dt), [image()]
     yield "Dropout-eval", lambda dt: nn.Dropout(0.5).eval(), [r()]

@@ -212,6 +212,17 @@ def _layer_norm(m, g, names, samples):
                   epsilon=m.params["eps"])
 
 
+def _rms_norm(m, g, names, samples):
+    """x / sqrt(mean(x^2 over the normalized dims) + eps) * weight (RMSNormalization is opset 23);
+    eps None is the float32 machine epsilon, as torch's for a float32 input."""
+    x = _x(names)
+    axes = g.ints(list(range(-len(m.normalized_shape), 0)))
+    eps = np.finfo(np.float32).eps if m.params["eps"] is None else m.params["eps"]
+    ms = g.node("ReduceMean", [g.node("Mul", [x, x]), axes], keepdims=1)
+    y = g.node("Div", [x, g.node("Sqrt", [g.node("Add", [ms, g.const(eps)])])])
+    return y if m.weight is None else g.node("Mul", [y, g.param(m.weight, "weight")])
+
+
 def _group_norm(m, g, names, samples):
     return g.node("GroupNormalization", [_x(names), *_affine(m, g)], num_groups=m.num_groups,
                   epsilon=m.params["eps"])
@@ -549,7 +560,7 @@ TO_ONNX = {
     nn.Linear: _linear,
     nn.Conv1d: _conv, nn.Conv2d: _conv, nn.ConvTranspose2d: _conv,
     nn.BatchNorm1d: _batch_norm, nn.BatchNorm2d: _batch_norm,
-    nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm,
+    nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm, nn.RMSNorm: _rms_norm,
     nn.PReLU: _prelu,
     nn.Dropout: _op("Identity"),            # evaluation mode
     nn.Flatten: _reshape, nn.Unflatten: _reshape,

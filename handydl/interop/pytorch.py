@@ -141,6 +141,12 @@ def _layer_norm_to(m, c):
     return _affine_to(t, m, c)
 
 
+def _rms_norm_to(m, c):
+    t = c.nn.RMSNorm(m.normalized_shape, eps=m.params["eps"], elementwise_affine=m.elementwise_affine,
+                     dtype=c.dtype(m.weight.data if m.weight is not None else m._ones))
+    return _set(t, weight=m.weight and c.param(m.weight))
+
+
 def _group_norm_to(m, c):
     t = c.nn.GroupNorm(m.num_groups, m.num_channels, eps=m.params["eps"], affine=m.affine,
                        dtype=_weight_dtype(m, c), bias=not (m.affine and m.bias is None))
@@ -230,7 +236,7 @@ WRAPPED = ("SumNormalize", "LpNorm", "Add", "Mul", "Concat", "Split")
 TO_TORCH = {
     nn.Linear: _linear_to,
     nn.BatchNorm1d: _batch_norm_to, nn.BatchNorm2d: _batch_norm_to,
-    nn.LayerNorm: _layer_norm_to, nn.GroupNorm: _group_norm_to,
+    nn.LayerNorm: _layer_norm_to, nn.GroupNorm: _group_norm_to, nn.RMSNorm: _rms_norm_to,
     nn.Conv1d: _conv_to, nn.Conv2d: _conv_to, nn.ConvTranspose2d: _conv_to,
     nn.PReLU: _prelu_to,
     nn.Dropout: lambda m, c: c.nn.Dropout(m.params["p"]),
@@ -385,6 +391,12 @@ def _layer_norm_from(t, c):
     return _affine_from(m, t, c)
 
 
+def _rms_norm_from(t, c):
+    m = nn.RMSNorm(tuple(t.normalized_shape), eps=t.eps, elementwise_affine=t.elementwise_affine,
+                   dtype=_np_dtype(t) if t.weight is not None else np.float32)
+    return _put(m, weight=c.param(t.weight) if t.weight is not None else None)
+
+
 def _group_norm_from(t, c):
     dtype = _np_dtype(t) if t.weight is not None else np.float32
     m = nn.GroupNorm(t.num_groups, t.num_channels, eps=t.eps, affine=t.affine, dtype=dtype,
@@ -500,7 +512,7 @@ def _max_pool_from(t, c):
 FROM_TORCH = {
     "Linear": _linear_from,
     "BatchNorm1d": _batch_norm_from, "BatchNorm2d": _batch_norm_from,
-    "LayerNorm": _layer_norm_from, "GroupNorm": _group_norm_from,
+    "LayerNorm": _layer_norm_from, "GroupNorm": _group_norm_from, "RMSNorm": _rms_norm_from,
     "Conv1d": _conv_from, "Conv2d": _conv_from, "ConvTranspose2d": _conv_from,
     "PReLU": _prelu_from,
     "Dropout": lambda t, c: nn.Dropout(t.p),
