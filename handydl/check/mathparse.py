@@ -112,7 +112,7 @@ LATEX_KNOWN = sorted(LATEX_FUNCS | set(LATEX_GREEK) | set(LATEX_OPS) | SPACING -
                       "bar", "tilde", "vec", "begin", "end", "sigma", "delta", "mathbb",
                       "textrm", "mbox"})
 
-KEYWORDS = {"if", "else", "and", "or", "not", "otherwise", "for", "else if"}
+KEYWORDS = {"if", "else", "and", "or", "not", "otherwise", "for"}
 
 
 @dataclass
@@ -304,6 +304,7 @@ class _Parser:
         self.i = 0
         self.depth = 0
         self.bound = []                      # summation indices in scope
+        self.in_condition = False            # inside a condition '=' means '=='
 
     # - tokens
     def _split_words(self, toks):
@@ -420,8 +421,6 @@ class _Parser:
             return ast.Compare(left=left, ops=ops, comparators=rights)
         return left
 
-    in_condition = False
-
     def additive(self):
         terms = [(ast.Add(), self.multiplicative())]
         while self.at("+", "-"):
@@ -444,9 +443,8 @@ class _Parser:
         t = self.tok
         if t.kind in ("NUM", "NAME", "STR"):
             return True
-        if t.kind == "CMD":
-            return t.value not in LATEX_OPS and t.value not in SPACING or t.value in ("left", "bigl", "Bigl", "biggl", "big", "Big") \
-                or t.value in ("lvert",)
+        if t.kind == "CMD":                 # spacing and operators never reach here (see tokenize)
+            return t.value not in ("top", "intercal")
         return t.kind == "OP" and (t.value == "(" or (t.value == "{" and self.latex) or t.value == "BEGIN")
 
     def unary(self):
@@ -811,8 +809,6 @@ class _Parser:
     def command(self):
         t = self.next()
         c = t.value
-        if c in SPACING:
-            return self.primary()
         if c in ("frac", "dfrac", "tfrac"):
             return self.fraction(t)
         if c == "sqrt":
