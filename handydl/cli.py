@@ -708,7 +708,8 @@ def _shapes(items):
 
 
 def cmd_verify(args) -> int:
-    """Check a derivative someone wrote: exit 0 correct, 1 wrong, 2 unusable input, 3 out of time."""
+    """Check a derivative someone wrote (FUNCTION CLAIM, --expr ...) or every step of a
+    derivation document (FILE): exit 0 correct, 1 wrong, 2 unusable input, 3 out of time."""
     from .check.bounded import BudgetExceeded
     from .check.expr import ExprError
     from .check.verify import verify_derivative, verify_gradient, verify_relation

@@ -177,6 +177,11 @@ def split_rows(body, offset):
     return [(t, o) for t, o in rows if t.strip()]
 
 
+_CONDITION = re.compile(r"(?:,\s*(?:\\q?quad|\\,|\\;|~|\s)*|(?:\\q?quad|\\,|\\;|~)+\s*)"
+                        r"(?:\\text\{[^{}]*\}\s*)?(?:for\s+|if\s+)?[A-Za-z](?:_\{?\w+\}?)?\s*"
+                        r"(?:\\neq|\\ne|\\geq|\\leq|\\ge|\\le|\\in|>|<)[^=]*$")
+
+
 def clean_row(text):
     """(text without label or trailing comment, label or None), same length (blanked)."""
     label = None
@@ -198,6 +203,9 @@ def clean_row(text):
                 and "\\end{cases}" not in text[m.start():] and _has_relation(text[:m.start()]):
             text = text[:m.start()] + " " * (len(text) - m.start())
             changed = True
+    m = _CONDITION.search(text)                      # "= -1/x^2, \quad x \neq 0": where it holds
+    if m and _outside_braces(text, m.start()):
+        text = text[:m.start()] + " " * (len(text) - m.start())
     m = re.search(r"[,.;]\s*$", text)
     if m:
         text = text[:m.start()] + " " * (len(text) - m.start())

@@ -14,6 +14,8 @@ from __future__ import annotations
 from .docmath import MathError, TooLarge
 
 MAX_EXPONENT = 1000  # 9^9^9 is refused before SymPy builds it (an integer power cannot be interrupted)
+_NAMED_FUNCTIONS = {"sigma", "tanh", "sinh", "cosh", "exp", "log", "ln", "sin", "cos", "tan", "sech",
+                    "coth", "sigmoid", "softplus", "relu"}
 IMPLICIT = "ι"       # the index a vector written without one stands at
 IMPLICIT2 = "κ"      # the second (column) implicit index of a Jacobian
 
@@ -284,6 +286,11 @@ class SymEval:
             if not isinstance(t, sp.Symbol):
                 raise MathError(f"a derivative with respect to {w[1]}, which is not a variable")
             targets.append(t)
+        if f[0] == "sym" and not f[2] and len(wrt) == 1 and f[1] not in self.ctx.vector_names and \
+                f[1] not in self.ctx.defs and (f[1] in _NAMED_FUNCTIONS or f[1] in self.ctx.unknown_functions) \
+                or f[0] == "sym" and not f[2] and self.ctx.defs.get(f[1]) is not None \
+                and self.ctx.defs[f[1]].kind == "function":
+            f = ("call", f[1], (wrt[0],), 0)          # dσ/dx, d tanh/dx, df/dx: of the variable
         numerator_undefined = f[0] == "sym" and f[1] not in self.ctx.defs and f[1] not in \
             self.ctx.vector_names and not f[2]
         if numerator_undefined and f[1] in self.ctx.upstream:

@@ -452,23 +452,19 @@ class DocumentChecker:
         try:
             with budget(self.step_seconds):
                 res = self.compare(left, right)
-                if res.equal is False:
-                    st.local_false = True
-                    st.verdict = "wrong"
-                    st.how = res.how
-                    st.counterexample = res.counterexample
-                    st.hint = self.hint(left, right, res)
-                    if isinstance(start, tuple) and start is not left:
-                        st.global_ok = self.compare(start, right, quick=True).equal
-                elif res.equal:
-                    st.verdict, st.how = "correct", res.how
-                    st.notes.extend(res.notes)
-                    if isinstance(start, tuple) and start is not left:
-                        st.global_ok = self.compare(start, right, quick=True).equal
-                    else:
-                        st.global_ok = True
-                else:
-                    st.verdict, st.why = "not checked", res.why
+            if res.equal is False:
+                st.local_false = True
+                st.verdict = "wrong"
+                st.how = res.how
+                st.counterexample = res.counterexample
+            elif res.equal:
+                st.verdict, st.how = "correct", res.how
+                st.notes.extend(res.notes)
+                st.global_ok = True if not isinstance(start, tuple) or start is left else None
+            else:
+                st.verdict, st.why = "not checked", res.why
+                return
+            self._explain(st, start, left, right, res)
         except OutOfTime:
             st.verdict = "not checked"
             st.why = f"out of time (more than {self.step_seconds:g} s for this step)"
@@ -481,6 +477,18 @@ class DocumentChecker:
             st.verdict, st.why = "not checked", "too large to check"
         except (ZeroDivisionError, TypeError, ValueError, AttributeError, NotImplementedError) as e:
             st.verdict, st.why = "not checked", f"could not be evaluated ({type(e).__name__}: {e})"
+
+    def _explain(self, st, start, left, right, res):
+        """The hint of a wrong step and whether the right side equals the chain's start: a
+        budget of their own, so that a slow hint never takes the verdict away."""
+        try:
+            with budget(self.step_seconds):
+                if res.equal is False:
+                    st.hint = self.hint(left, right, res)
+                if isinstance(start, tuple) and start is not left:
+                    st.global_ok = self.compare(start, right, quick=True).equal
+        except (OutOfTime, MathError, ZeroDivisionError, TypeError, ValueError, np.linalg.LinAlgError):
+            pass
 
     def _fallback(self, st):
         """A scalar step that the document reader cannot read, read by check.mathparse (the
@@ -545,6 +553,10 @@ class DocumentChecker:
         """The free index letters of the trees, and whether a vector appears without an index."""
         ctx = self.ctx
         free, implicit = [], False
+        # a name is a vector here when this step or a definition it uses writes it with an index
+        # (x_i in one equation does not make x a vector in dσ/dx = σ(x)(1 − σ(x)) elsewhere)
+        indexed = {n[1] for t in trees for n in _expanded(t, ctx) if n[0] == "sym" and n[2]}
+        indexed |= {name for name in ctx.vector_names if name in ctx.shapes or name.startswith("∂")}
 
         def visit(node, bound):
             nonlocal implicit
@@ -552,7 +564,7 @@ class DocumentChecker:
                 return
             kind = node[0]
             if kind == "sym":
-                if not node[2] and node[1] in ctx.vector_names:
+                if not node[2] and node[1] in ctx.vector_names and node[1] in indexed:
                     implicit = True
                 if not node[2] and node[1] in ctx.defs and ctx.defs[node[1]].vector:
                     implicit = True
