@@ -1444,6 +1444,25 @@ _NORMS = [
 ]
 
 
+_PAD_S = "stack(" + ", ".join(f"eye(4)[{i}]" for i in (2, 1, 0, 1, 2, 3, 2)) + ")"
+_PADS = [
+    Derivation(
+        "pad", "reflection padding: the gradient is a scatter-add of the padded gradient", "sum(G * (S @ X))", [
+            Step(r"\frac{\partial L}{\partial x_i} = \sum_j g_j\,[\mathrm{idx}(j) = i] = (S^\top g)_i",
+                 "S.T @ G",
+                 "reflect padding of x (4,) by (2, 1) reads y = (x_2, x_1, x_0, x_1, x_2, x_3, x_2): a selection "
+                 "matrix S, y = S x. Its transpose adds each output's gradient to the entry it was read "
+                 "from: x_1 and x_2 appear twice and three times, and get the sum of their copies' gradients"),
+            Step(r"= \bigl(g_2,\ g_1 + g_3,\ g_0 + g_4 + g_6,\ g_5\bigr)",
+                 "stack(G[2], G[1] + G[3], G[0] + G[4] + G[6], G[5])",
+                 "the scatter written out; the constant mode's padded entries (read from no x) would add nothing"),
+        ],
+        wrt="X", shapes={"X": (4,), "G": (7,)}, let=[f"S = {_PAD_S}"],
+        setup=r"y = \mathrm{pad}(x, (2, 1), \text{reflect}) = (x_2, x_1, x_0, x_1, x_2, x_3, x_2),\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.pad, env["X"][None], gy=env["G"][None], padding=(2, 1), mode="reflect")[0]),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1646,6 +1665,7 @@ DERIVATIONS = [
     *_LOSSES,
     *_SOFTMAXES,
     *_NORMS,
+    *_PADS,
     *_RNN,
 ]
 

@@ -28,3 +28,4 @@ from .recurrent import (gru, gru_cell, lstm, lstm_cell, rnn_relu, rnn_relu_cell,
                         rnn_tanh_cell)
 from .embedding import embedding  # noqa: F401
 from .attention import attention_weights, scaled_dot_product_attention  # noqa: F401
+from .padding import pad  # noqa: F401
