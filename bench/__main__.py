@@ -58,6 +58,9 @@ def workloads(quick):
     # an LSTM layer fwd+bwd through time (issue 18): seq 64, batch 32, 128 -> 256
     out.append(("lstm_s64_b32_128x256", "lstm", dict(seq=16 if quick else 64, batch=32, input=128, hidden=256,
                                                       repeats=3 if quick else 9)))
+    # a small GPT's training step (issue 18): 4 layers, d_model 128, 4 heads, context 64, batch 16
+    out.append(("gpt_step_l4_d128_h4_t64_b16", "gpt", dict(vocab=65, block=64, layers=4, heads=4, d=128,
+                                                           batch=16, repeats=5 if quick else 20)))
     return out
 
 
@@ -120,6 +123,7 @@ TARGETS = [  # (workload, what, limit): handydl / peer or / floor must be <= lim
     ("mlp_epoch_b512", "fastest", 0.8), ("mlp_epoch_b512", "floor", 1.25),
     ("conv_lenet_64x1x28x28_32f5x5", "torch", 1.5), ("conv_resnet_32x64x32x32_64f3x3", "torch", 1.5),
     ("cnn_epoch_lenet_28x28_b64", "torch", 1.5), ("lstm_s64_b32_128x256", "torch", 1.5),
+    ("gpt_step_l4_d128_h4_t64_b16", "torch", 1.0),
 ]
 
 

@@ -87,6 +87,21 @@ def seq_table(report):
     return "\n".join(lines)
 
 
+GPT_LABELS = {"gpt_step_l4_d128_h4_t64_b16":
+              "GPT training step (4 layers, d_model 128, 4 heads, context 64, batch 16, AdamW)"}
+
+
+def gpt_table(report):
+    """The GPT's training step, handydl against PyTorch eager."""
+    lines = ["| workload | handydl | PyTorch | / PyTorch | extra peak MB (hd/torch) |", "|---|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if r["name"] in GPT_LABELS and "torch" in r:
+            lines.append(f"| {GPT_LABELS[r['name']]} | {ms(r['handydl']['median'])} | "
+                         f"{ms(r['torch']['median'])} | {r['vs_torch']:.2f} | "
+                         f"{r['handydl']['peak_mb']:.0f} / {r['torch']['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json") as f:
         report = json.load(f)
@@ -100,6 +115,9 @@ if __name__ == "__main__":
         print()
     if any(r["name"] in SEQ_LABELS for r in report["rows"]):
         print(seq_table(report))
+        print()
+    if any(r["name"] in GPT_LABELS for r in report["rows"]):
+        print(gpt_table(report))
         print()
     for c in report["targets"]:
         print(check_line(c))

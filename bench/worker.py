@@ -586,11 +586,109 @@ def torch_lstm(p):
     return {"samples": samples, "peak_mb": mem}
 
 
+# -- a small GPT's training step (issue 18): forward, loss, backward, AdamW ---------------
+
+def gpt_data(p, seed=0):
+    """Token ids x and next-token targets y, (batch, block) int64 each."""
+    ids = np.random.default_rng(seed).integers(0, p["vocab"], (p["batch"], p["block"] + 1))
+    return ids[:, :-1], ids[:, 1:]
+
+
+def handydl_gpt(p):
+    """One training step of handydl.nn.GPT as a user writes it."""
+    import handydl
+    from handydl import nn, optim
+    handydl.tune_malloc()
+    x, y = gpt_data(p)
+    model = nn.GPT(p["vocab"], p["block"], n_layer=p["layers"], n_head=p["heads"], n_embd=p["d"], rng=0)
+    loss_fn, opt = nn.SequenceCrossEntropyLoss(), optim.AdamW(model.parameters(), lr=1e-3)
+    with nn.no_grad():
+        first = float(loss_fn(model(x), y))          # the initial weights' loss: torch_gpt's too
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem, "first_loss": first}
+
+
+def torch_gpt(p):
+    """The same GPT as nanoGPT writes it (pre-norm blocks, packed q/k/v, causal
+    F.scaled_dot_product_attention, exact GELU, the head tied to wte), eager,
+    AdamW, with handydl's initial weights (its Linear weights transposed)."""
+    torch = _torch()
+    from handydl import nn
+    F = torch.nn.functional
+    d, h = p["d"], p["heads"]
+    Linear = torch.nn.Linear
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn, self.c_proj = Linear(d, 3 * d), Linear(d, d)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = (t.view(B, T, h, C // h).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_fc, self.c_proj = Linear(d, 4 * d), Linear(4 * d, d)
+
+        def forward(self, x):
+            return self.c_proj(F.gelu(self.c_fc(x)))
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn, self.ln_2, self.mlp = torch.nn.LayerNorm(d), Attention(), torch.nn.LayerNorm(d), MLP()
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = torch.nn.Embedding(p["vocab"], d), torch.nn.Embedding(p["block"], d)
+            self.h = torch.nn.ModuleList([Block() for _ in range(p["layers"])])
+            self.ln_f = torch.nn.LayerNorm(d)
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    model = GPT()
+    mine = nn.GPT(p["vocab"], p["block"], n_layer=p["layers"], n_head=h, n_embd=d, rng=0).state_dict()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            w = mine[name]
+            t.copy_(torch.from_numpy(w.T.copy() if w.ndim == 2 and not name.startswith("w") else w))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = (torch.from_numpy(a) for a in gpt_data(p))
+    with torch.no_grad():
+        first = float(F.cross_entropy(model(x).view(-1, p["vocab"]), y.reshape(-1)))
+
+    def step():
+        opt.zero_grad()
+        F.cross_entropy(model(x).view(-1, p["vocab"]), y.reshape(-1)).backward()
+        opt.step()
+    samples, mem = timed(step, p["repeats"], warmup=2)
+    return {"samples": samples, "peak_mb": mem, "first_loss": first}
+
+
 WORKERS = {(fw, kind): globals()[f"{fw}_{kind}"]
            for fw in ("handydl", "torch", "jax") for kind in ("mlp", "activation", "softmax_ce")}
 # no JAX convolutions here: the targets of the CNN workloads are PyTorch's
 WORKERS.update({(fw, kind): globals()[f"{fw}_{kind}"] for fw in ("handydl", "torch")
-                for kind in ("conv", "cnn", "lstm")})
+                for kind in ("conv", "cnn", "lstm", "gpt")})
 
 
 def main():

@@ -95,7 +95,8 @@ def _positive(kind, name):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}")
         if value <= 0:
@@ -267,9 +268,13 @@ def cmd_train(args) -> int:
 
     from . import manual_seed, nn, optim
     from ._io import STAGE_PREFIX, remove_stale_temps
+    from .cli_gpt import resolve_defaults, train_gpt
     from .data import split
     from .train import evaluate, fit
 
+    resolve_defaults(args)              # --lr, --epochs, --batch-size, --dropout: per model
+    if args.model == "gpt":
+        return train_gpt(args)
     _choose("activation", args.activation, list(nn.ACTIVATIONS))
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
     out = _writable_dir(args.out)
@@ -326,7 +331,7 @@ def cmd_train(args) -> int:
 
 RUN_FILES = ("model.npz", "history.json", "history.csv", "curves.png")
 MODEL_FILES = {"npz": "model.npz", "safetensors": "model.safetensors"}     # by --format
-MODELS = ("mlp", "cnn", "resnet")
+MODELS = ("mlp", "cnn", "resnet", "gpt")
 
 
 def _model(args, data):
@@ -785,6 +790,11 @@ def cmd_bench(args) -> int:
                      "(or: python -m bench there)")
 
 
+def _cmd_sample(args) -> int:
+    from .cli_gpt import cmd_sample
+    return cmd_sample(args)
+
+
 def _shown(params):
     return {k: ("[...]" if isinstance(v, np.ndarray) else v) for k, v in params.items()}
 
@@ -802,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("train", help="train an MLP or a CNN (default: an MLP on the embedded digits)",
+    p = sub.add_parser("train", help="train an MLP, a CNN or a small GPT (default: an MLP on the embedded digits)",
                        epilog="Writes model.npz, history.json, history.csv and curves.png into --out, all "
                               "four together. Exit status 1 when the gradient check fails or the run "
                               "diverges (a NaN or infinite loss or weight; try a smaller --lr): nothing is "
@@ -812,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits",
                    help="digits (default), iris, breast_cancer, wine, moons, spirals, regression, "
                         "mnist, fashion_mnist")
-    p.add_argument("--data", help="a CSV or .npz file of your own (with --target)")
+    p.add_argument("--data", help="a CSV or .npz file of your own (with --target); with --model gpt a "
+                                  "UTF-8 text file for a character-level language model")
     p.add_argument("--target", help="the column of --data to predict")
     p.add_argument("--task", choices=["classification", "regression"],
                    help="override the task inferred from the target")
@@ -822,20 +833,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mlp",
                    help="mlp (default), cnn (LeNet-style: two conv 3x3 + ReLU + max pool stages, "
                         "then two Linear) or resnet (a small ResNet of basic blocks); cnn and resnet "
-                        "take square one-channel images (digits 8x8, MNIST 28x28)")
+                        "take square one-channel images (digits 8x8, MNIST 28x28); gpt (a small GPT: on "
+                        "the sort task, 6 digits 0-9, or with --data FILE.txt on its characters)")
     p.add_argument("--hidden", type=_hidden, default=[256, 128],
                    help=f"hidden sizes (default 256,128); at most {MAX_LAYERS} layers and "
                         f"{MAX_PARAMETERS:,} parameters in all")
     p.add_argument("--activation", default="relu", help="any registered activation (default relu)")
-    p.add_argument("--dropout", type=_probability("--dropout"), default=0.2,
-                   help="dropout after each hidden layer, in [0, 1) (0.2)")
+    p.add_argument("--dropout", type=_probability("--dropout"), default=None,
+                   help="dropout after each hidden layer, in [0, 1) (0.2; gpt: 0)")
     p.add_argument("--batch-norm", action="store_true",
                    help="BatchNorm1d after each hidden Linear (an epoch's last batch is dropped when it "
                         "would hold a single row)")
     p.add_argument("--optimizer", default="adamw", help="sgd (momentum 0.9), adam, adamw (default)")
-    p.add_argument("--lr", type=_positive(float, "--lr"), default=2e-3, help="learning rate (2e-3)")
-    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=60, help="epochs (60)")
-    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=32, help="batch size (32)")
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=None,
+                   help="learning rate (2e-3; gpt: 3e-3, warmed up over 5%% of the steps, then a cosine to 0)")
+    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=None,
+                   help="epochs (60; gpt: 10, an epoch of the sort task being 6,400 examples, of --data "
+                        "as many windows as the text has characters)")
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=None,
+                   help="batch size (32; gpt: 64)")
+    for flag, default in (("--n-layer", "2; --data: 4"), ("--n-head", "4"), ("--n-embd", "64; --data: 128"),
+                          ("--block-size", "--data only: 64"),
+                          ("--threads", "of NumPy's BLAS; 1 for the sort task, whose products are small; "
+                                        "--data: all cores")):
+        p.add_argument(flag, type=_positive(int, flag), default=None,
+                       help=f"--model gpt: {flag[2:].replace('-', ' ')} ({default})")
     p.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the batches")
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
     p.add_argument("--format", choices=list(MODEL_FILES), default="npz",
@@ -917,6 +939,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dtype", choices=["float32", "int64"], default="float32",
                    help="float32 (default), or int64 for a model that takes token ids (an Embedding first)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sample", help="text from a GPT trained on a text file, or a sort model's answer",
+                       epilog="A character model prints --prompt and --tokens characters after it; a sort "
+                              "model prints its answer to --prompt (6 digits, e.g. '3 1 4 1 5 9'; default: a "
+                              "held-out sequence), greedy unless --temperature or --top-k is given. "
+                              "--top-k 1 is greedy decoding.")
+    p.add_argument("--model", required=True, help="a checkpoint written by handydl train --model gpt")
+    p.add_argument("--prompt", help="the text to continue (default: a newline), or the digits to sort")
+    p.add_argument("--tokens", type=_positive(int, "--tokens"), help="characters to generate (200)")
+    p.add_argument("--temperature", type=_positive(float, "--temperature"),
+                   help="divides the logits before sampling, > 0 (1.0)")
+    p.add_argument("--top-k", type=_positive(int, "--top-k"), help="sample among the k likeliest tokens only")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampling (0)")
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("predict", help="predict with a saved model, as CSV")
     p.add_argument("--model", required=True, help="a checkpoint written by handydl train, .npz or "

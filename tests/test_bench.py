@@ -3,6 +3,7 @@ handydl worker run (PyTorch and JAX are not needed for these)."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,29 @@ def test_micro_on_off_times_both_settings_and_ends_switched_on():
     ms = micro.on_off(lambda: None, rounds=2, switch=calls.append)
     assert set(ms) == {True, False} and all(v >= 0 for v in ms.values())
     assert calls == [True, False, True, False, True]     # alternating, and left on
+
+
+GPT_TINY = dict(vocab=11, block=8, layers=1, heads=2, d=16, batch=2, repeats=2)
+
+
+def test_the_gpt_step_is_held_to_pytorch_eager():
+    results = {"gpt_step_l4_d128_h4_t64_b16": {"kind": "gpt", "handydl": fake(0.9), "torch": fake(1.0)}}
+    rows, checks = bench.report(results, ("handydl", "torch", "jax"))
+    assert rows[0]["vs_torch"] == pytest.approx(0.9)
+    assert [(c["target"], c["pass"]) for c in checks] == [("gpt_step_l4_d128_h4_t64_b16: handydl / torch <= 1.0",
+                                                            True)]
+    assert ("gpt_step_l4_d128_h4_t64_b16", "gpt") in [(name, kind) for name, kind, _ in bench.workloads(True)]
+
+
+def test_the_gpt_step_workers_train_one_model():
+    pytest.importorskip("torch")
+    outs = {}
+    for fw in ("handydl", "torch"):
+        r = subprocess.run([sys.executable, "-m", "bench.worker", fw, json.dumps([["gpt", GPT_TINY]])],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs[fw], = json.loads(r.stdout)
+        assert len(outs[fw]["samples"]) == 2 and min(outs[fw]["samples"]) > 0
+    # PyTorch's model starts from handydl's weights: the same loss before the first step
+    assert outs["torch"]["first_loss"] == pytest.approx(outs["handydl"]["first_loss"], rel=1e-5)
+    assert outs["handydl"]["first_loss"] == pytest.approx(math.log(GPT_TINY["vocab"]), rel=0.05)

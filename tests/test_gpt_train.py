@@ -1,15 +1,23 @@
 """Training and sampling a small GPT: the sort task and the text data
-(handydl/data/sequences.py) and exact-match evaluation."""
+(handydl/data/sequences.py), exact-match evaluation, the step-wise fit loop,
+and ``handydl train --model gpt`` / ``handydl sample`` run as a user runs them."""
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
-from handydl import nn
+from handydl import checkpoint, nn
 from handydl.data import DataError
 from handydl.data.sequences import (IGNORE_INDEX, CharText, CharVocab, SortTask, answer_hits, exact_match,
                                     greedy, read_text, token_hits)
+from handydl.seqtrain import warmup_cosine
 
 
 # -- the sort task ----------------------------------------------------------------------------
@@ -183,3 +191,264 @@ def test_char_vocab_refuses_repeated_or_empty_characters():
     for bad in ("", "aba", None):
         with pytest.raises(ValueError, match="distinct characters"):
             CharVocab(bad)
+
+
+# -- the step-wise fit loop -------------------------------------------------------------------
+
+class Bigram(nn.Module):
+    """logits[b, t] = W[idx[b, t]]: the smallest sequence model, its backward a scatter-add."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.weight = nn.Parameter(np.zeros((vocab, vocab), np.float32))
+
+    def forward(self, idx):
+        self.save(idx)
+        return self.weight.data[idx]
+
+    def backward(self, gy, input_grad=True):
+        idx = self.saved()
+        g = np.zeros_like(self.weight.data)
+        np.add.at(g, idx.ravel(), gy.reshape(-1, gy.shape[-1]))
+        self.weight.accumulate(g)
+        return None
+
+
+class RowsCrossEntropy(nn.CrossEntropyLoss):
+    """CrossEntropyLoss on the (B*T, V) rows of (B, T, V) logits."""
+
+    def forward(self, input, target):
+        self._shape = input.shape
+        return super().forward(input.reshape(-1, input.shape[-1]), target.reshape(-1))
+
+    def backward(self, gy=1.0, target_grad=False):
+        return super().backward(gy).reshape(self._shape)
+
+
+def test_fit_steps_learns_a_text_and_follows_the_schedule():
+    from handydl import optim
+    from handydl.seqtrain import fit_steps, hits_per_token
+    data = CharText("abcd" * 100, block_size=8)
+    model = Bigram(data.vocab_size)
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    lines = []
+    hist = fit_steps(model, RowsCrossEntropy(), opt, data.batches(8, np.random.default_rng(0)), 3, 20,
+                     hits_per_token, val_data=data.validation(), warmup=5, log=lines.append)
+    assert hist["epoch"] == [1, 2, 3] and len(lines) == 3 and "val next" not in lines[0]
+    assert hist["train_loss"][0] > hist["train_loss"][-1] and hist["val_loss"][-1] < 0.1
+    assert hist["val_acc"][-1] == 1.0                    # a -> b -> c -> d -> a: every next character
+    # the rate of the last step of each epoch: steps 19, 39, 59 of 60
+    assert hist["lr"] == pytest.approx([warmup_cosine(s, 60, 0.1, 5) for s in (19, 39, 59)])
+
+
+def test_fit_steps_stops_at_a_non_finite_loss():
+    from handydl import optim
+    from handydl.seqtrain import fit_steps, hits_per_token
+    data = CharText("abcd" * 100, block_size=8)
+    model = Bigram(data.vocab_size)
+    batches = data.batches(8, np.random.default_rng(0))
+
+    def poisoned():
+        for step, batch in enumerate(batches):
+            if step == 25:
+                model.weight.data[0, 0] = np.nan
+            yield batch
+    lines = []
+    with np.errstate(invalid="ignore"):
+        hist = fit_steps(model, RowsCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), poisoned(), 5, 10,
+                         hits_per_token, val_data=data.validation(), log=lines.append)
+    assert hist["epoch"] == [1, 2, 3] and math.isnan(hist["train_loss"][-1]) and math.isnan(hist["val_loss"][-1])
+    assert all(len(v) == 3 for v in hist.values())
+    assert lines[-1].startswith("stopping: the training loss is nan in step 26")
+
+
+# -- the learning-rate schedule ---------------------------------------------------------------
+
+def test_warmup_then_cosine():
+    lr = [warmup_cosine(s, 100, 1.0, 10) for s in range(100)]
+    assert lr[0] == pytest.approx(0.1) and lr[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.04)) / 2)
+    assert lr[50] == pytest.approx(0.5)                  # half way down the cosine
+    assert all(a < b for a, b in zip(lr[:9], lr[1:10])) and all(a > b for a, b in zip(lr[9:], lr[10:]))
+    assert 0 < lr[-1] < 1e-3
+
+
+# -- handydl train --model gpt, handydl sample ------------------------------------------------
+
+def run(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "handydl", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# the README's command and the figure it states (README.md, "Training a small GPT")
+README_EXACT_MATCH = 0.99
+
+
+@pytest.fixture(scope="module")
+def sort_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpt")
+    start = time.perf_counter()
+    r = run("train", "--model", "gpt", "--no-progress", "--out", str(out))
+    return r, out, time.perf_counter() - start
+
+
+def test_train_gpt_reaches_the_readme_exact_match_on_held_out_sequences(sort_run):
+    r, out, seconds = sort_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gradient check (float64, 2 sequences of 8 tokens" in r.stdout and "-> ok" in r.stdout
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["test"]["n"] == 1000 and hist["test"]["exact_match"] >= README_EXACT_MATCH
+    assert f"test exact-match: {hist['test']['exact_match']:.2%} (1000 held-out" in r.stdout
+    assert len(hist["history"]["epoch"]) == 10 and hist["history"]["val_acc"][-1] >= README_EXACT_MATCH
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "history.csv").read_text().startswith("epoch,")
+    model, meta = checkpoint.load(out / "model.npz", return_meta=True)
+    assert isinstance(model, nn.GPT) and meta["data"]["type"] == "sort"
+    # the checkpoint's held-out sequences are the run's: the saved model scores the same on them
+    task = SortTask(**{k: v for k, v in meta["data"].items() if k != "type"})
+    assert exact_match(model, task.test, task.answers(task.test))[0] == hist["test"]["exact_match"]
+    assert seconds < 900, f"the README's command took {seconds:.0f} s"
+
+
+def test_teacher_forced_exact_match_equals_greedy_generation_on_a_trained_gpt(sort_run):
+    _, out, _ = sort_run
+    model, meta = checkpoint.load(out / "model.npz", return_meta=True)
+    task = SortTask(**{k: v for k, v in meta["data"].items() if k != "type"})
+    x, y = task.examples(task.val)
+    with nn.no_grad():
+        forced = answer_hits(model(x), y)
+    assert np.array_equal(forced, exact_match(model, task.val, task.answers(task.val))[1])
+
+
+def _answer(line):
+    """'3 1 4 1 5 9 -> 1 1 3 4 5 9  (correct)' -> ([3, 1, 4, 1, 5, 9], [1, 1, 3, 4, 5, 9], 'correct')."""
+    prompt, rest = line.split(" -> ")
+    answer, verdict = rest.split("  (")
+    return [int(d) for d in prompt.split()], [int(d) for d in answer.split()], verdict.split(":")[0].rstrip(")")
+
+
+def test_sample_answers_a_prompt_of_digits(sort_run):
+    _, out, _ = sort_run
+    model = str(out / "model.npz")
+    greedy_out = run("sample", "--model", model, "--prompt", "3 1 4 1 5 9")
+    assert greedy_out.returncode == 0, greedy_out.stderr
+    prompt, answer, verdict = _answer(greedy_out.stdout.strip())
+    assert prompt == [3, 1, 4, 1, 5, 9] and len(answer) == 6
+    assert verdict == ("correct" if answer == sorted(prompt) else "wrong")
+    # --top-k 1 is greedy decoding, whatever the seed and temperature
+    for extra in (["--top-k", "1"], ["--top-k", "1", "--seed", "5", "--temperature", "3"]):
+        assert run("sample", "--model", model, "--prompt", "314159", *extra).stdout == greedy_out.stdout
+    # without a prompt: a held-out sequence, drawn by --seed
+    drawn = run("sample", "--model", model, "--seed", "2")
+    prompt, answer, verdict = _answer(drawn.stdout.strip())
+    assert verdict == ("correct" if answer == sorted(prompt) else "wrong")
+    assert run("sample", "--model", model, "--seed", "2").stdout == drawn.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "31415"], "not 6 digits in 0-9"), (["--top-k", "11"], "--top-k 11 is more than"),
+    (["--tokens", "5"], "--tokens goes with a character model"), (["--temperature", "0"], "must be > 0"),
+    (["--temperature", "nan"], "finite"), (["--top-k", "0"], "must be > 0"), (["--top-k", "1.5"], "integer")])
+def test_sample_refuses_bad_flags(sort_run, args, message):
+    _, out, _ = sort_run
+    r = run("sample", "--model", str(out / "model.npz"), *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+def test_sample_refuses_a_checkpoint_that_is_not_a_gpt(tmp_path):
+    path = tmp_path / "mlp.npz"
+    checkpoint.save(nn.MLP([2, 3, 2]), path)
+    r = run("sample", "--model", str(path))
+    assert r.returncode == 2 and "not a GPT checkpoint" in r.stderr, r.stderr
+    r = run("sample", "--model", str(tmp_path / "missing.npz"))
+    assert r.returncode == 2 and "no such checkpoint file" in r.stderr
+
+
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--epochs", "1",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("text")
+    (d / "poem.txt").write_text(TEXT * 3)
+    r = run("train", "--model", "gpt", "--data", str(d / "poem.txt"), *SMALL, "--out", str(d / "out"))
+    return r, d
+
+
+def test_train_gpt_on_a_text_file_keeps_its_vocabulary(text_run):
+    r, d = text_run
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "next-char acc" in r.stdout and "bits per character" in r.stdout
+    model, meta = checkpoint.load(d / "out" / "model.npz", return_meta=True)
+    assert meta["data"]["vocab"] == "".join(sorted(set(TEXT)))
+    assert model.vocab_size == len(meta["data"]["vocab"]) and model.block_size == 16
+    hist = json.loads((d / "out" / "history.json").read_text())
+    assert len(hist["history"]["epoch"]) == 1 and math.isfinite(hist["history"]["val_loss"][0])
+
+
+def test_sample_prints_text_in_the_vocabulary_after_the_prompt(text_run):
+    _, d = text_run
+    model = str(d / "out" / "model.npz")
+    r = run("sample", "--model", model, "--prompt", "the q", "--tokens", "60")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout[:-1]                                 # the newline that ends the output
+    assert text.startswith("the q") and len(text) == 5 + 60 and set(text) <= set(TEXT)
+    again = run("sample", "--model", model, "--prompt", "the q", "--tokens", "60")
+    other = run("sample", "--model", model, "--prompt", "the q", "--tokens", "60", "--seed", "1")
+    assert again.stdout == r.stdout and other.stdout != r.stdout        # the seed draws the characters
+    greedy1 = run("sample", "--model", model, "--prompt", "the q", "--tokens", "30", "--top-k", "1")
+    greedy2 = run("sample", "--model", model, "--prompt", "the q", "--tokens", "30", "--top-k", "1",
+                  "--seed", "9", "--temperature", "0.3")
+    assert greedy1.stdout == greedy2.stdout                              # top-k 1: no randomness left
+    long = run("sample", "--model", model, "--prompt", TEXT[:40], "--tokens", "5")   # over the context
+    assert long.returncode == 0 and long.stdout[:-1].startswith(TEXT[:40]), long.stderr
+    for args, message in ((["--prompt", "Zebra"], "'Z' is not in the model's vocabulary"),
+                          (["--top-k", "1000"], "more than the model's vocabulary"),
+                          (["--tokens", "1000001"], "--tokens 1000001: the limit is")):
+        bad = run("sample", "--model", model, *args)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "gpt", "--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
+    (["--model", "gpt", "--hidden", "64"], "--hidden goes with --model mlp, cnn or resnet"),
+    (["--model", "gpt", "--dataset", "iris"], "--dataset goes with --model mlp"),
+    (["--model", "gpt", "--block-size", "32"], "--block-size goes with --data FILE.txt"),
+    (["--model", "mlp", "--n-layer", "2"], "--n-layer goes with --model gpt"),
+    (["--model", "gpt", "--n-embd", "8192", "--n-layer", "64"], "parameters; the limit is"),
+    (["--model", "gpt", "--data", "DIR/missing.txt"], "no such file"),
+    (["--model", "gpt", "--data", "DIR/binary.txt"], "a binary file (a NUL byte at offset 2)"),
+    (["--model", "gpt", "--data", "DIR/short.txt"], "a context of 64 needs at least 130"),
+    (["--model", "gpt", "--data", "DIR/short.txt", "--block-size", "4096"], "--block-size 4096: the limit"),
+    (["--model", "gpt", "--lr", "nan"], "--lr must be a finite number"),
+    (["--model", "gpt", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["--model", "gpt", "--dropout", "1"], "--dropout must be in [0, 1)")])
+def test_train_gpt_refuses_bad_flags_before_writing_anything(tmp_path, args, message):
+    (tmp_path / "binary.txt").write_bytes(b"ab\x00cd" * 100)
+    (tmp_path / "short.txt").write_text("too short for a context of 64")
+    r = run("train", *[a.replace("DIR", str(tmp_path)) for a in args], "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_diverged_gpt_run_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.npz").write_bytes(b"an earlier run's model")
+    (tmp_path / "t.txt").write_text(TEXT * 3)
+    r = run("train", "--model", "gpt", "--data", str(tmp_path / "t.txt"), *SMALL, "--lr", "1e30",
+            "--out", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the run diverged" in r.stderr and "Nothing was written" in r.stderr
+    assert "RuntimeWarning" not in r.stderr
+    assert [p.name for p in out.iterdir()] == ["model.npz"]
+    assert (out / "model.npz").read_bytes() == b"an earlier run's model"
+
+
+@pytest.mark.parametrize("vocab, block, layers, width", [(10, 11, 2, 64), (65, 64, 4, 128), (3, 5, 1, 8)])
+def test_the_parameter_count_refused_up_front_is_the_gpt_s(vocab, block, layers, width):
+    from handydl.cli_gpt import gpt_parameters
+    model = nn.GPT(vocab, block, n_layer=layers, n_head=4 if width % 4 == 0 else 1, n_embd=width)
+    assert gpt_parameters(vocab, block, layers, width) == sum(p.data.size for p in model.parameters())
