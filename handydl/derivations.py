@@ -95,6 +95,9 @@ class Composite:
 COMPOSITES = {c.name: c for c in [
     Composite("residual", r"y = x + f(x)\quad(\texttt{nn.Residual(f)})",
               r"g_x = g_y + J_f^\top g_y\quad\text{(a fork in the forward pass is a sum in the backward pass)}"),
+    Composite("pre_norm_residual",
+              r"y = x + f(\mathrm{LN}(x))\quad(\text{a pre-norm Transformer branch, as in nn.GPTBlock})",
+              r"g_x = g_y + J_{\mathrm{LN}}^\top J_f^\top g_y"),
 ]}
 
 
@@ -1463,6 +1466,160 @@ _PADS = [
 ]
 
 
+# -- attention, the embedding, LayerNorm inside the residual stream (the GPT's parts) ----------
+#
+# Q (L, E) = (3, 4), K (5, 4), V (5, 2), G = dL/dY (3, 2); s = 1/sqrt(E) = 0.5 and
+# P = softmax(s Q K^T) row by row; the batch and head dims are the same products, batched.
+
+_ATT_SHAPES = {"Q": (3, 4), "K": (5, 4), "V": (5, 2), "G": (3, 2)}
+_ATT_L = "sum(G * (softmax(s * (Q @ K.T)) @ V))"
+_ATT_LET = ["s = 0.5", "P = softmax(s * (Q @ K.T))", "gP = G @ V.T",
+            "gA = P * gP - einsum('ik,ik,ij->ij', gP, P, P)"]
+_ATT_SETUP = (r"Y = P V,\ P = \mathrm{softmax}_{\text{rows}}(A),\ A = s\,Q K^\top,\ s = 1/\sqrt{E} = 1/2,\ "
+              r"Q: (L, E) = (3, 4),\ K: (5, 4),\ V: (5, 2),\ G = \partial L/\partial Y")
+_ATT_WHY_GA = ("g_A = P * (g_P - rowsum(g_P * P)) is the row softmax's vector-Jacobian product "
+               "(derived under attention: dL/dscores); the scale s multiplies A = s Q K^T once, so it "
+               "multiplies both g_Q and g_K once")
+
+
+def _prenorm_backward(env):
+    """nn.Residual(Sequential(LayerNorm, Linear)): a pre-norm block, by its hand-written backward."""
+    from . import nn
+    ln = nn.LayerNorm(3, dtype=np.float64)
+    ln.weight.data[...], ln.bias.data[...] = env["gamma"], env["beta"]
+    lin = nn.Linear(3, 3, bias=False, dtype=np.float64)
+    lin.weight.data[...] = env["W"]
+    block = nn.Residual(nn.Sequential(ln, lin))
+    block(env["X"])
+    return block.backward(env["G"])
+
+
+_ATTENTION = [
+    Derivation(
+        "scaled_dot_product_attention", "attention: dL/dV", _ATT_L, [
+            Step(r"\frac{\partial L}{\partial V_{jc}} = \sum_{i} G_{ic}\,\frac{\partial Y_{ic}}{\partial V_{jc}}"
+                 r" = \sum_i G_{ic} P_{ij}",
+                 "einsum('ic,ij->jc', G, P)", "Y_ic = sum_j P_ij V_jc: V_jc reaches every output row i "
+                                              "with weight P_ij, and P does not depend on V"),
+            Step(r"\frac{\partial L}{\partial V} = P^\top G", "P.T @ G",
+                 "the sum over the queries i is a product with P^T (batched over heads: np.matmul)"),
+        ],
+        wrt="V", shapes=_ATT_SHAPES, let=_ATT_LET, setup=_ATT_SETUP,
+        code=lambda env: _backward(ops.scaled_dot_product_attention, env["Q"], env["K"], env["V"],
+                                   gy=env["G"], index=2)),
+    Derivation(
+        "scaled_dot_product_attention", "attention: dL/dscores through the row softmax",
+        "sum(G * (softmax(A) @ V))", [
+            Step(r"\frac{\partial L}{\partial A_{ij}} = \sum_k (g_P)_{ik}\,\frac{\partial P_{ik}}{\partial A_{ij}}"
+                 r" = \sum_k (g_P)_{ik}\,P_{ik}(\delta_{kj} - P_{ij}),\quad g_P = G V^\top",
+                 "einsum('ik,ik,kj->ij', G @ V.T, P, eye(5)) - einsum('ik,ik,ij->ij', G @ V.T, P, P)",
+                 "Y = P V gives dL/dP = G V^T; each row of P is the softmax of the same row of A only, "
+                 "with the softmax Jacobian dP_ik/dA_ij = P_ik (delta_kj - P_ij)"),
+            Step(r"= P_{ij}\Bigl((g_P)_{ij} - \textstyle\sum_k (g_P)_{ik} P_{ik}\Bigr)",
+                 "P * (G @ V.T) - einsum('ik,ik,ij->ij', G @ V.T, P, P)",
+                 "the delta keeps k = j; the second term is P_ij times one number per row: "
+                 "g_A = P * (g_P - rowsum(g_P * P)), a vector-Jacobian product in O(S) per row, "
+                 "never the (S, S) Jacobian"),
+        ],
+        wrt="A", shapes={"A": (3, 5), "V": (5, 2), "G": (3, 2)}, let=["P = softmax(A)"],
+        setup=(r"Y = P V,\ P = \mathrm{softmax}_{\text{rows}}(A),\ A: (L, S) = (3, 5) \text{ (the scores)},\ "
+               r"G = \partial L/\partial Y"),
+        code=lambda env: _backward(ops.softmax, env["A"], gy=env["G"] @ env["V"].T, dim=-1)),
+    Derivation(
+        "scaled_dot_product_attention", "attention: dL/dQ, with the 1/sqrt(E) scale", _ATT_L, [
+            Step(r"\frac{\partial L}{\partial Q_{ie}} = \sum_j (g_A)_{ij}\,\frac{\partial A_{ij}}{\partial Q_{ie}}"
+                 r" = \sum_j (g_A)_{ij}\, s\, K_{je}",
+                 "s * einsum('ij,je->ie', gA, K)",
+                 "A_ij = s sum_e Q_ie K_je, so dA_ij/dQ_ie = s K_je; " + _ATT_WHY_GA),
+            Step(r"\frac{\partial L}{\partial Q} = s\, g_A K", "s * (gA @ K)", "the sum over keys j is a product with K"),
+        ],
+        wrt="Q", shapes=_ATT_SHAPES, let=_ATT_LET, setup=_ATT_SETUP,
+        code=lambda env: _backward(ops.scaled_dot_product_attention, env["Q"], env["K"], env["V"],
+                                   gy=env["G"], index=0)),
+    Derivation(
+        "scaled_dot_product_attention", "attention: dL/dK", _ATT_L, [
+            Step(r"\frac{\partial L}{\partial K_{je}} = \sum_i (g_A)_{ij}\, s\, Q_{ie}",
+                 "s * einsum('ij,ie->je', gA, Q)",
+                 "dA_ij/dK_je = s Q_ie: every query i that scored key j contributes"),
+            Step(r"\frac{\partial L}{\partial K} = s\, g_A^\top Q", "s * (gA.T @ Q)",
+                 "the sum over queries i is a product with g_A^T; with 1/sqrt(E) the scores keep a "
+                 "variance near 1 for unit-variance q, k, so the softmax does not saturate, and the "
+                 "gradients carry the same factor"),
+        ],
+        wrt="K", shapes=_ATT_SHAPES, let=_ATT_LET, setup=_ATT_SETUP,
+        code=lambda env: _backward(ops.scaled_dot_product_attention, env["Q"], env["K"], env["V"],
+                                   gy=env["G"], index=1)),
+    Derivation(
+        "attention_weights", "the attention weights: dL/dQ through the row softmax",
+        "sum(G * softmax(s * (Q @ K.T)))", [
+            Step(r"\frac{\partial L}{\partial Q_{ie}} = \sum_j (g_A)_{ij}\, s\, K_{je},\quad "
+                 r"g_A = P \odot \bigl(G - \textstyle\sum_k G_{\cdot k} P_{\cdot k}\bigr)",
+                 "s * einsum('ij,je->ie', P * G - einsum('ik,ik,ij->ij', G, P, P), K)",
+                 "G = dL/dP arrives on the weights themselves (MultiheadAttention returns them); the row "
+                 "softmax's VJP gives dL/dA, and A = s Q K^T gives dA_ij/dQ_ie = s K_je"),
+            Step(r"\frac{\partial L}{\partial Q} = s\, g_A K", "s * ((P * G - einsum('ik,ik,ij->ij', G, P, P)) @ K)",
+                 "the sum over keys is a product with K; dL/dK = s g_A^T Q in the same way"),
+        ],
+        wrt="Q", shapes={"Q": (3, 4), "K": (5, 4), "G": (3, 5)},
+        let=["s = 0.5", "P = softmax(s * (Q @ K.T))"],
+        setup=r"P = \mathrm{softmax}_{\text{rows}}(s\,Q K^\top),\ s = 1/\sqrt{E} = 1/2,\ G = \partial L/\partial P",
+        code=lambda env: _backward(ops.attention_weights, env["Q"], env["K"], gy=env["G"], index=0)),
+    Derivation(
+        "permute", "a permutation of axes: the gradient moves back", "sum(G * einsum('abc->bac', X))", [
+            Step(r"\frac{\partial L}{\partial X_{abc}} = \sum_{b'a'c'} G_{b'a'c'}\,[b'a'c' = bac] = G_{bac}",
+                 "einsum('bac->abc', G)",
+                 "y_{bac} = x_{abc}: each element only moves, so its gradient is the upstream gradient "
+                 "at the place it moved to: the inverse permutation of G (for dims (1, 0, 2), itself)"),
+        ],
+        wrt="X", shapes={"X": (2, 3, 4), "G": (3, 2, 4)},
+        setup=r"y = \mathrm{permute}(x, (1, 0, 2)),\ y_{bac} = x_{abc},\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.permute, env["X"], gy=env["G"], dims=(1, 0, 2))),
+    Derivation(
+        "embedding", "the embedding's gradient is a scatter-add", "sum(G * (O @ W))", [
+            Step(r"\frac{\partial L}{\partial W_{rc}} = \sum_n G_{nc}\,\frac{\partial y_{nc}}{\partial W_{rc}}"
+                 r" = \sum_n G_{nc}\,[i_n = r]",
+                 "einsum('nc,nr->rc', G, O)",
+                 "y_n = W_{i_n} is the product of the one-hot row O_n = e_{i_n} with W, so dy_nc/dW_rc "
+                 "= O_nr = [i_n = r]"),
+            Step(r"\frac{\partial L}{\partial W} = O^\top G:\quad \frac{\partial L}{\partial W_r} = "
+                 r"\sum_{n:\, i_n = r} G_n",
+                 "O.T @ G",
+                 "each row of G is added onto the table row its id read (a scatter-add): id 2 is read "
+                 "twice, so row 2 gets G_0 + G_2 (a fork); rows 1 and 3 are read by no id and get 0. "
+                 "The op multiplies by the sparse O^T, never building the one-hot matrix densely"),
+        ],
+        wrt="W", shapes={"W": (5, 3), "G": (4, 3)},
+        let=["O = stack(eye(5)[2], eye(5)[0], eye(5)[2], eye(5)[4])"],
+        setup=r"y_n = W_{i_n},\ i = (2, 0, 2, 4),\ W: (\text{num}, \text{dim}) = (5, 3),\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.embedding, np.array([2, 0, 2, 4]), env["W"], gy=env["G"], index=1)),
+    Derivation(
+        "pre_norm_residual", "LayerNorm inside the residual stream: a pre-norm block's dL/dx",
+        "sum(G * (X + (gamma * xhat + beta) @ W))", [
+            Step(r"\frac{\partial L}{\partial x} = \underbrace{G}_{\text{skip}} + "
+                 r"\underbrace{\frac{g_u}{\sigma} + \frac{\partial L}{\partial \sigma^2}\frac{2(x - \mu)}{C}"
+                 r" + \frac{\partial L}{\partial \mu}\frac{1}{C}}_{\text{through } \mathrm{LN}},\ "
+                 r"g_u = \gamma \odot (G W^\top)",
+                 "G + (gu.T / s + (-0.5 * sum(gu.T * (Z - mu), 0) * s**(-3)) * 2 * (Z - mu) / 3"
+                 " + (-sum(gu.T, 0) / s) / 3).T",
+                 "x reaches y by the skip path (identity: G) and through LN then f(u) = u W (f's "
+                 "backward: G W^T, then times gamma); the LayerNorm's chain rule runs through x-hat, the "
+                 "variance and the mean of each row (each token's C = 3 features), as batch norm's over "
+                 "the batch"),
+            Step(r"= G + \frac{1}{\sigma}\Bigl(g_u - \overline{g_u} - \hat x\,\overline{g_u \hat x}\Bigr)",
+                 "G + ((gu.T - mean(gu.T, 0) - xhat.T * mean(gu.T * xhat.T, 0)) / s).T",
+                 "the compact form, the bars now means over each row's features: the skip path adds G "
+                 "untouched, so the residual stream carries the upstream gradient past every LayerNorm "
+                 "(the reason pre-norm stacks train deep)"),
+        ],
+        wrt="X", shapes={"X": (4, 3), "gamma": (3,), "beta": (3,), "W": (3, 3), "G": (4, 3)},
+        let=["Z = X.T", "mu = mean(Z, 0)", "v = mean((Z - mu)**2, 0)", "s = sqrt(v + 0.00001)",
+             "xhat = ((Z - mu) / s).T", "gu = gamma * (G @ W.T)"],
+        setup=(r"y = x + f(\mathrm{LN}(x)),\ \mathrm{LN}(x) = \gamma \odot \hat x + \beta,\ "
+               r"\hat x = (x - \mu)/\sigma \text{ per row (token)},\ f(u) = u W,\ x: (4, 3),\ G = \partial L/\partial y"),
+        code=_prenorm_backward),
+]
+
+
 DERIVATIONS = [
     Derivation(
         "sigmoid", "the derivative of the sigmoid", "1 / (1 + exp(-x))", [
@@ -1667,6 +1824,7 @@ DERIVATIONS = [
     *_NORMS,
     *_PADS,
     *_RNN,
+    *_ATTENTION,
 ]
 
 
