@@ -225,6 +225,9 @@ def _train_loader(args, X, y):
     return DataLoader(X, y, args.batch_size, shuffle=True, seed=args.seed, drop_last=drop_last)
 
 
+GRADCHECK_ELEMENTS = 8      # per tensor, in the pre-training check of `handydl train`
+
+
 def _gradcheck_line(model, loss_fn, X, y, task):
     """Gradcheck the model (Standardize, then the network) and the loss on a small
     float64 batch; one line of text."""
@@ -240,8 +243,10 @@ def _gradcheck_line(model, loss_fn, X, y, task):
     standardize, body = model[0], nn.Sequential(*list(model)[1:])
     with nn.no_grad():
         xs = standardize(xb)
+    # random projections over every weight, plus a few elements of each tensor one
+    # by one: a bounded number of forwards whatever the model's size
     reports = [gradcheck(standardize, xb, raise_exception=False),
-               gradcheck(body, xs, fast=True, raise_exception=False)]
+               gradcheck(body, xs, fast=True, elements=GRADCHECK_ELEMENTS, raise_exception=False)]
     with nn.no_grad():                  # the loss's input only: nothing kept for a backward
         out = model.eval()(xb)
     reports.append(gradcheck(loss_fn, out, yb, raise_exception=False))
@@ -249,7 +254,8 @@ def _gradcheck_line(model, loss_fn, X, y, task):
     worst = max(r.max_rel_err for r in reports)
     ok = all(r.passed for r in reports)
     n = sum(len(r.entries) for r in reports)
-    line = (f"gradient check (float64, {len(xb)} samples, {n} tensors, model + loss): "
+    line = (f"gradient check (float64, {len(xb)} samples, {n} tensors, model + loss; random "
+            f"projections + {GRADCHECK_ELEMENTS} random elements per tensor): "
             f"worst relative error {worst:.1e} -> {'ok' if ok else 'FAILED'}")
     if not ok:
         line += "\n" + "\n".join(r.failure_message() for r in reports if not r.passed)
@@ -712,6 +718,75 @@ def _shapes(items):
     return shapes
 
 
+MAX_GRADCHECK_ELEMENTS = 1_000_000     # per array of `handydl gradcheck --shape` (projections beyond 4,000)
+
+
+def _gradcheck_shape(text):
+    """--shape of `handydl gradcheck`: D1,D2,... each >= 1 (one input per --shape)."""
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape expects sizes like 4,3, got {text!r}") from None
+    if any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"--shape sizes must be >= 1, got {text!r}")
+    if math.prod(shape) > MAX_GRADCHECK_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"--shape {text}: {math.prod(shape):,} elements; the limit is "
+                                         f"{MAX_GRADCHECK_ELEMENTS:,} per input")
+    return shape
+
+
+def _load_user_object(spec):
+    """FILE.py:NAME -> the object NAME that FILE defines.  This runs FILE, as
+    ``python FILE`` would (its folder first on sys.path, for its own imports):
+    the user's own code, at their explicit request."""
+    import importlib.util
+    from pathlib import Path
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise UsageError(f"expected FILE.py:NAME (e.g. mymodule.py:MyFunction), got {spec!r}")
+    file = Path(path)
+    if file.suffix != ".py":
+        raise UsageError(f"{path} is not a Python file (expected FILE.py:NAME)")
+    if not file.is_file():
+        raise UsageError(f"{path}: no such file")
+    module_name = f"_handydl_user_{file.stem}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module           # dataclasses and pickling look their module up
+    sys.path.insert(0, str(file.resolve().parent))
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(f"loading {path} raised {type(e).__name__}: {e} (--debug shows the traceback)") from e
+    finally:
+        sys.path.remove(str(file.resolve().parent))
+    if not hasattr(module, name):
+        defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                         and getattr(v, "__module__", None) == module_name)
+        raise UsageError(f"{path} defines no {name!r}" + (f"; it defines {', '.join(defined)}" if defined else ""))
+    return getattr(module, name)
+
+
+def cmd_gradcheck(args) -> int:
+    """Gradcheck a torch.autograd.Function, a torch or JAX function, or a handydl
+    Module or op pair in the user's file, on random float64 inputs of the given
+    shapes; exit 0 right, 1 wrong."""
+    from .check import gradcheck
+    from .nn import Module
+    fn = _load_user_object(args.target)
+    if isinstance(fn, type) and issubclass(fn, Module):
+        fn = fn()
+    rng = np.random.default_rng(args.seed)
+    inputs = [rng.standard_normal(shape) for shape in args.shape]
+    try:
+        report = gradcheck(fn, *inputs, fast=args.fast, seed=args.seed, raise_exception=False)
+    except Exception as e:          # the user's code (or what it returned) failed: one line
+        raise UsageError(f"checking {args.target} raised {type(e).__name__}: {e} "
+                         "(--debug shows the traceback)") from e
+    print(report)
+    return 0 if report.passed else 1
+
+
 def cmd_verify(args) -> int:
     """Check a derivative someone wrote (FUNCTION CLAIM, --expr ...) or every step of a
     derivation document (FILE): exit 0 correct, 1 wrong, 2 unusable input, 3 out of time."""
@@ -811,6 +886,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="gradcheck every registered op and print a table")
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("gradcheck", help="gradcheck a torch.autograd.Function or a torch / JAX function "
+                                         "in your own file (exit 0 right, 1 wrong)",
+                       description="handydl gradcheck mymodule.py:MyFunction --shape 4,3 [--shape 3,2 ...]: "
+                                   "NAME may be a torch.autograd.Function subclass, a function of torch "
+                                   "tensors (autograd's backward), a JAX function (custom_vjp included), a "
+                                   "handydl Module (a class is built without arguments) or a (forward, "
+                                   "backward) pair; it gets one random float64 input per --shape.",
+                       epilog="This runs FILE, as 'python FILE' would (its folder first on sys.path): use "
+                              "it only for your own code. Exit status 0 when every gradient is right, "
+                              "1 when one is wrong (the input, the element, the values and a hint are "
+                              "printed), 2 for a missing file or name or code that fails to run.")
+    p.add_argument("target", metavar="FILE.py:NAME", help="the file and the name defined in it")
+    p.add_argument("--shape", action="append", type=_gradcheck_shape, required=True,
+                   help="the shape of one input, e.g. 4,3 (repeat, in the order of the arguments)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for the inputs and the projections (0)")
+    p.add_argument("--fast", action="store_true",
+                   help="random projections (and the culprit located) instead of the full Jacobian")
+    p.set_defaults(func=cmd_gradcheck)
 
     p = sub.add_parser("train", help="train an MLP, a CNN or a small GPT (default: an MLP on the embedded digits)",
                        epilog="Writes model.npz, history.json, history.csv and curves.png into --out, all "

@@ -28,7 +28,6 @@ from ..ops.registry import Op, check_choice
 
 METHODS = ("central", "complex-step")
 FULL_LIMIT = 4000          # output size + checked elements up to which the full Jacobian is built
-LOCATE_LIMIT = 20000       # elements searched for the culprit after a failed projection
 
 
 class GradcheckError(AssertionError):
@@ -50,6 +49,9 @@ class Entry:
     analytic: float = 0.0
     numeric: float = 0.0
     kinks: list = field(default_factory=list)     # element indices recognised as kinks
+    smaller_steps: int = 0              # comparisons judged at a step below eps (a kink in reach)
+    bounds: tuple | None = None         # (left, right) differences when the worst entry is a kink
+    pattern: str = ""                   # what the whole analytic Jacobian looks like, when wrong
     passed: bool = True
 
 
@@ -86,9 +88,10 @@ class GradcheckReport:
             out_idx, el_idx = e.where
             at = f"element {el_idx}" + (f" (output {out_idx})" if out_idx is not None else "")
             diff = abs(e.analytic - e.numeric)
+            rel = diff / abs(e.numeric) if e.numeric else math.inf
             lines.append(f"gradient of {e.name} is wrong at {at}: analytic {e.analytic:.6g} vs "
                          f"{self.reference} {e.numeric:.6g} (abs err {diff:.3g}, rel err "
-                         f"{diff / max(abs(e.numeric), 1e-300):.3g}){_hint(e.analytic, e.numeric)}")
+                         f"{rel:.3g}){_hint(e)}")
         lines.extend(self.problems)
         return "; ".join(lines) or "gradcheck passed"
 
@@ -104,16 +107,53 @@ class GradcheckReport:
         return "\n".join(rows)
 
 
-def _hint(a, n):
-    """A guess at why, from the ratio of analytic to numeric."""
-    if n == 0 or a == 0:
+def _hint(e):
+    """A guess at why: the kink's one-sided derivatives, the ratio of analytic to
+    numeric, and what the whole analytic Jacobian looks like (full mode)."""
+    a, n = e.analytic, e.numeric
+    if e.bounds is not None:
+        left, right = e.bounds
+        why = (f"; a kink: the left derivative is {left:.4g} and the right {right:.4g}, and the value "
+               f"there must lie between them")
+    elif n == 0 and a != 0:
+        why = "; numeric 0: the output does not depend on this element (here)"
+    elif a == 0 and n != 0:
+        why = "; analytic 0: a missing term (or a gradient that did not reach this input)?"
+    elif a == 0:
+        why = ""
+    else:
+        r = a / n
+        why = f"; analytic/numeric = {r:.4g}"
+        for value, guess in ((-1, "a sign error?"), (2, "a spurious factor of 2?"),
+                             (0.5, "a missing factor of 2?")):
+            if abs(r - value) < 1e-3 * abs(value):
+                why += f": {guess}"
+    return why + (f"; {e.pattern}" if e.pattern else "")
+
+
+def _pattern(Ja, Jn, y_shape, x_shape, atol, rtol):
+    """What a wrong analytic Jacobian Ja (outputs x elements) is, compared with the
+    numeric Jn: the right one with two axes of equal length swapped (a transposed
+    gradient; a sum over the wrong axis), or only its diagonal."""
+    if not np.any(Jn) or Ja.shape != Jn.shape:
         return ""
-    r = a / n
-    for value, why in ((-1, "a sign error?"), (2, "a spurious factor of 2?"),
-                       (0.5, "a missing factor of 2?")):
-        if abs(r - value) < 1e-3 * abs(value):
-            return f"; analytic/numeric = {r:.4g}: {why}"
-    return f"; analytic/numeric = {r:.4g}"
+    A, N = Ja.reshape(y_shape + x_shape), Jn.reshape(y_shape + x_shape)
+    same = lambda M: np.allclose(A, M, atol=atol, rtol=rtol)         # noqa: E731
+    ny = len(y_shape)
+    for i in range(len(x_shape)):
+        for j in range(i + 1, len(x_shape)):
+            if x_shape[i] == x_shape[j] and same(np.swapaxes(N, ny + i, ny + j)):
+                return (f"the analytic gradient is the right one transposed (axes {i} and {j} of this "
+                        f"input swapped): a transposed gradient?")
+    for i in range(ny):
+        for j in range(i + 1, ny):
+            if y_shape[i] == y_shape[j] and same(np.swapaxes(N, i, j)):
+                return (f"the analytic gradient is the right one with axes {i} and {j} of the output "
+                        f"swapped: a sum (or a product) over the wrong axis?")
+    if Jn.shape[0] == Jn.shape[1] and np.any(Jn - np.diag(np.diag(Jn))) and same(np.diag(np.diag(Jn)).reshape(A.shape)):
+        return ("the analytic Jacobian is only the diagonal of the right one: the terms by which each "
+                "output depends on the other elements are missing (a Jacobian reduced to its diagonal?)")
+    return ""
 
 
 # -- a uniform view of what is checked -------------------------------------------------
@@ -276,9 +316,17 @@ class _ModuleTarget(_Target):
         else:
             self.params[k - len(self.checked)].data = arr
 
-    def _run(self):
-        m = copy.deepcopy(self.model)
+    def _fresh(self):
+        """A copy of the model for one evaluation, sharing its Parameters: buffers,
+        random generators and saved states are copied (so every evaluation sees the
+        same function), the weights are not (a perturbed element is seen at once,
+        and a wide model costs no copy of its weights per evaluation)."""
+        m = copy.deepcopy(self.model, memo={id(p): p for p in self.params})
         m.zero_grad()
+        return m
+
+    def _run(self):
+        m = self._fresh()
         return m, m(*self.inputs)
 
     def value(self):
@@ -309,8 +357,7 @@ class _ModuleTarget(_Target):
     def tape_vjp(self, u):
         """The same gradients from the tape: the forward recorded op by op, and the
         ops' own backwards chained in reverse."""
-        m = copy.deepcopy(self.model)
-        m.zero_grad()
+        m = self._fresh()
         with _tape.Tape() as t:
             t.watch(*self.inputs)
             y = m(*self.inputs)
@@ -321,8 +368,7 @@ class _ModuleTarget(_Target):
     def backward_twice(self, u):
         """Two forwards on the same input, then two backwards: each consumes its own
         saved state (last in, first out) and both must give the same gradients."""
-        m = copy.deepcopy(self.model)
-        m.zero_grad()
+        m = self._fresh()
         replay = _rng_states(m)
         m(*self.inputs)
         replay()                        # the same dropout masks in the second forward
@@ -354,8 +400,13 @@ def _target(fn, inputs, params):
         return _ModuleTarget(fn, inputs)
     if isinstance(fn, Op) or (isinstance(fn, tuple) and len(fn) == 2 and all(map(callable, fn))):
         return _OpTarget(fn, inputs, params or {})
-    raise TypeError(f"gradcheck: expected a Module, a registered Op or a (forward, backward) pair, "
-                    f"got {type(fn).__name__}")
+    from . import foreign               # PyTorch and JAX code; imports neither unless fn is theirs
+    target, tried = foreign.target(fn, inputs, params or {})
+    if target is not None:
+        return target
+    raise TypeError(f"gradcheck: expected a Module, a registered Op, a (forward, backward) pair, a "
+                    f"torch.autograd.Function or a function of torch tensors or JAX arrays, got "
+                    f"{_describe(fn)!r} ({type(fn).__name__})" + (f"; {tried}" if tried else ""))
 
 
 # -- the numerical side ----------------------------------------------------------------------
@@ -370,6 +421,41 @@ def _differences(target, k, j, h, y0):
     ym = target.value()
     x.flat[j] = orig
     return (y0 - ym) / h, (yp - y0) / h, (yp - ym) / (2 * h)
+
+
+STEP_FRACTIONS = (1.0, 0.1, 0.01, 0.001)    # of eps, tried in turn while a step looks kinked
+CLEAN = 0.01            # err / tol below which a difference is taken as it is
+
+
+def _refined(cmp, a, differences, eps):
+    """(left, right, central) at the step h = eps, eps/10, eps/100 or eps/1000
+    that agrees best with the analytic ``a``: the first whose error is under
+    CLEAN * tol, else the one with the smallest error (a pass before a failure).
+
+    A step can cross a kink near x (a ReLU pre-activation within h of 0: in a
+    wide layer some unit is) and the difference is then no derivative at all; a
+    shorter step that does not reach the kink gives the true derivative, which a
+    right gradient matches.  A wrong gradient matches at no step, and a kink at x
+    itself is judged by its one-sided differences at each.  A smooth function's
+    central difference at eps is within CLEAN * tol, so only kinked or wrong
+    comparisons cost the extra evaluations.
+    """
+    best = None
+    for i, f in enumerate(STEP_FRACTIONS):
+        d = differences(eps * f)
+        failed, score = cmp.rank(a, d[2], d[0], d[1])
+        if best is None or (failed, score) < best[0]:
+            best = ((failed, score), d, i)
+        if not failed and score <= CLEAN:
+            break
+        # a step that crossed a kink on one side shows it: the one-sided differences
+        # disagree; where they agree, a shorter step measures the same (a real error)
+        left, right = np.asarray(d[0]), np.asarray(d[1])
+        if not np.any(np.abs(left - right) > cmp.atol + cmp.rtol * np.abs(np.asarray(d[2]))):
+            break
+    if best[2] > 0:
+        cmp.entry.smaller_steps += 1
+    return best[1]
 
 
 def _complex_column(target, k, j, h):
@@ -399,21 +485,35 @@ class _Compare:
         self._worst = (False, -np.inf)
         self.scale = 0.0
 
-    def add(self, a, c, out_idx, el_idx, left=None, right=None):
+    def judge(self, a, c, left=None, right=None):
+        """Analytic ``a`` against numeric ``c`` (and the one-sided differences, when
+        given), elementwise: (ok, err, tol, kink)."""
         a, c = np.asarray(a, dtype=np.float64), np.asarray(c, dtype=np.float64)
         err = np.abs(a - c)
         tol = self.atol + self.rtol * np.abs(c)
         ok = err <= tol
+        kink = np.zeros(err.shape, dtype=bool)
         if left is not None:
             kink = np.abs(left - right) > 10 * (self.atol + self.rtol * np.maximum(np.abs(left), np.abs(right)))
             between = (np.minimum(left, right) - tol <= a) & (a <= np.maximum(left, right) + tol)
             kink_ok = kink & between
-            if np.any(kink):
-                self.entry.kinks.append(el_idx)
             ok |= kink_ok
             err = np.where(kink_ok, 0.0, err)      # a kink within bounds is no error
         # NaN never passes: both sides must be numbers
         ok &= ~(np.isnan(a) | np.isnan(c))
+        return ok, err, tol, kink
+
+    def rank(self, a, c, left=None, right=None):
+        """(failed, worst err / tol) of one comparison, without recording it."""
+        ok, err, tol, _ = self.judge(a, c, left, right)
+        score = np.where(np.isnan(err), np.inf, err / tol)
+        return bool(not np.all(ok)), float(np.max(score, initial=0.0))
+
+    def add(self, a, c, out_idx, el_idx, left=None, right=None):
+        ok, err, tol, kink = self.judge(a, c, left, right)
+        a, c = np.asarray(a, dtype=np.float64), np.asarray(c, dtype=np.float64)
+        if np.any(kink):
+            self.entry.kinks.append(el_idx)
         e = self.entry
         e.max_abs_err = max(e.max_abs_err, float(np.nanmax(err, initial=0.0)))
         self.scale = max(self.scale, float(np.nanmax(np.abs(c), initial=0.0)))
@@ -432,6 +532,8 @@ class _Compare:
             self._worst = rank
             e.where = (_index(out_idx, i), el_idx)
             e.analytic, e.numeric = float(np.ravel(a)[i]), float(np.ravel(c)[i])
+            e.bounds = ((float(np.ravel(left)[i]), float(np.ravel(right)[i]))
+                        if left is not None and np.ravel(kink)[i] else None)
         if bad.any():
             e.passed = False
 
@@ -443,17 +545,21 @@ def _index(out_idx, i):
 
 
 def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fast=False,
-              params=None, seed=0, raise_exception=True, against="numeric"):
+              params=None, seed=0, raise_exception=True, against="numeric", elements=0):
     r"""Check the analytic backward of ``fn`` against numerical differentiation
     (``against="numeric"``), or a module's hand-written backward against the
     tape's (``against="tape"``).
 
     ``fn`` is a Module (every floating input, a loss's float target included,
     and every parameter are checked; class indices are not), a registered Op
-    (every differentiable input; ``params`` are its keyword parameters), or a
+    (every differentiable input; ``params`` are its keyword parameters), a
     ``(forward, backward)`` pair with the op contract ``forward(*inputs) ->
-    (y, saved)``, ``backward(saved, *gys) -> grads``.  Several outputs are
-    checked together: their upstream gradients are drawn and compared as one.
+    (y, saved)``, ``backward(saved, *gys) -> grads``, or PyTorch / JAX code
+    (see :mod:`handydl.check.foreign`): a ``torch.autograd.Function`` subclass,
+    a function of torch tensors differentiated by autograd, or a JAX function
+    (``jax.custom_vjp`` included); every float NumPy input is checked (as a
+    float64 tensor), ``params`` are passed as keyword arguments.  Several outputs
+    are checked together: their upstream gradients are drawn and compared as one.
 
     With ``against="tape"`` the module's forward is also recorded on a
     :class:`handydl.tape.Tape`, whose backward chains the ops' own
@@ -467,6 +573,10 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
     a projection disagrees, the culprit element is located.  An entry passes
     when ``|analytic - numeric| <= atol + rtol * |numeric|``; at a kink (left
     and right differences disagree) when the analytic value lies between them.
+    A comparison that fails is repeated with steps eps/10, eps/100, eps/1000:
+    a step that crosses a kink near x (a ReLU unit of a wide layer switching on
+    or off) measures no derivative, a shorter one does.  With projections,
+    ``elements`` random elements of each array are also compared one by one.
 
     Also checks that a zero upstream gradient gives exactly zero and that
     backward twice gives the same result.  Returns a :class:`GradcheckReport`;
@@ -477,6 +587,8 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
     check_choice("gradcheck: against", against, ("numeric", "tape"))
     if not inputs:
         raise ValueError("gradcheck: expected at least one input")
+    if isinstance(elements, bool) or not isinstance(elements, (int, np.integer)) or elements < 0:
+        raise ValueError(f"gradcheck: elements must be an integer >= 0, got {elements!r}")
     target = _target(fn, inputs, params)
     if against == "tape":
         if not isinstance(target, _ModuleTarget):
@@ -491,12 +603,14 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
     n_checked = sum(a.size for a in target.arrays)
     full = not fast and y0.size + n_checked <= FULL_LIMIT
     mode = "full Jacobian" if full else "random projections"
+    if not full and elements and method == "central":
+        mode += f" + {elements} random elements per array"
     report = GradcheckReport([], method, mode)
     compares = [_Compare(n, a.shape, atol, rtol) for n, a in zip(target.names, target.arrays)]
     if full:
         _check_full(target, compares, y0, eps, method)
     else:
-        _check_projections(target, compares, y0, eps, method, rng)
+        _check_projections(target, compares, y0, eps, method, rng, elements)
     report.entries = [c.entry for c in compares]
     for e in report.entries:
         e.where = _readable(e.where, y0.shape, e.shape, target.outputs)
@@ -551,7 +665,9 @@ def _readable(where, y_shape, x_shape, outputs=None):
 
 
 def _describe(fn):
-    return f"op {fn.name!r}" if isinstance(fn, Op) else type(fn).__name__
+    if isinstance(fn, Op):
+        return f"op {fn.name!r}"
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _check_full(target, compares, y0, eps, method):
@@ -559,15 +675,45 @@ def _check_full(target, compares, y0, eps, method):
     for k, cmp in enumerate(compares):
         Ja = np.stack([np.ravel(row[k]) for row in rows]) if rows else np.zeros((0, 0))
         out = list(range(y0.size))
+        Jn = np.zeros(Ja.shape)
         for j in range(target.arrays[k].size):
             if method == "complex-step":
-                cmp.add(Ja[:, j], np.ravel(_complex_column(target, k, j, 1e-20)), out, j)
-            else:
-                left, right, central = (np.ravel(d) for d in _differences(target, k, j, eps, y0))
-                cmp.add(Ja[:, j], central, out, j, left, right)
+                Jn[:, j] = np.ravel(_complex_column(target, k, j, 1e-20))
+                cmp.add(Ja[:, j], Jn[:, j], out, j)
+                continue
+
+            def column(h, k=k, j=j):
+                return tuple(np.ravel(d) for d in _differences(target, k, j, h, y0))
+            left, right, Jn[:, j] = _refined(cmp, Ja[:, j], column, eps)
+            cmp.add(Ja[:, j], Jn[:, j], out, j, left, right)
+        if not cmp.entry.passed:
+            cmp.entry.pattern = _pattern(Ja, Jn, y0.shape, target.arrays[k].shape, cmp.atol, cmp.rtol)
 
 
-def _check_projections(target, compares, y0, eps, method, rng, n_proj=3):
+def _along(target, k, v, u, h, y0):
+    """The one-sided and central differences of <u, f> along direction v of array k."""
+    x = target.arrays[k]
+    target.set(k, x + h * v)
+    yp = target.value()
+    target.set(k, x - h * v)
+    ym = target.value()
+    target.set(k, x)
+    left, right = np.sum(u * (y0 - ym)) / h, np.sum(u * (yp - y0)) / h
+    return left, right, (left + right) / 2
+
+
+def _element(target, k, j, g_j, u, y0, eps, cmp):
+    """d<u, f>/dx_j by differences in element j alone (changed in place and put
+    back), against the analytic g_j; recorded in cmp."""
+    def diffs(h):
+        return tuple(np.sum(u * d) for d in _differences(target, k, j, h, y0))
+    left, right, central = _refined(cmp, g_j, diffs, eps)
+    cmp.add(g_j, central, None, j, left, right)
+
+
+def _check_projections(target, compares, y0, eps, method, rng, elements=0, n_proj=3):
+    """v^T J u for n_proj random u and v per array; then ``elements`` random elements
+    of each array one by one; a failed projection is then located."""
     for _ in range(n_proj):
         u = rng.standard_normal(y0.shape)
         grads = target.vjp(u)
@@ -581,29 +727,53 @@ def _check_projections(target, compares, y0, eps, method, rng, n_proj=3):
                 target.set(k, x)
                 cmp.add(a, numeric, None, "projection")
                 continue
-            target.set(k, x + eps * v)
-            yp = target.value()
-            target.set(k, x - eps * v)
-            ym = target.value()
-            target.set(k, x)
-            left, right = np.sum(u * (y0 - ym)) / eps, np.sum(u * (yp - y0)) / eps
-            cmp.add(a, (left + right) / 2, None, "projection", left, right)
+            left, right, central = _refined(cmp, a, lambda h: _along(target, k, v, u, h, y0), eps)
+            cmp.add(a, central, None, "projection", left, right)
+    if elements and method == "central":
+        u = rng.standard_normal(y0.shape)
+        grads = target.vjp(u)
+        for k, cmp in enumerate(compares):
+            g = np.ravel(grads[k])
+            for j in np.sort(rng.choice(g.size, min(elements, g.size), replace=False)):
+                _element(target, k, int(j), g[j], u, y0, eps, cmp)
     for k, cmp in enumerate(compares):
-        if not cmp.entry.passed:
+        if not cmp.entry.passed and cmp.entry.where[1] == "projection":
             _locate(target, k, cmp, y0, eps, rng)
 
 
+LOCATE_LEAF = 64        # elements compared one by one at the end of the culprit search
+
+
 def _locate(target, k, cmp, y0, eps, rng):
-    """After a failed projection: compare d<u, f>/dx_j element by element to find the culprit."""
+    """After a failed projection, find the culprit element: halve the set of
+    candidates, keeping the half whose own projection disagrees more (about
+    2 log2(n) projections), then compare the last LOCATE_LEAF candidates
+    element by element.  No copy of the model: one element is changed in place
+    and put back."""
     u = rng.standard_normal(y0.shape)
     g = np.ravel(target.vjp(u)[k])
+    x = target.arrays[k]
     located = _Compare(cmp.entry.name, cmp.entry.shape, cmp.atol, cmp.rtol)
-    for j in range(min(g.size, LOCATE_LIMIT)):
-        left, right, central = _differences(target, k, j, eps, y0)
-        located.add(g[j], np.sum(u * central), None, j, np.sum(u * left), np.sum(u * right))
+    candidates = np.arange(g.size)
+    while candidates.size > LOCATE_LEAF:
+        ranks = []
+        for half in np.array_split(candidates, 2):
+            v = np.zeros(x.size)
+            v[half] = rng.standard_normal(half.size)
+            v = v.reshape(x.shape)
+            a = np.sum(g.reshape(x.shape) * v)
+            d = _refined(located, a, lambda h: _along(target, k, v, u, h, y0), eps)
+            ranks.append((located.rank(a, d[2], d[0], d[1]), half))
+        (failed, _), worse = max(ranks, key=lambda r: r[0])
+        if not failed:      # the error is spread thinly: sample the candidates left
+            worse = np.sort(rng.choice(candidates, LOCATE_LEAF, replace=False))
+        candidates = worse
+    for j in candidates:
+        _element(target, k, int(j), g[j], u, y0, eps, located)
     if not located.entry.passed:
         e = located.entry
         cmp.entry.where, cmp.entry.analytic, cmp.entry.numeric = e.where, e.analytic, e.numeric
+        cmp.entry.bounds = e.bounds
         cmp.entry.max_abs_err = max(cmp.entry.max_abs_err, e.max_abs_err)
 
 
@@ -612,7 +782,8 @@ def _check_zero_and_repeat(target, y0, rng, report):
     for name, g in zip(target.names, zero):
         if np.any(np.asarray(g) != 0):
             report.zero_ok = False
-            report.problems.append(f"a zero upstream gradient gave a non-zero gradient for {name}")
+            report.problems.append(f"a zero upstream gradient gave a non-zero gradient for {name}: "
+                                   f"does the backward multiply by the upstream gradient?")
     u = rng.standard_normal(y0.shape)
     first, second = target.backward_twice(u)
     for name, a, b in zip(target.names, first, second):
