@@ -426,3 +426,60 @@ def test_torch_is_not_imported_for_handydl_objects():
             "print('torch' in sys.modules, 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# -- handydl gradcheck FILE.py:NAME ---------------------------------------------------------
+
+USER_FILE = '''
+import torch
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, = ctx.saved_tensors
+        return gy * x                   # the factor 2 is missing
+
+class RightSquare(Square):
+    @staticmethod
+    def backward(ctx, gy):
+        x, = ctx.saved_tensors
+        return 2 * gy * x
+
+def matmul(x, W):
+    return torch.tanh(x @ W)
+'''
+
+
+def test_cli_gradcheck_of_a_function_in_the_users_file(tmp_path, capsys):
+    from handydl.cli import main
+    f = tmp_path / "myfns.py"
+    f.write_text(USER_FILE)
+    assert main(["gradcheck", f"{f}:Square", "--shape", "4,3"]) == 1
+    out = capsys.readouterr().out
+    assert "gradient of input 0 (x) is wrong at element" in out and "a missing factor of 2?" in out
+    assert main(["gradcheck", f"{f}:RightSquare", "--shape", "4,3"]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert main(["gradcheck", f"{f}:matmul", "--shape", "2,3", "--shape", "3,2"]) == 0
+    assert "input 1 (W)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("{dir}/missing.py:Square", "missing.py: no such file"),
+    ("{dir}/myfns.py:Cube", "defines no 'Cube'; it defines RightSquare, Square, matmul"),
+    ("{dir}/myfns.py", "expected FILE.py:NAME"),
+    ("{dir}/broken.py:f", "loading .*broken.py raised ZeroDivisionError"),
+])
+def test_cli_gradcheck_refuses_a_missing_file_or_name_with_exit_2(tmp_path, capsys, spec, message):
+    import re
+
+    from handydl.cli import main
+    (tmp_path / "myfns.py").write_text(USER_FILE)
+    (tmp_path / "broken.py").write_text("1 / 0\n")
+    assert main(["gradcheck", spec.format(dir=tmp_path), "--shape", "3"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
