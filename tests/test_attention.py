@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from handydl import checkpoint, nn, ops, tape
+from handydl import checkpoint, nn, ops
 from handydl.check import gradcheck
 
 torch = pytest.importorskip("torch")

@@ -18,7 +18,7 @@ from ..ops.registry import check_int, check_real
 from ..ops.attention import weights_vjp
 from ..ops.embedding import check_padding_idx
 from .layers import (GENERATED, Dropout, LayerNorm, Linear, OpModule, _cpu_only, _float_dtype)
-from .module import Module, Parameter, call_backward, check_gy, resolve_rng
+from .module import Module, Parameter, check_gy, resolve_rng
 
 
 # -- embeddings ------------------------------------------------------------------------------
@@ -319,11 +319,9 @@ class MultiheadAttention(_CountsInputs, Module):
             (q, k, v), s_split = ops.split.forward(qkv, split_size_or_sections=E, dim=-1)
         else:
             WTs, s_wsplit = ops.split.forward(WT, split_size_or_sections=E, dim=1)
-            bs, s_bsplit = (None, None), None
+            bs, s_bsplit = (None, None, None), None
             if b is not None:
                 bs, s_bsplit = ops.split.forward(b, split_size_or_sections=E, dim=0)
-            else:
-                bs = (None, None, None)
             (q, s_q), (k, s_k), (v, s_v) = (ops.linear.forward(x, W, bb) for x, W, bb in zip((xq, xk, xv), WTs, bs))
             s_lin, s_split = (s_q, s_k, s_v), (s_wsplit, s_bsplit)
         (qh, s_qh), (kh, s_kh), (vh, s_vh) = self._heads(q), self._heads(k), self._heads(v)

@@ -208,9 +208,8 @@ class GPT(Module):
     def _check_idx(self, idx):
         idx = np.asarray(idx)
         if idx.dtype.kind not in "iu" or idx.ndim != 2:
-            raise ValueError(f"GPT: expected token ids as an integer array of shape (B, T), got "
-                             f"{'dtype ' + str(idx.dtype) if idx.dtype.kind not in 'iu' else 'shape'} "
-                             f"{'' if idx.dtype.kind not in 'iu' else idx.shape}".rstrip())
+            raise ValueError(f"GPT: expected token ids as an integer array of shape (B, T), got dtype "
+                             f"{idx.dtype} and shape {idx.shape}")
         if not 1 <= idx.shape[1] <= self.block_size:
             raise ValueError(f"GPT: a sequence of length T={idx.shape[1]} does not fit; expected "
                              f"1 <= T <= block_size={self.block_size}")
