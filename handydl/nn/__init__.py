@@ -22,6 +22,7 @@ from .conv import Conv1d, Conv2d, ConvTranspose2d  # noqa: F401,E402
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
 from .loss import SequenceCrossEntropyLoss  # noqa: F401,E402
 from .layers import RMSNorm  # noqa: F401,E402
+from .instance_norm import InstanceNorm1d, InstanceNorm2d  # noqa: F401,E402
 from .padding import (CircularPad1d, CircularPad2d, ConstantPad1d, ConstantPad2d,  # noqa: F401,E402
                       ReflectionPad1d, ReflectionPad2d, ReplicationPad1d, ReplicationPad2d, ZeroPad1d,
                       ZeroPad2d)
