@@ -56,7 +56,8 @@ LAYOUTS = {
 # Gradients this test does not compare, and why (shown in the coverage table).
 NOT_COMPARED = {
     "loss target": "handydl's losses take the target as data (backward(target_grad=True) "
-                   "returns None for it); only dL/dinput is compared",
+                   "returns None for it); the gradients of the other inputs (input; input1 and "
+                   "input2; GaussianNLLLoss's var) are compared",
 }
 
 # Samples handydl deliberately does not support: (module name, reason key) -> reason.
