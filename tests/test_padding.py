@@ -69,3 +69,17 @@ def test_survives_a_checkpoint(name, tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 3, 4))
     assert type(back) is type(m) and back.padding == m.padding
     np.testing.assert_array_equal(back(x), m(x))
+
+
+@pytest.mark.parametrize("name,shape", [("ZeroPad1d", (4,)), ("ConstantPad2d", (4, 5)),
+                                        ("ZeroPad2d", (2, 2, 2, 4, 5)), ("ConstantPad1d", (2, 2, 2, 4))])
+def test_constant_padding_takes_any_number_of_dims_as_torch(name, shape):
+    x = np.random.default_rng(3).standard_normal(shape)
+    m = getattr(nn, name)(*args(name))
+    y = m(x)
+    gy = np.random.default_rng(4).standard_normal(y.shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = getattr(torch.nn, name)(*args(name))(tx)
+    ty.backward(torch.from_numpy(gy))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(m.backward(gy), tx.grad.numpy())

@@ -2,8 +2,9 @@
 ReplicationPad and CircularPad, 1-d and 2-d, all one op (``ops.pad``) with a mode.
 
 ``padding`` is an int (every side) or a tuple (left, right) for 1-d, (left, right,
-top, bottom) for 2-d, as PyTorch; ``self.padding`` is the tuple.  1-d modules take
-(C, W) or (N, C, W), 2-d ones (C, H, W) or (N, C, H, W)."""
+top, bottom) for 2-d, as PyTorch; ``self.padding`` is the tuple.  The reflection,
+replication and circular 1-d modules take (C, W) or (N, C, W), the 2-d ones (C, H, W) or
+(N, C, H, W); zero and constant padding take any input with enough dims, as PyTorch."""
 from __future__ import annotations
 
 import numbers
@@ -36,7 +37,11 @@ class _Pad(OpModule):
 
     def forward(self, input):                   # torch's name: m(input=x) works
         x = np.asarray(input)
-        if x.ndim not in (self.dims + 1, self.dims + 2):
+        if self.mode == "constant":                  # any number of dims, as PyTorch's ZeroPad/ConstantPad
+            if x.ndim < self.dims:
+                raise ValueError(f"{type(self).__name__}: expected input of at least {self.dims} dims, "
+                                 f"got shape {x.shape}")
+        elif x.ndim not in (self.dims + 1, self.dims + 2):
             shapes = "(C, W) or (N, C, W)" if self.dims == 1 else "(C, H, W) or (N, C, H, W)"
             raise ValueError(f"{type(self).__name__}: expected input of shape {shapes}, got shape {x.shape}")
         return self._apply(self.op, input, ())[0]
