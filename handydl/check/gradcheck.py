@@ -448,10 +448,14 @@ def _refined(cmp, a, differences, eps):
             best = ((failed, score), d, i)
         if not failed and score <= CLEAN:
             break
-        # a step that crossed a kink on one side shows it: the one-sided differences
-        # disagree; where they agree, a shorter step measures the same (a real error)
-        left, right = np.asarray(d[0]), np.asarray(d[1])
-        if not np.any(np.abs(left - right) > cmp.atol + cmp.rtol * np.abs(np.asarray(d[2]))):
+        # a step that crossed a kink shows it: the one-sided differences disagree (by
+        # about twice the error of their mean when one side crossed, by more than the
+        # tolerance when both did); where they agree, a shorter step measures the
+        # same: a real error
+        left, right, central = np.asarray(d[0]), np.asarray(d[1]), np.asarray(d[2])
+        spread = np.abs(left - right)
+        if not np.any((spread >= np.abs(np.asarray(a) - central))
+                      | (spread > cmp.atol + cmp.rtol * np.abs(central))):
             break
     if best[2] > 0:
         cmp.entry.smaller_steps += 1
