@@ -79,6 +79,13 @@ def _pair(merge_into, a=None, b=None):
                          merge_into)
 
 
+def _instance_stats(m):
+    """An InstanceNorm whose running statistics moved off their start (one training forward)."""
+    with nn.no_grad():
+        m(image().astype(np.float32))
+    return m
+
+
 CASES = {
     "Linear": (lambda: nn.Linear(6, 3, rng=0), rows()),
     "Linear-nobias-3d": (lambda: nn.Linear(6, 3, bias=False, rng=0), rows().reshape(3, 1, 6)),
@@ -123,6 +130,20 @@ CASES = {
     "RMSNorm-2d-eps-noaffine": (lambda: nn.RMSNorm((6, 6), eps=1e-3, elementwise_affine=False), image()),
     "GroupNorm": (lambda: _perturbed(nn.GroupNorm(2, 4)), image()),
     "GroupNorm-noaffine": (lambda: nn.GroupNorm(2, 4, affine=False), image()),
+    "InstanceNorm1d": (lambda: nn.InstanceNorm1d(4), image()[..., 0]),
+    "InstanceNorm2d-affine": (lambda: _perturbed(nn.InstanceNorm2d(4, affine=True)), image()),
+    "InstanceNorm2d-stats-eval": (lambda: _instance_stats(nn.InstanceNorm2d(4, affine=True, track_running_stats=True)),
+                                  image()),
+    "ZeroPad1d": (lambda: nn.ZeroPad1d((1, 2)), image()[..., 0]),
+    "ZeroPad2d": (lambda: nn.ZeroPad2d((1, 0, 2, 3)), image()),
+    "ConstantPad1d": (lambda: nn.ConstantPad1d(2, -1.5), image()[..., 0]),
+    "ConstantPad2d": (lambda: nn.ConstantPad2d((0, 1, 1, 2), 0.5), image()),
+    "ReflectionPad1d": (lambda: nn.ReflectionPad1d((3, 1)), image()[..., 0]),
+    "ReflectionPad2d": (lambda: nn.ReflectionPad2d((1, 2, 3, 0)), image()),
+    "ReplicationPad1d": (lambda: nn.ReplicationPad1d((2, 4)), image()[..., 0]),
+    "ReplicationPad2d": (lambda: nn.ReplicationPad2d(2), image()),
+    "CircularPad1d": (lambda: nn.CircularPad1d((1, 3)), image()[..., 0]),
+    "CircularPad2d": (lambda: nn.CircularPad2d((2, 1, 0, 3)), image()),
     "Dropout": (lambda: nn.Dropout(0.5), rows()),
     "Flatten": (lambda: nn.Flatten(), image()),
     "Flatten-2-3": (lambda: nn.Flatten(2, 3), image()),

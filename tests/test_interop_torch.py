@@ -133,6 +133,21 @@ def _cases():
     yield "RMSNorm-2d-eps-noaffine", lambda dt: nn.RMSNorm((6, 6), eps=1e-3, elementwise_affine=False,
                                                            dtype=dt), [image()]
     yield "GroupNorm", lambda dt: _perturbed(nn.GroupNorm(2, 4, dtype=dt)), [image()]
+    yield "InstanceNorm1d", lambda dt: nn.InstanceNorm1d(4, dtype=dt), [image()[..., 0]]
+    yield "InstanceNorm2d-affine-stats", lambda dt: _perturbed(nn.InstanceNorm2d(4, affine=True, track_running_stats=True,
+                                                                                 dtype=dt)), [image()]
+    yield "InstanceNorm2d-eval-stats", lambda dt: _stats(nn.InstanceNorm2d(4, track_running_stats=True, dtype=dt),
+                                                         image()).eval(), [image()]
+    yield "ZeroPad1d", lambda dt: nn.ZeroPad1d((1, 2)), [image()[..., 0]]
+    yield "ZeroPad2d", lambda dt: nn.ZeroPad2d((1, 0, 2, 3)), [image()]
+    yield "ConstantPad1d", lambda dt: nn.ConstantPad1d(2, -1.5), [image()[..., 0]]
+    yield "ConstantPad2d", lambda dt: nn.ConstantPad2d((0, 1, 1, 2), 0.5), [image()]
+    yield "ReflectionPad1d", lambda dt: nn.ReflectionPad1d((3, 1)), [image()[..., 0]]
+    yield "ReflectionPad2d", lambda dt: nn.ReflectionPad2d((1, 2, 3, 0)), [image()]
+    yield "ReplicationPad1d", lambda dt: nn.ReplicationPad1d((2, 4)), [image()[..., 0]]
+    yield "ReplicationPad2d", lambda dt: nn.ReplicationPad2d(2), [image()]
+    yield "CircularPad1d", lambda dt: nn.CircularPad1d((1, 3)), [image()[..., 0]]
+    yield "CircularPad2d", lambda dt: nn.CircularPad2d((2, 1, 0, 3)), [image()]
     yield "GroupNorm-noaffine", lambda dt: nn.GroupNorm(2, 4, affine=False, dtype=dt), [image()]
     yield "Dropout-eval", lambda dt: nn.Dropout(0.5).eval(), [r()]
     yield "Dropout-p0-train", lambda dt: nn.Dropout(0.0), [r()]

@@ -228,6 +228,35 @@ def _group_norm(m, g, names, samples):
                   epsilon=m.params["eps"])
 
 
+def _instance_norm(m, g, names, samples):
+    """Each sample's channel over its own positions (InstanceNormalization), or, with
+    track_running_stats, the stored statistics in evaluation mode (BatchNormalization)."""
+    ones = m._ones
+    w = m.weight if m.weight is not None else ones
+    b = m.bias if m.bias is not None else np.zeros_like(ones)
+    scale, bias = g.param(w, "weight"), g.param(b, "bias")
+    if m.track_running_stats:
+        return g.node("BatchNormalization", [_x(names), scale, bias, g.param(m.running_mean, "running_mean"),
+                                             g.param(m.running_var, "running_var")], epsilon=m.params["eps"])
+    return g.node("InstanceNormalization", [_x(names), scale, bias], epsilon=m.params["eps"])
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad(m, g, names, samples):
+    """ONNX Pad: pads lists every axis's begins, then every axis's ends; torch's tuple is
+    (left, right) of the last dim, then (top, bottom) of the one before."""
+    ndim, p = samples[0].ndim, m.padding
+    begins, ends = [0] * ndim, [0] * ndim
+    for k in range(len(p) // 2):
+        begins[ndim - 1 - k], ends[ndim - 1 - k] = p[2 * k], p[2 * k + 1]
+    inputs = [_x(names), g.ints(begins + ends)]
+    if m.mode == "constant":
+        inputs.append(g.const(m.params["value"]))
+    return g.node("Pad", inputs, mode=_PAD_MODES[m.mode])
+
+
 def _prelu(m, g, names, samples):
     n, ndim = m.weight.shape[0], samples[0].ndim
     slope = g.param(m.weight, "weight")
@@ -562,6 +591,9 @@ TO_ONNX = {
     nn.BatchNorm1d: _batch_norm, nn.BatchNorm2d: _batch_norm,
     nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm, nn.RMSNorm: _rms_norm,
     nn.PReLU: _prelu,
+    nn.InstanceNorm1d: _instance_norm, nn.InstanceNorm2d: _instance_norm,
+    **{getattr(nn, f"{kind}Pad{d}d"): _pad for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+       for d in (1, 2)},
     nn.Dropout: _op("Identity"),            # evaluation mode
     nn.Flatten: _reshape, nn.Unflatten: _reshape,
     nn.MaxPool2d: _max_pool, nn.AvgPool2d: _avg_pool, nn.AdaptiveAvgPool2d: _adaptive_avg_pool,

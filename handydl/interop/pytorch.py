@@ -153,6 +153,23 @@ def _group_norm_to(m, c):
     return _affine_to(t, m, c)
 
 
+def _instance_norm_to(m, c):
+    t = getattr(c.nn, type(m).__name__)(m.num_features, eps=m.params["eps"], momentum=m.momentum,
+                                        affine=m.affine, track_running_stats=m.track_running_stats,
+                                        dtype=c.dtype(m._ones), bias=not (m.affine and m.bias is None))
+    if m.track_running_stats:
+        t.running_mean.copy_(c.buffer(m.running_mean))
+        t.running_var.copy_(c.buffer(m.running_var))
+        t.num_batches_tracked.fill_(int(m.num_batches_tracked))
+    return _affine_to(t, m, c) if m.affine else t
+
+
+def _pad_to(m, c):
+    """torch.nn's padding module of the same name: its padding tuple, and value for ConstantPad."""
+    cls = getattr(c.nn, type(m).__name__)
+    return cls(m.padding, m.params["value"]) if type(m).__name__.startswith("ConstantPad") else cls(m.padding)
+
+
 def _conv_to(m, c):
     cls = getattr(c.nn, type(m).__name__)
     kwargs = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups,
@@ -239,6 +256,9 @@ TO_TORCH = {
     nn.LayerNorm: _layer_norm_to, nn.GroupNorm: _group_norm_to, nn.RMSNorm: _rms_norm_to,
     nn.Conv1d: _conv_to, nn.Conv2d: _conv_to, nn.ConvTranspose2d: _conv_to,
     nn.PReLU: _prelu_to,
+    nn.InstanceNorm1d: _instance_norm_to, nn.InstanceNorm2d: _instance_norm_to,
+    **{getattr(nn, f"{kind}Pad{d}d"): _pad_to for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+       for d in (1, 2)},
     nn.Dropout: lambda m, c: c.nn.Dropout(m.params["p"]),
     nn.Flatten: lambda m, c: c.nn.Flatten(m.start_dim, m.end_dim),
     nn.Unflatten: lambda m, c: c.nn.Unflatten(m.dim, m.unflattened_size),
@@ -414,6 +434,22 @@ def _conv_from(t, c):
     return _put(m, weight=c.param(t.weight), bias=c.param(t.bias) if t.bias is not None else None)
 
 
+def _instance_norm_from(t, c):
+    dtype = _np_dtype(t) if (t.weight is not None or t.running_mean is not None) else np.float32
+    m = getattr(nn, type(t).__name__)(t.num_features, eps=t.eps, momentum=t.momentum, affine=t.affine,
+                                      track_running_stats=t.track_running_stats, dtype=dtype,
+                                      bias=not (t.affine and t.bias is None))
+    if t.track_running_stats:
+        m.running_mean, m.running_var = c.array(t.running_mean), c.array(t.running_var)
+        m.num_batches_tracked = np.array(int(t.num_batches_tracked), np.int64)
+    return _affine_from(m, t, c)
+
+
+def _pad_from(t, c):
+    cls = getattr(nn, type(t).__name__)
+    return cls(tuple(t.padding), t.value) if type(t).__name__.startswith("ConstantPad") else cls(tuple(t.padding))
+
+
 def _prelu_from(t, c):
     m = nn.PReLU(t.num_parameters, dtype=_np_dtype(t))
     return _put(m, weight=c.param(t.weight))
@@ -515,6 +551,9 @@ FROM_TORCH = {
     "LayerNorm": _layer_norm_from, "GroupNorm": _group_norm_from, "RMSNorm": _rms_norm_from,
     "Conv1d": _conv_from, "Conv2d": _conv_from, "ConvTranspose2d": _conv_from,
     "PReLU": _prelu_from,
+    "InstanceNorm1d": _instance_norm_from, "InstanceNorm2d": _instance_norm_from,
+    **{f"{kind}Pad{d}d": _pad_from for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+       for d in (1, 2)},
     "Dropout": lambda t, c: nn.Dropout(t.p),
     "Flatten": lambda t, c: nn.Flatten(t.start_dim, t.end_dim),
     "Unflatten": lambda t, c: nn.Unflatten(t.dim, tuple(t.unflattened_size)),
