@@ -865,6 +865,16 @@ def cmd_bench(args) -> int:
                      "(or: python -m bench there)")
 
 
+def cmd_info(args) -> int:
+    """handydl info [--json] [--no-measure]: versions, BLAS, kernels, SIMD, an sgemm rate."""
+    import json
+
+    from . import info
+    report = info.collect(measure=not args.no_measure)
+    print(json.dumps(report, indent=1) if args.json else info.render(report))
+    return 0
+
+
 def _cmd_sample(args) -> int:
     from .cli_gpt import cmd_sample
     return cmd_sample(args)
@@ -1021,6 +1031,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="handydl vs PyTorch vs JAX on this CPU (runs python -m bench)")
     p.add_argument("--quick", action="store_true", help="smaller workloads, under a minute")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="what this machine gives handydl: versions, BLAS and its threads, "
+                                    "fused kernels, SIMD, a measured sgemm rate")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.add_argument("--no-measure", action="store_true", help="skip the one-second sgemm measurement")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="write a checkpoint as an ONNX model (onnxruntime and other runtimes)",
                        epilog="The model is exported for inference (Dropout off, BatchNorm's running "
