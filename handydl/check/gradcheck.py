@@ -577,9 +577,10 @@ def gradcheck(fn, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, method="central", fas
     a projection disagrees, the culprit element is located.  An entry passes
     when ``|analytic - numeric| <= atol + rtol * |numeric|``; at a kink (left
     and right differences disagree) when the analytic value lies between them.
-    A comparison that fails is repeated with steps eps/10, eps/100, eps/1000:
-    a step that crosses a kink near x (a ReLU unit of a wide layer switching on
-    or off) measures no derivative, a shorter one does.  With projections,
+    A comparison whose error is over 1% of its tolerance while its one-sided
+    differences disagree is repeated with steps eps/10, eps/100, eps/1000: a
+    step that crosses a kink near x (a ReLU unit of a wide layer switching on or
+    off) measures no derivative, a shorter one does.  With projections,
     ``elements`` random elements of each array are also compared one by one.
 
     Also checks that a zero upstream gradient gives exactly zero and that
