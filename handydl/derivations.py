@@ -1765,6 +1765,48 @@ DERIVATIONS = [
         code=lambda env: _backward(ops.linear, env["X"], env["W"], env["b"], gy=env["G"], index=2),
     ),
     Derivation(
+        "bilinear", "the bilinear layer: dL/dx1", "sum(G * (einsum('ni,kij,nj->nk', X1, A, X2) + b))", [
+            Step(r"\frac{\partial L}{\partial x_{1,ni}} = \sum_k G_{nk} \frac{\partial y_{nk}}{\partial x_{1,ni}} = \sum_{k,j} G_{nk} A_{kij} x_{2,nj}",
+                 "einsum('nk,kij,nj->ni', G, A, X2)",
+                 "y_nk = sum_ij x1_ni A_kij x2_nj + b_k is linear in x1: dy_nk/dx1_ni = sum_j A_kij x2_nj"),
+            Step(r"= \bigl((G \otimes x_2)\, M^\top\bigr)_{ni},\quad M_{i,(k,j)} = A_{kij}",
+                 "einsum('nkj,ikj->ni', einsum('nk,nj->nkj', G, X2), einsum('kij->ikj', A))",
+                 "G and x2 paired first (their outer product per sample), then one contraction over the pair "
+                 "(k, j) with A: a single matrix product once (k, j) is flattened, which is how backward computes it"),
+        ],
+        wrt="X1", shapes={"X1": (4, 3), "X2": (4, 2), "A": (5, 3, 2), "b": (5,), "G": (4, 5)},
+        setup=r"y_k = x_1^\top A_k x_2 + b_k,\ A \in \mathbb{R}^{\text{out}\times\text{in1}\times\text{in2}},\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.bilinear, env["X1"], env["X2"], env["A"], env["b"], gy=env["G"], index=0),
+    ),
+    Derivation(
+        "bilinear", "the bilinear layer: dL/dx2", "sum(G * (einsum('ni,kij,nj->nk', X1, A, X2) + b))", [
+            Step(r"\frac{\partial L}{\partial x_{2,nj}} = \sum_{k,i} G_{nk} x_{1,ni} A_{kij} = \sum_k G_{nk} u_{nkj},\quad u_{nkj} = \sum_i x_{1,ni} A_{kij}",
+                 "einsum('nk,ni,kij->nj', G, X1, A)",
+                 "y is linear in x2 too; u = x1 A is what forward computed first, and backward keeps it"),
+        ],
+        wrt="X2", shapes={"X1": (4, 3), "X2": (4, 2), "A": (5, 3, 2), "b": (5,), "G": (4, 5)},
+        setup=r"y_k = x_1^\top A_k x_2 + b_k,\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.bilinear, env["X1"], env["X2"], env["A"], env["b"], gy=env["G"], index=1),
+    ),
+    Derivation(
+        "bilinear", "the bilinear layer: dL/dA", "sum(G * (einsum('ni,kij,nj->nk', X1, A, X2) + b))", [
+            Step(r"\frac{\partial L}{\partial A_{kij}} = \sum_n G_{nk} x_{1,ni} x_{2,nj}",
+                 "einsum('nk,ni,nj->kij', G, X1, X2)",
+                 "dy_nk/dA_kij = x1_ni x2_nj, summed over the batch: a sum of outer products, one per sample"),
+        ],
+        wrt="A", shapes={"X1": (4, 3), "X2": (4, 2), "A": (5, 3, 2), "b": (5,), "G": (4, 5)},
+        setup=r"y_k = x_1^\top A_k x_2 + b_k,\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.bilinear, env["X1"], env["X2"], env["A"], env["b"], gy=env["G"], index=2),
+    ),
+    Derivation(
+        "bilinear", "the bilinear layer: dL/db", "sum(G * (einsum('ni,kij,nj->nk', X1, A, X2) + b))", [
+            Step(r"\frac{\partial L}{\partial b_k} = \textstyle\sum_n G_{nk}", "sum(G, 0)", "as for the linear layer"),
+        ],
+        wrt="b", shapes={"X1": (4, 3), "X2": (4, 2), "A": (5, 3, 2), "b": (5,), "G": (4, 5)},
+        setup=r"y_k = x_1^\top A_k x_2 + b_k,\ G = \partial L/\partial y",
+        code=lambda env: _backward(ops.bilinear, env["X1"], env["X2"], env["A"], env["b"], gy=env["G"], index=3),
+    ),
+    Derivation(
         "sum_normalize", "the gradient of x / sum(x)", "sum(G * (x / sum(x)))", [
             Step(r"\frac{\partial L}{\partial x_j} = \sum_i G_i \Bigl(\frac{\delta_{ij}}{S} - \frac{x_i}{S^2}\Bigr)"
                  r" = \frac{G_j}{S} - \frac{\sum_i G_i x_i}{S^2}",

@@ -133,6 +133,8 @@ def _cases():
     yield "RMSNorm-2d-eps-noaffine", lambda dt: nn.RMSNorm((6, 6), eps=1e-3, elementwise_affine=False,
                                                            dtype=dt), [image()]
     yield "GroupNorm", lambda dt: _perturbed(nn.GroupNorm(2, 4, dtype=dt)), [image()]
+    yield "Bilinear", lambda dt: nn.Bilinear(6, 3, 4, dtype=dt, rng=0), [r(), r(5, 3)]
+    yield "Bilinear-nobias-3d", lambda dt: nn.Bilinear(6, 6, 2, bias=False, dtype=dt, rng=1), [image()[0], image()[1]]
     yield "InstanceNorm1d", lambda dt: nn.InstanceNorm1d(4, dtype=dt), [image()[..., 0]]
     yield "InstanceNorm2d-affine-stats", lambda dt: _perturbed(nn.InstanceNorm2d(4, affine=True, track_running_stats=True,
                                                                                  dtype=dt)), [image()]

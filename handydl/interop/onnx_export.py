@@ -632,6 +632,7 @@ del G
 # handydl modules without an export, and why
 NOT_EXPORTED = {
     "ModuleList": "a container without a forward", "ModuleDict": "a container without a forward",
+    "Bilinear": "it takes two inputs; the export takes one model input",
     "MultiheadAttention": "it takes three inputs (query, key, value); its self-attention is exported "
                           "inside a TransformerEncoderLayer",
 }

@@ -153,6 +153,12 @@ def _group_norm_to(m, c):
     return _affine_to(t, m, c)
 
 
+def _bilinear_to(m, c):
+    t = c.nn.Bilinear(m.in1_features, m.in2_features, m.out_features, bias=m.bias is not None,
+                      dtype=c.dtype(m.weight.data))
+    return _set(t, weight=c.param(m.weight), bias=m.bias and c.param(m.bias))     # the same layout
+
+
 def _instance_norm_to(m, c):
     t = getattr(c.nn, type(m).__name__)(m.num_features, eps=m.params["eps"], momentum=m.momentum,
                                         affine=m.affine, track_running_stats=m.track_running_stats,
@@ -257,6 +263,7 @@ TO_TORCH = {
     nn.Conv1d: _conv_to, nn.Conv2d: _conv_to, nn.ConvTranspose2d: _conv_to,
     nn.PReLU: _prelu_to,
     nn.InstanceNorm1d: _instance_norm_to, nn.InstanceNorm2d: _instance_norm_to,
+    nn.Bilinear: _bilinear_to,
     **{getattr(nn, f"{kind}Pad{d}d"): _pad_to for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
        for d in (1, 2)},
     nn.Dropout: lambda m, c: c.nn.Dropout(m.params["p"]),
@@ -434,6 +441,11 @@ def _conv_from(t, c):
     return _put(m, weight=c.param(t.weight), bias=c.param(t.bias) if t.bias is not None else None)
 
 
+def _bilinear_from(t, c):
+    m = nn.Bilinear(t.in1_features, t.in2_features, t.out_features, bias=t.bias is not None, dtype=_np_dtype(t))
+    return _put(m, weight=c.param(t.weight), bias=c.param(t.bias) if t.bias is not None else None)
+
+
 def _instance_norm_from(t, c):
     dtype = _np_dtype(t) if (t.weight is not None or t.running_mean is not None) else np.float32
     m = getattr(nn, type(t).__name__)(t.num_features, eps=t.eps, momentum=t.momentum, affine=t.affine,
@@ -552,6 +564,7 @@ FROM_TORCH = {
     "Conv1d": _conv_from, "Conv2d": _conv_from, "ConvTranspose2d": _conv_from,
     "PReLU": _prelu_from,
     "InstanceNorm1d": _instance_norm_from, "InstanceNorm2d": _instance_norm_from,
+    "Bilinear": _bilinear_from,
     **{f"{kind}Pad{d}d": _pad_from for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
        for d in (1, 2)},
     "Dropout": lambda t, c: nn.Dropout(t.p),

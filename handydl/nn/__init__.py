@@ -21,7 +21,7 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, GroupNorm, MaxPo
 from .conv import Conv1d, Conv2d, ConvTranspose2d  # noqa: F401,E402
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: F401,E402
 from .loss import SequenceCrossEntropyLoss  # noqa: F401,E402
-from .layers import RMSNorm  # noqa: F401,E402
+from .layers import Bilinear, RMSNorm  # noqa: F401,E402
 from .instance_norm import InstanceNorm1d, InstanceNorm2d  # noqa: F401,E402
 from .padding import (CircularPad1d, CircularPad2d, ConstantPad1d, ConstantPad2d,  # noqa: F401,E402
                       ReflectionPad1d, ReflectionPad2d, ReplicationPad1d, ReplicationPad2d, ZeroPad1d,

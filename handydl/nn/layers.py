@@ -242,6 +242,56 @@ class Linear(OpModule):
                 f"bias={self.bias is not None}")
 
 
+class Bilinear(Module):
+    """y_k = x1^T A_k x2 + b_k, as torch.nn.Bilinear: ``weight`` A of shape
+    (out_features, in1_features, in2_features) (torch's layout), ``bias`` (out,).
+
+    Initialized as PyTorch's default: A and b uniform in +-1/sqrt(in1_features).
+    ``forward(input1, input2)``; ``backward(gy)`` returns (dL/dinput1, dL/dinput2)
+    and accumulates dL/dA and dL/db.
+    """
+
+    op = ops.bilinear
+
+    def __init__(self, in1_features, in2_features, out_features, bias=True, device=None, dtype=None, *,
+                 rng=None):
+        super().__init__()
+        _cpu_only(device, "Bilinear")
+        dtype = _float_dtype(dtype, "Bilinear")
+        sizes = (("in1_features", in1_features), ("in2_features", in2_features), ("out_features", out_features))
+        for name, n in sizes:
+            ops.registry.check_int("Bilinear", name, n)
+        self.in1_features, self.in2_features, self.out_features = (int(n) for _, n in sizes)
+        rng = resolve_rng(rng)
+        bound = 1 / math.sqrt(in1_features)
+        shape = (self.out_features, self.in1_features, self.in2_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
+        self.bias = Parameter(rng.uniform(-bound, bound, self.out_features).astype(dtype)) if bias else None
+
+    def forward(self, input1, input2):
+        b = None if self.bias is None else self.bias.data
+        y, saved = self.op.run((input1, input2, self.weight.data, b), {})
+        self.save(saved, np.shape(y))
+        return y
+
+    def backward(self, gy, input_grad=True):
+        saved, y_shape = self._peek_saved()
+        gx1, gx2, gA, gb = self.op.backward(saved, check_gy(gy, y_shape, "Bilinear"))
+        self.saved()                             # consumed only once backward succeeded
+        self.weight.accumulate(gA, fresh=True)
+        if self.bias is not None:
+            self.bias.accumulate(gb, fresh=True)
+        return (gx1, gx2) if input_grad else None
+
+    def get_config(self):
+        return dict(in1_features=self.in1_features, in2_features=self.in2_features,
+                    out_features=self.out_features, bias=self.bias is not None, dtype=self.weight.dtype.name)
+
+    def extra_repr(self):
+        return (f"in1_features={self.in1_features}, in2_features={self.in2_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")
+
+
 # -- normalization -------------------------------------------------------------------------
 
 class BatchNorm1d(OpModule):

@@ -10,7 +10,7 @@ from .activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, h
                           sigmoid, silu, softplus, softshrink, softsign, tanh, tanhshrink, threshold)
 from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax2d,  # noqa: F401
                       softmax_jacobian, softmin, sum_normalize)
-from .linear import chain_matmul, linear, matmul  # noqa: F401
+from .linear import bilinear, chain_matmul, linear, matmul  # noqa: F401
 from .normalization import (batch_norm, batch_norm2d, batch_norm2d_eval, batch_norm_eval,  # noqa: F401
                             group_norm, layer_norm, lp_norm, rms_norm, standardize)
 from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401

@@ -132,3 +132,66 @@ def _chain_matmul_backward(saved, G):
         right = right @ Xs[i].T
     grads[0] = right
     return tuple(grads)
+
+
+def _bilinear_sample(rng, dtype, lo, hi):
+    x1 = rng.uniform(lo, hi, size=(4, 3)).astype(dtype)
+    x2 = rng.uniform(lo, hi, size=(4, 2)).astype(dtype)
+    A = rng.standard_normal((5, 3, 2)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    return x1, x2, A, b
+
+
+@register(
+    "bilinear", kind="linear",
+    formula=r"y_k = x_1^\top A_k\, x_2 + b_k = \textstyle\sum_{i,j} x_{1,i} A_{kij} x_{2,j} + b_k",
+    derivative=(r"\frac{\partial L}{\partial x_{1,i}} = \textstyle\sum_{k,j} g_k A_{kij} x_{2,j},\quad"
+                r"\frac{\partial L}{\partial x_{2,j}} = \textstyle\sum_{k,i} g_k A_{kij} x_{1,i},\quad"
+                r"\frac{\partial L}{\partial A_{kij}} = \textstyle\sum_n g_{n,k} x_{1,n,i} x_{2,n,j},\quad"
+                r"\frac{\partial L}{\partial b_k} = \textstyle\sum_n g_{n,k}"),
+    inputs=("x1", "x2", "A", "b"), complex_step=True, sample=_bilinear_sample,
+    domains=((-3.0, 3.0), (-100.0, 100.0)),
+    reference=lambda torch, x1, x2, A, b: torch.nn.functional.bilinear(x1, x2, A, b),
+)
+def bilinear(x1, x2, A, b=None):
+    """y = x1^T A_k x2 + b_k for every output k: x1 (..., in1), x2 (..., in2), A of
+    torch.nn.Bilinear's shape (out, in1, in2), b (out,) or None.
+
+    Computed as one product: u = x1 A viewed as (in1, out * in2), so u_{n,k,j} =
+    sum_i x1_{n,i} A_{k,i,j}; then y_{n,k} = sum_j u_{n,k,j} x2_{n,j}.  Backward
+    keeps u for dL/dx2 and dL/dA's pairing with x2.
+    """
+    x1, x2, A = as_float(x1), as_float(x2), as_float(A)
+    if A.ndim != 3:
+        raise ValueError(f"bilinear: A must have shape (out, in1, in2), got shape {A.shape}")
+    out, in1, in2 = A.shape
+    if x1.ndim == 0 or x1.shape[-1] != in1 or x2.ndim == 0 or x2.shape[-1] != in2 \
+            or x1.shape[:-1] != x2.shape[:-1]:
+        raise ValueError(f"bilinear: expected inputs of shapes (..., {in1}) and (..., {in2}) with the same "
+                         f"leading dims, got {x1.shape} and {x2.shape}")
+    lead = x1.shape[:-1]
+    X1, X2 = x1.reshape(-1, in1), x2.reshape(-1, in2)
+    M = A.transpose(1, 0, 2).reshape(in1, out * in2)          # M[i, k*in2 + j] = A[k, i, j]
+    u = (X1 @ M).reshape(-1, out, in2)                         # u[n, k, j] = sum_i x1[n,i] A[k,i,j]
+    y = np.einsum("nkj,nj->nk", u, X2)
+    if b is not None:
+        b = as_float(b)
+        if b.shape != (out,):
+            raise ValueError(f"bilinear: expected bias of shape ({out},), got shape {b.shape}")
+        y = y + b
+    return y.reshape(*lead, out), (X1, X2, A, u, lead, b is not None)
+
+
+@bilinear.set_backward
+def _bilinear_backward(saved, gy):
+    X1, X2, A, u, lead, has_bias = saved
+    out, in1, in2 = A.shape
+    G = gy.reshape(-1, out)
+    # dL/dx2_j = sum_k g_k u_{k,j};  dL/dx1_i = sum_{k,j} g_k A_{kij} x2_j = (g (x) x2) . A over (k, j)
+    gx2 = np.einsum("nk,nkj->nj", G, u)
+    gx2x = (G[:, :, None] * X2[:, None, :]).reshape(-1, out * in2)        # (g (x) x2)[n, k*in2 + j]
+    M = A.transpose(1, 0, 2).reshape(in1, out * in2)
+    gx1 = gx2x @ M.T
+    gA = (X1.T @ gx2x).reshape(in1, out, in2).transpose(1, 0, 2)         # sum_n x1_i g_k x2_j
+    gb = G.sum(axis=0) if has_bias else None
+    return gx1.reshape(*lead, in1), gx2.reshape(*lead, in2), np.ascontiguousarray(gA), gb
