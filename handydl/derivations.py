@@ -1807,6 +1807,30 @@ DERIVATIONS = [
         code=lambda env: _backward(ops.bilinear, env["X1"], env["X2"], env["A"], env["b"], gy=env["G"], index=3),
     ),
     Derivation(
+        "local_response_norm", "local response normalization: dL/dx",
+        "sum(G * X * (1 + 0.5 / 3 * (X**2 @ Wm.T))**-0.75)", [
+            Step(r"\frac{\partial L}{\partial x_{nj}} = g_{nj} d_{nj}^{-\beta} + \sum_c g_{nc}\, x_{nc}\,(-\beta)\, "
+                 r"d_{nc}^{-\beta-1}\, \frac{\alpha}{n}\, 2 x_{nj} [\,j \in W(c)\,]",
+                 "G * D**-0.75 + einsum('nc,cj->nj', G * X * -0.75 * D**-1.75, Wm) * 0.5 / 3 * 2 * X",
+                 "y_c = x_c d_c^(-beta) depends on x_j directly (c = j) and through d_c for every window W(c) "
+                 "that holds j: the product rule, then the chain rule through d_c = k + alpha/n sum x^2"),
+            Step(r"= g_j d_j^{-\beta} - \frac{2\alpha\beta}{n}\, x_j \sum_{c:\ j \in W(c)} g_c\, x_c\, d_c^{-\beta-1}",
+                 "G * D**-0.75 - 2 * 0.5 * 0.75 / 3 * X * ((G * X * D**-1.75) @ Wm)",
+                 "the windows that hold j are a window around j too (reversed: c from j - (n-1)//2 to j + n//2), "
+                 "so backward is the forward's window sum again, of q = g x d^(-beta-1)"),
+        ],
+        wrt="X", shapes={"X": (2, 4), "G": (2, 4)},
+        let=["Wm = stack(eye(4)[0] + eye(4)[1], eye(4)[0] + eye(4)[1] + eye(4)[2], "
+             "eye(4)[1] + eye(4)[2] + eye(4)[3], eye(4)[2] + eye(4)[3])",
+             "D = 1 + 0.5 / 3 * (X**2 @ Wm.T)"],
+        setup=(r"y_c = x_c d_c^{-\beta},\ d_c = k + \frac{\alpha}{n} \sum_{c' \in W(c)} x_{c'}^2,\quad "
+               r"n = 3,\ \alpha = 0.5,\ \beta = 0.75,\ k = 1;\ W(c) = \{c - 1, c, c + 1\}"
+               r"\text{ within the 4 channels (the row c of the 0/1 matrix } W_m)"),
+        # the op takes (N, C, *): one position per channel here
+        code=lambda env: _backward(ops.get("local_response_norm"), env["X"][..., None], gy=env["G"][..., None],
+                                   size=3, alpha=0.5, beta=0.75, k=1.0)[..., 0],
+    ),
+    Derivation(
         "sum_normalize", "the gradient of x / sum(x)", "sum(G * (x / sum(x)))", [
             Step(r"\frac{\partial L}{\partial x_j} = \sum_i G_i \Bigl(\frac{\delta_{ij}}{S} - \frac{x_i}{S^2}\Bigr)"
                  r" = \frac{G_j}{S} - \frac{\sum_i G_i x_i}{S^2}",

@@ -135,6 +135,8 @@ def _cases():
     yield "GroupNorm", lambda dt: _perturbed(nn.GroupNorm(2, 4, dtype=dt)), [image()]
     yield "Bilinear", lambda dt: nn.Bilinear(6, 3, 4, dtype=dt, rng=0), [r(), r(5, 3)]
     yield "Bilinear-nobias-3d", lambda dt: nn.Bilinear(6, 6, 2, bias=False, dtype=dt, rng=1), [image()[0], image()[1]]
+    yield "LocalResponseNorm", lambda dt: nn.LocalResponseNorm(3, alpha=0.5, beta=0.6, k=2.0), [image()]
+    yield "LocalResponseNorm-even", lambda dt: nn.LocalResponseNorm(2), [image()[..., 0]]
     yield "InstanceNorm1d", lambda dt: nn.InstanceNorm1d(4, dtype=dt), [image()[..., 0]]
     yield "InstanceNorm2d-affine-stats", lambda dt: _perturbed(nn.InstanceNorm2d(4, affine=True, track_running_stats=True,
                                                                                  dtype=dt)), [image()]
@@ -393,9 +395,9 @@ def test_an_unknown_handydl_module_is_refused_by_name_and_place():
 
 
 def test_an_unsupported_torch_layer_is_refused_by_its_class():
-    with pytest.raises(TypeError, match=r"from_torch: torch.nn.modules.linear.Bilinear \(at '1'\) is not "
-                                        r"supported; supported torch.nn layers: .*Linear"):
-        from_torch(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Bilinear(2, 2, 2)))
+    with pytest.raises(TypeError, match=r"from_torch: torch.nn.modules.pixelshuffle.PixelShuffle \(at '1'\) is "
+                                        r"not supported; supported torch.nn layers: .*Linear"):
+        from_torch(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.PixelShuffle(2)))
 
     class MyLinear(torch.nn.Linear):             # a subclass may compute something else
         def forward(self, x):

@@ -257,6 +257,16 @@ def _pad(m, g, names, samples):
     return g.node("Pad", inputs, mode=_PAD_MODES[m.mode])
 
 
+def _local_response_norm(m, g, names, samples):
+    """ONNX LRN sums channels c - (size-1)//2 .. c + size//2, torch c - size//2 .. c + (size-1)//2:
+    the same window for an odd size only."""
+    p = m.params
+    if p["size"] % 2 == 0:
+        g.refuse(f"size={p['size']} is even: ONNX's LRN centres its window one channel off torch's")
+    return g.node("LRN", [_x(names)], alpha=float(p["alpha"]), beta=float(p["beta"]), bias=float(p["k"]),
+                  size=int(p["size"]))
+
+
 def _prelu(m, g, names, samples):
     n, ndim = m.weight.shape[0], samples[0].ndim
     slope = g.param(m.weight, "weight")
@@ -592,6 +602,7 @@ TO_ONNX = {
     nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm, nn.RMSNorm: _rms_norm,
     nn.PReLU: _prelu,
     nn.InstanceNorm1d: _instance_norm, nn.InstanceNorm2d: _instance_norm,
+    nn.LocalResponseNorm: _local_response_norm,
     **{getattr(nn, f"{kind}Pad{d}d"): _pad for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
        for d in (1, 2)},
     nn.Dropout: _op("Identity"),            # evaluation mode

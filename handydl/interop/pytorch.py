@@ -253,7 +253,7 @@ def _wrapper(name):
 SAME_NAMED = ("Sigmoid", "Tanh", "ReLU", "LeakyReLU", "ELU", "CELU", "SELU", "ReLU6", "GELU", "SiLU",
               "Mish", "Softplus", "Hardsigmoid", "Hardswish", "Identity", "Softmax", "LogSoftmax",
               "Hardtanh", "Softsign", "LogSigmoid", "Tanhshrink", "Softshrink", "Hardshrink", "Threshold",
-              "Softmin", "Softmax2d")
+              "Softmin", "Softmax2d", "LocalResponseNorm")
 WRAPPED = ("SumNormalize", "LpNorm", "Add", "Mul", "Concat", "Split")
 
 TO_TORCH = {

@@ -12,7 +12,8 @@ from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax2d,  # 
                       softmax_jacobian, softmin, sum_normalize)
 from .linear import bilinear, chain_matmul, linear, matmul  # noqa: F401
 from .normalization import (batch_norm, batch_norm2d, batch_norm2d_eval, batch_norm_eval,  # noqa: F401
-                            group_norm, layer_norm, lp_norm, rms_norm, standardize)
+                            group_norm, layer_norm, local_response_norm, lp_norm, rms_norm,
+                            standardize)
 from .losses import (REDUCTIONS, binary_cross_entropy,  # noqa: F401
                      binary_cross_entropy_with_logits, cross_entropy, half_squared_error,
                      huber_loss, l1_loss, mse_loss, multi_margin_loss, nll_loss,

@@ -467,3 +467,63 @@ def _rms_norm_backward(saved, gy):
     g = gy * weight
     gx = inv_rms * (g - xhat * (g * xhat).mean(axis=axes, keepdims=True)) if g.size else np.zeros_like(g)
     return gx, (gy * xhat).sum(axis=param_axes)
+
+
+# -- local response normalization ---------------------------------------------------------
+
+def _channel_window_sum(v, before, after):
+    """w_c = sum of v over channels c - before .. c + after (axis 1), zeros beyond the ends:
+    a difference of cumulative sums, one pass whatever the window's size."""
+    pad = [(0, 0)] * v.ndim
+    pad[1] = (before + 1, after)
+    csum = np.cumsum(np.pad(v, pad), axis=1)
+    n = v.shape[1]
+    hi = np.take(csum, np.arange(before + after + 1, before + after + 1 + n), axis=1)
+    lo = np.take(csum, np.arange(0, n), axis=1)
+    return hi - lo
+
+
+def _lrn_params(p):
+    check_int("LocalResponseNorm", "size", p["size"])
+    for name in ("alpha", "beta", "k"):
+        check_real("LocalResponseNorm", name, p[name], "a finite number")
+
+
+def _lrn_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(2, 6, 3)).astype(dtype),)
+
+
+@register(
+    "local_response_norm", module="LocalResponseNorm", kind="normalization",
+    formula=(r"y_c = x_c\, d_c^{-\beta},\quad d_c = k + \frac{\alpha}{n}\sum_{c' = c - \lfloor n/2\rfloor}"
+             r"^{c + \lfloor (n-1)/2 \rfloor} x_{c'}^2"),
+    derivative=(r"g_{x_j} = g_j d_j^{-\beta} - \frac{2\alpha\beta}{n}\, x_j \sum_{c:\ j \in W(c)} g_c\, x_c\, "
+                r"d_c^{-\beta - 1}"),
+    convention="channels beyond the ends count as 0 and the sum is divided by n = size always, as PyTorch",
+    params={"size": 2, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
+    test_params=({"size": 3, "alpha": 0.5, "beta": 0.6, "k": 2.0}, {"size": 4, "alpha": 2.0, "beta": 1.5, "k": 1.0}),
+    check_params=_lrn_params, complex_step=True, sample=_lrn_sample,
+    domains=((-3.0, 3.0), (-100.0, 100.0)),
+    reference=lambda torch, x, size, alpha, beta, k: torch.nn.functional.local_response_norm(x, size, alpha, beta, k),
+)
+def local_response_norm(x, size, alpha, beta, k):
+    """Each channel divided by a power of the mean square of its neighbours across channels
+    (AlexNet's normalization), for x of shape (N, C, *): the window of channel c runs from
+    c - size // 2 to c + (size - 1) // 2, as torch.nn.functional.local_response_norm pads it."""
+    x = as_float(x)
+    if x.ndim < 3:
+        raise ValueError(f"local_response_norm: expected input of shape (N, C, *) with at least 3 dims, "
+                         f"got shape {x.shape}")
+    before, after = size // 2, (size - 1) // 2
+    d = k + (alpha / size) * _channel_window_sum(x * x, before, after)
+    d_beta = d ** -beta
+    return x * d_beta, (x, d, d_beta, size, alpha, beta)
+
+
+@local_response_norm.set_backward
+def _local_response_norm_backward(saved, gy):
+    x, d, d_beta, size, alpha, beta = saved
+    # c's window holds j when c - size//2 <= j <= c + (size-1)//2: the reverse window around j
+    q = gy * x * d_beta / d                                  # g_c x_c d_c^(-beta-1)
+    back = _channel_window_sum(q, (size - 1) // 2, size // 2)
+    return (gy * d_beta - (2 * alpha * beta / size) * x * back,)
