@@ -1831,6 +1831,26 @@ DERIVATIONS = [
                                    size=3, alpha=0.5, beta=0.75, k=1.0)[..., 0],
     ),
     Derivation(
+        "glu", "the gated linear unit: dL/dx", "sum(G * A * sigmoid(B))", [
+            Step(r"\frac{\partial L}{\partial a} = g \odot \sigma(b),\quad \frac{\partial L}{\partial b} = "
+                 r"g \odot a \odot \sigma'(b)",
+                 "(G * sigmoid(B)) @ Pa.T + (G * A * sigmoid(B) * (1 - sigmoid(B))) @ Pb.T",
+                 "y = a sigma(b) elementwise, with a = x P_a and b = x P_b the two halves of x: the product "
+                 "rule; each half's gradient goes back to the columns it came from (P^T), so a split in the "
+                 "forward pass is a concatenation in the backward"),
+            Step(r"= \bigl[\, g \odot s,\ g \odot a \odot s\,(1 - s) \,\bigr],\quad s = \sigma(b)",
+                 "concat(G * sigmoid(B), G * A * (sigmoid(B) - sigmoid(B)**2))",
+                 "sigma' = sigma (1 - sigma); putting the halves back side by side (along the last dim) is the concatenation: "
+                 "backward needs only a and s from the forward pass"),
+        ],
+        wrt="X", shapes={"X": (3, 8), "G": (3, 4)},
+        let=["Pa = stack(eye(8)[0], eye(8)[1], eye(8)[2], eye(8)[3]).T",
+             "Pb = stack(eye(8)[4], eye(8)[5], eye(8)[6], eye(8)[7]).T", "A = X @ Pa", "B = X @ Pb"],
+        setup=(r"\mathrm{GLU}(x) = a \odot \sigma(b),\ a = x P_a,\ b = x P_b\ "
+               r"\text{(the first and second half of the last dim)}"),
+        code=lambda env: _backward(ops.glu, env["X"], gy=env["G"], dim=-1),
+    ),
+    Derivation(
         "sum_normalize", "the gradient of x / sum(x)", "sum(G * (x / sum(x)))", [
             Step(r"\frac{\partial L}{\partial x_j} = \sum_i G_i \Bigl(\frac{\delta_{ij}}{S} - \frac{x_i}{S^2}\Bigr)"
                  r" = \frac{G_j}{S} - \frac{\sum_i G_i x_i}{S^2}",

@@ -196,4 +196,5 @@ def test_every_op_is_documented():
     for op in ops.REGISTRY.values():
         assert op.formula and op.derivative and op.fn.__doc__, op.name
         assert op.kind in {"activation", "softmax", "linear", "normalization", "loss", "regularization",
-                           "structure", "convolution", "pooling", "recurrent", "embedding", "attention"}
+                           "structure", "convolution", "pooling", "recurrent", "embedding", "attention",
+                           "gating"}

@@ -5,7 +5,7 @@ registers every op.  Each op is callable (``ops.sigmoid(x)``) and has
 ``forward``/``backward`` (see :mod:`handydl.ops.registry`).
 """
 from .registry import REGISTRY, Op, as_float, get, names, register, set_recorder  # noqa: F401
-from .activations import (celu, elu, gelu, hardshrink, hardsigmoid, hardswish, hardtanh,  # noqa: F401
+from .activations import (celu, elu, gelu, glu, hardshrink, hardsigmoid, hardswish, hardtanh,  # noqa: F401
                           identity, leaky_relu, logsigmoid, mish, prelu, relu, relu6, selu,
                           sigmoid, silu, softplus, softshrink, softsign, tanh, tanhshrink, threshold)
 from .softmax import (log_softmax, log_softmax_jacobian, softmax, softmax2d,  # noqa: F401

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import fused
 from .fused import exp, expm1, log1p, tanh as tanh_scalar, where
-from .registry import WIDE, as_float, check_real, register
+from .registry import WIDE, as_float, check_int, check_real, register
 
 # Python floats, not np.float64: a NumPy float64 scalar would promote float32 work.
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -866,3 +866,42 @@ def threshold(x, threshold, value):
 @threshold.set_backward
 def _threshold_backward(above, gy):
     return gy * above
+
+
+# -- gating -------------------------------------------------------------------------------
+
+def _glu_sample(rng, dtype, lo, hi):
+    return (rng.uniform(lo, hi, size=(4, 6)).astype(dtype),)
+
+
+def _glu_dim(p):
+    check_int("GLU", "dim", p["dim"], "an integer (a dim)", valid=lambda _: True)
+
+
+@register(
+    "glu", kind="gating",
+    formula=r"\mathrm{GLU}(x) = a \odot \sigma(b),\quad [a, b] = x \text{ halved along dim}",
+    derivative=r"g_a = g_y \odot \sigma(b),\quad g_b = g_y \odot a \odot \sigma(b)\bigl(1 - \sigma(b)\bigr)",
+    params={"dim": -1}, test_params=({"dim": 0},), check_params=_glu_dim, sample=_glu_sample,
+    domains=((-6.0, 6.0), (-100.0, 100.0)),
+    reference=lambda torch, x, dim: torch.nn.functional.glu(x, dim),
+)
+def glu(x, dim):
+    """The gated linear unit: the first half of x along ``dim`` times the sigmoid of the
+    second half, as torch.nn.functional.glu (nn.GLU builds the same from split, sigmoid and
+    mul, and its backward is the tape's; this op is the derivation written out)."""
+    x = as_float(x)
+    if not -max(x.ndim, 1) <= dim < max(x.ndim, 1) or x.ndim == 0:
+        raise ValueError(f"glu: dim={dim} is out of range for an input of shape {x.shape}")
+    d = dim % x.ndim
+    if x.shape[d] % 2:
+        raise ValueError(f"glu: halving needs an even size along dim {dim}, got shape {x.shape}")
+    a, b = np.split(x, 2, axis=d)
+    s = stable_sigmoid(b)
+    return a * s, (a, s, d)
+
+
+@glu.set_backward
+def _glu_backward(saved, gy):
+    a, s, d = saved
+    return (np.concatenate([gy * s, gy * a * s * (1 - s)], axis=d),)
