@@ -111,7 +111,25 @@ def test_staged_dir_moves_everything_or_nothing(tmp_path):
     assert (tmp_path / "a").read_text() == "new a"
 
 
+def _sigint_as_a_shell_gives_it():
+    """SIGINT delivered and handled by default, as a user's shell starts a process.  In the
+    full suite, a library loaded by an earlier test (not identified yet: each test file alone
+    leaves it as it was) can leave SIGINT ignored or blocked at the C level, which a child
+    inherits; these tests are about handydl's handling, so they start from the shell's state."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_files_move_is_delivered_after_the_last_one(tmp_path):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _held_interrupt_arrives_after_the_block(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _held_interrupt_arrives_after_the_block(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with _io.signals_held():
             os.kill(os.getpid(), signal.SIGINT)
@@ -147,7 +165,7 @@ def test_ctrl_c_during_training_prints_one_line_exits_130_and_writes_nothing(tmp
     before = old_run(out)
     p = subprocess.Popen([sys.executable, "-m", "handydl", "train", "--dataset", "digits", "--epochs", "500",
                           "--no-progress", "--out", str(out)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_a_shell_gives_it)
     try:
         for line in p.stdout:                                # wait until training runs
             if line.startswith("epoch"):
