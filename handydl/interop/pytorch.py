@@ -38,6 +38,17 @@ def to_torch(model):
     return _ToTorch().convert(model, "")
 
 
+
+def _converted(source, target, modules):
+    """``target`` (the conversion of ``source``) in ``source``'s mode, each converted child in
+    its own source's mode (train() sets them all), remembered so a shared module converts once."""
+    target.train(source.training)
+    for name, sub in source.named_modules():
+        if name and id(sub) in modules:
+            modules[id(sub)].training = sub.training
+    modules[id(source)] = target
+    return target
+
 class _ToTorch:
     def __init__(self):
         import torch
@@ -54,12 +65,7 @@ class _ToTorch:
                             f"counterpart; supported: {', '.join(sorted(c.__name__ for c in TO_TORCH))}. "
                             "Add one with handydl.interop.TO_TORCH[YourClass] = fn(module, converter)")
         t = fn(m, self.child(path))
-        t.train(m.training)
-        for name, sub in m.named_modules():       # each module's own mode, as handydl's
-            if name and id(sub) in self.modules:
-                self.modules[id(sub)].training = sub.training
-        self.modules[id(m)] = t
-        return t
+        return _converted(m, t, self.modules)
 
     def child(self, path):
         """The converter as seen from ``path``: c(child module, name) converts a child."""
@@ -338,12 +344,7 @@ class _FromTorch:
                             f"is not supported; supported torch.nn layers: "
                             f"{', '.join(sorted(k for k in FROM_TORCH if '.' not in k))}")
         m = fn(t, self.child(path))
-        m.train(t.training)
-        for name, sub in t.named_modules():
-            if name and id(sub) in self.modules:
-                self.modules[id(sub)].training = sub.training
-        self.modules[id(t)] = m
-        return m
+        return _converted(t, m, self.modules)
 
     def child(self, path):
         outer = self
