@@ -7,16 +7,15 @@
    (1 and 2 with handydl.tune_malloc(), as in the benchmark)
 3. silu forward + backward (NumPy path) with glibc's default allocator vs handydl.tune_malloc()
    (each in a fresh process: the setting is process-wide and cannot be undone);
-4. an optimizer update y += a x of 10 and of 32768 float32 (optimizer.AXPY_MIN):
-   one BLAS call through ctypes vs two NumPy passes;
+4. an optimizer update y += a x of 10 and of 784 x 256 float32: the compiled
+   pass (handydl._fast.fused.axpy) vs two NumPy passes (needs numba);
 5. forward + backward of each activation with a fused kernel, and of softmax
    cross-entropy on 4096 x 1000 logits and on the MLP's batches of 10 classes:
    the NumPy path vs the fused kernel,
-   and the benchmark's MLP epoch with the kernels on and off (needs numba);
-6. the team of threads (handydl.ops.threads) on and off: fused forward + backward
-   of a few activations, and epochs of the benchmark's deep GELU MLP: at batch
-   512, whose activations are split, and at batch 128, whose activations
-   (131,072 elements) fused.SPLIT keeps on one core, split anyway.
+   and the benchmark's MLP epoch with the kernels on and off (needs numba).
+
+What each piece buys in training is measured by ``python -m bench`` itself
+(its "machinery" rows: the same workload with one piece switched off).
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ def silu_step_ms(tuned):
     """silu's NumPy path, whose temporaries the allocator setting is about."""
     import handydl
     from handydl import ops
-    from handydl.ops import fused
+    from handydl._fast import fused
     if tuned:
         handydl.tune_malloc()
     x, g = data()
@@ -72,37 +71,34 @@ def main():
         ms = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
         print(f"silu fwd+bwd, {'tune_malloc()' if tuned else 'default malloc'}:" + " " * (14 - 2 * tuned)
               + f"{ms:6.2f} ms")
-    axpy_blas_vs_numpy()
+    axpy_fused_vs_numpy()
     fused_vs_numpy()
 
 
-def axpy_blas_vs_numpy(calls=2000):
-    """optimizer.axpy per call, made to take BLAS (AXPY_MIN = 0) or NumPy (AXPY_MIN past n)."""
+def axpy_fused_vs_numpy(calls=2000, sizes=(10, 784 * 256)):
+    """The optimizers' y += a x per call: the compiled pass vs two NumPy passes."""
+    from handydl._fast import fused
     from handydl.optim import optimizer
-    if optimizer._AXPY is None:
-        print("axpy: NumPy's OpenBLAS is not loadable here")
+    if not fused.enabled():
+        print("axpy: numba is not installed (pip install 'handydl[fast]')")
         return
-    threshold = optimizer.AXPY_MIN
-    for n in (10, threshold):
+    for n in sizes:
         x, y = np.ones(n, np.float32), np.zeros(n, np.float32)
         buf = np.empty_like(y)
 
         def update(x=x, y=y, buf=buf):
             for _ in range(calls):
                 optimizer.axpy(-0.01, x, y, buf)
-        us = {}
-        try:
-            for path, minimum in (("BLAS", 0), ("NumPy", n + 1)):
-                optimizer.AXPY_MIN = minimum
-                us[path] = median_ms(update, repeats=7) * 1e3 / calls
-        finally:
-            optimizer.AXPY_MIN = threshold
-        print(f"axpy of {n:>5} float32: BLAS (ctypes) {us['BLAS']:5.2f} us, NumPy {us['NumPy']:5.2f} us")
+        update()                                   # compiles
+        fast = median_ms(update, repeats=7) * 1e3 / calls
+        with fused.disabled():
+            plain = median_ms(update, repeats=7) * 1e3 / calls
+        print(f"axpy of {n:>6} float32: compiled {fast:6.2f} us, NumPy {plain:6.2f} us")
 
 
 def fused_vs_numpy():
     from handydl import ops
-    from handydl.ops import fused
+    from handydl._fast import fused
     if not fused.enabled():
         print("fused kernels: numba is not installed (pip install 'handydl[fast]')")
         return
@@ -154,10 +150,10 @@ def mlp_fused_on_off(n=30000, batch=128, rounds=6):
     """The benchmark's MLP epoch (784-256-10 ReLU, SGD) with the kernels on and off,
     alternating in one process: whether the fused path changes the training step."""
     from bench.worker import handydl_training, mlp_data
-    from handydl.ops import fused
+    from handydl._fast import fused
     X, y = mlp_data(n)
     p = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", batch=batch)
-    _, _, epoch = handydl_training(p, X, y)
+    *_, epoch = handydl_training(p, X, y)
     times = {True: [], False: []}
     for _ in range(rounds):
         for on in (True, False):
@@ -177,7 +173,7 @@ def mlp_input_grad_on_off(n=30000, rounds=6):
     X, y = mlp_data(n)
     for batch in (32, 128, 512):
         p = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", batch=batch)
-        epochs = {g: handydl_training(p, X, y, input_grad=g)[2] for g in (True, False)}
+        epochs = {g: handydl_training(p, X, y, input_grad=g)[-1] for g in (True, False)}
         times = {True: [], False: []}
         for _ in range(rounds):
             for g in (True, False):
@@ -196,57 +192,6 @@ def on_off(fn, rounds, switch):
             times[on] += timed(fn, 5)[0]
     switch(True)
     return {on: float(np.median(t)) * 1e3 for on, t in times.items()}
-
-
-def team_on_off():
-    """Fused loops split by the team vs one core (threads.team() made to return None)."""
-    from bench.worker import handydl_training, mlp_data
-    from handydl import ops
-    from handydl.ops import fused, threads
-    real = threads.team
-    if real() is None:
-        print("team of threads: one core here")
-        return
-
-    def switch(on):
-        fused._threads.team = real if on else (lambda: None)
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(1) as pool:            # what the team replaced: a sleeping pool
-        pool.submit(int).result()
-        us = median_ms(lambda: [pool.submit(int).result() for _ in range(100)]) * 10
-    print(f"a sleeping thread pool: submit a no-op and join it: {us:6.1f} us")
-    # OpenBLAS's threads may keep spinning for a while after the last matrix
-    # product (the MLP epochs above) and share the second core with the team's
-    # helper; the activation rows measure the activations alone, as the benchmark does
-    time.sleep(0.5)
-    x, g = data()
-    print("fwd+bwd per 1M float32     one core     team")
-    for name in ("sigmoid", "silu", "gelu", "relu", "hardswish"):
-        op = ops.get(name)
-
-        def step(op=op):
-            y, saved = op.forward(x)
-            op.backward(saved, g)
-        ms = on_off(step, 6, switch)
-        print(f"  {name:<24}{ms[False]:8.2f} ms {ms[True]:8.2f} ms")
-    # in training, where the activations come right after matrix products
-    deep = dict(sizes=[784, 1024, 1024, 10], activation="gelu", optimizer="adam")
-    X, y = mlp_data(2048)
-    _, _, epoch = handydl_training({**deep, "batch": 512}, X, y)
-    ms = on_off(epoch, 3, switch)
-    print(f"deep GELU MLP epoch, batch 512 (activations of 524,288, split): one core {ms[False]:6.1f} ms, "
-          f"team {ms[True]:6.1f} ms")
-    split = fused.SPLIT
-
-    def split_at_two(on):
-        fused.SPLIT = 2 if on else split
-    _, _, epoch = handydl_training({**deep, "batch": 128}, X, y)
-    try:
-        ms = on_off(epoch, 3, split_at_two)
-    finally:
-        fused.SPLIT = split
-    print(f"deep GELU MLP epoch, batch 128 (activations of 131,072): split at 2 chunks {ms[True]:6.1f} ms, "
-          f"at fused.SPLIT = {split} (not split) {ms[False]:6.1f} ms")
 
 
 if __name__ == "__main__":

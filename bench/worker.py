@@ -92,19 +92,28 @@ def mlp_weights(sizes, seed=1):
 # -- handydl -------------------------------------------------------------------------------------
 
 def handydl_mlp(p):
-    import handydl
-    handydl.tune_malloc()                 # what the README tells a user to call once
+    """The README's training loop (default settings) on the MLP workload: its
+    epochs, the same products alone, each phase of the step timed alone, and,
+    with ``p["fit"]``, epochs of ``train.fit`` on the same model too."""
     X, y = mlp_data(p["n"])
-    model, loss_fn, epoch = handydl_training(p, X, y)
+    model, loss_fn, opt, loader, epoch = handydl_training(p, X, y)
     samples, mem = timed(epoch, p["repeats"])
-    floor = matmul_floor(X, p, model)
-    return {"samples": samples, "peak_mb": mem, "floor": floor, "sgemm_gflops": sgemm_rates(),
-            "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+    if "without" in p:                    # a machinery variant: the epochs alone
+        return {"samples": samples, "peak_mb": mem}
+    out = {"samples": samples, "peak_mb": mem, "floor": matmul_floor(X, p, model),
+           "phases": mlp_phases(X, y, p, model, loss_fn, opt, loader), "sgemm_gflops": sgemm_rates(),
+           "loss": float(loss_fn(model(X[:1000]), y[:1000]))}
+    if p.get("fit"):
+        from handydl import train
+        out["fit"] = timed(lambda: train.fit(model, loss_fn, opt, loader, 1, progress=False, log=None),
+                           p["repeats"])[0]
+    return out
 
 
 def handydl_training(p, X, y, input_grad=False):
-    """(model, loss, epoch()) of the MLP workload p, with the shared initial weights;
-    ``input_grad=True`` computes the data's dL/dx too (what training skips)."""
+    """(model, loss, optimizer, loader, epoch()) of the MLP workload p, with the
+    shared initial weights; epoch() is the loop of the README's Training section
+    (``input_grad=True`` computes the data's dL/dx too, which that loop skips)."""
     from handydl import data, nn, optim
     layers = []
     for i, (W, b) in enumerate(mlp_weights(p["sizes"])):
@@ -125,7 +134,7 @@ def handydl_training(p, X, y, input_grad=False):
             opt.zero_grad()
             model.backward(loss_fn.backward(), input_grad=input_grad)
             opt.step()
-    return model, loss_fn, epoch
+    return model, loss_fn, opt, loader, epoch
 
 
 def matmul_floor(X, p, model):
@@ -147,17 +156,70 @@ def matmul_floor(X, p, model):
     return samples
 
 
-def sgemm_rates(n=2048, repeats=3):
-    """GFLOP/s of a large float32 product (2 n^3 flops) on all cores, NumPy's BLAS:
-    what this machine's products reach at best, against which an MLP epoch's
-    time is bounded below (bench/__main__.py)."""
+def mlp_phases(X, y, p, model, loss_fn, opt, loader):
+    """{phase: [seconds per epoch]}: each phase of the MLP step but the products
+    (matmul_floor times those) run alone, as often as in an epoch, on arrays of
+    the step's shapes, through the code the step runs: the bias adds of the
+    forward and the bias sums of the backward, the activation's op forward +
+    backward, the loss module forward + backward, the optimizer's step and the
+    data loader's batches.  What the epoch takes beyond their sum and the
+    products' is Python and the modules' own work (bench/__main__.py)."""
+    from handydl import ops
+    bs, steps = p["batch"], -(-len(X) // p["batch"])
+    Ws = [m.weight.data for m in model if hasattr(m, "weight")]
+    bs_ = [m.bias.data for m in model if hasattr(m, "bias")]
+    hs = [np.ones((bs, W.shape[1]), np.float32) for W in Ws]
+    act = ops.get(p["activation"])
+    z = (X[:bs] @ Ws[0] + bs_[0]).astype(np.float32)      # pre-activations of a real batch
+    g = np.ones_like(z)
+    logits = np.zeros((bs, Ws[-1].shape[1]), np.float32)
+    opt.zero_grad()
+    loss_fn(model(X[:bs]), y[:bs])
+    model.backward(loss_fn.backward(), input_grad=False)  # every .grad set, for the optimizer
+
+    def bias():
+        for _ in range(steps):
+            for h, b in zip(hs, bs_):
+                h += b
+                h.sum(axis=0)
+
+    def activation():
+        for _ in range(steps):
+            for _ in hs[:-1]:
+                _, saved = act.forward(z)
+                act.backward(saved, g)
+
+    def loss():
+        for i in range(steps):
+            loss_fn(logits, y[:bs])
+            loss_fn.backward()
+
+    def optimizer():
+        for _ in range(steps):
+            opt.step()
+
+    def data():
+        for _ in loader:
+            pass
+    return {name: timed(fn, p["repeats"])[0] for name, fn in
+            (("bias adds and sums", bias), ("activation", activation), ("loss", loss),
+             ("optimizer", optimizer), ("data loader", data))}
+
+
+def sgemm_rates(n=2048, repeats=3, matmul=None):
+    """GFLOP/s of a large float32 product (2 n^3 flops) on all cores: NumPy's BLAS
+    by default, or ``matmul(A)``, a framework's own product of A with itself
+    (it must return only when the product is done).  The best over every
+    framework's worker of a run is the machine's limit (bench/__main__.py)."""
     A = np.random.default_rng(2).standard_normal((n, n)).astype(np.float32)
-    out = np.empty_like(A)
-    np.matmul(A, A, out=out)
+    if matmul is None:
+        out = np.empty_like(A)
+        matmul = lambda a: np.matmul(a, a, out=out)  # noqa: E731
+    matmul(A)                                        # warm up: threads started, compiled
     rates = []
     for _ in range(repeats):
         t = time.perf_counter()
-        np.matmul(A, A, out=out)
+        matmul(A)
         rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
     return rates
 
@@ -173,9 +235,7 @@ def each_op(p, make_step):
 
 
 def handydl_activation(p):
-    import handydl
     from handydl import ops
-    handydl.tune_malloc()
 
     def make_step(name, x, g):
         op = ops.get(name)
@@ -189,9 +249,7 @@ def handydl_activation(p):
 
 
 def handydl_softmax_ce(p):
-    import handydl
     from handydl import nn
-    handydl.tune_malloc()
     z, y = ce_data(p["rows"], p["classes"])
     loss_fn = nn.CrossEntropyLoss()
 
@@ -221,7 +279,9 @@ def _torch():
 
 TORCH_ACT = {"leaky_relu": "leaky_relu", "elu": "elu", "celu": "celu", "selu": "selu", "relu6": "relu6",
              "gelu": "gelu", "silu": "silu", "mish": "mish", "softplus": "softplus",
-             "hardsigmoid": "hardsigmoid", "hardswish": "hardswish", "relu": "relu"}
+             "hardsigmoid": "hardsigmoid", "hardswish": "hardswish", "relu": "relu", "hardtanh": "hardtanh",
+             "softsign": "softsign", "logsigmoid": "logsigmoid", "tanhshrink": "tanhshrink",
+             "softshrink": "softshrink", "hardshrink": "hardshrink"}
 
 
 def torch_mlp(p):
@@ -252,7 +312,9 @@ def torch_mlp(p):
     samples, mem = timed(epoch, p["repeats"])
     with torch.no_grad():
         loss = float(F.cross_entropy(model(Xt[:1000]), yt[:1000]))
-    return {"samples": samples, "peak_mb": mem, "loss": loss}
+        tmm = lambda a, t=torch: t.mm(t.from_numpy(a), t.from_numpy(a))  # noqa: E731
+        sgemm = sgemm_rates(matmul=tmm)
+    return {"samples": samples, "peak_mb": mem, "loss": loss, "sgemm_gflops": sgemm}
 
 
 def torch_activation(p):
@@ -267,6 +329,8 @@ def torch_activation(p):
             f = getattr(torch, name)
         elif name == "identity":
             f = lambda t: t * 1  # noqa: E731
+        elif name == "threshold":
+            f = lambda t: F.threshold(t, 0.0, 0.0)  # noqa: E731
         else:
             f = getattr(F, TORCH_ACT[name])
         tx = torch.from_numpy(x).requires_grad_()
@@ -341,7 +405,10 @@ def jax_mlp(p):
         jax.block_until_ready(prm)
         holder["params"], holder["state"] = prm, st
     samples, mem = timed(epoch, p["repeats"])
-    return {"samples": samples, "peak_mb": mem, "loss": float(loss_fn(holder["params"], Xj[:1000], yj[:1000]))}
+    dot, on_device = jax.jit(lambda a: a @ a), {}        # A copied to JAX once, not per product
+    sgemm = sgemm_rates(matmul=lambda a: jax.block_until_ready(dot(on_device.setdefault(id(a), jnp.asarray(a)))))
+    return {"samples": samples, "peak_mb": mem, "sgemm_gflops": sgemm,
+            "loss": float(loss_fn(holder["params"], Xj[:1000], yj[:1000]))}
 
 
 def jax_activation(p):
@@ -353,7 +420,11 @@ def jax_activation(p):
            "gelu": lambda v: nnf.gelu(v, approximate=False), "silu": nnf.silu,
            "mish": lambda v: v * jnp.tanh(nnf.softplus(v)), "softplus": nnf.softplus,
            "hardsigmoid": nnf.hard_sigmoid, "hardswish": nnf.hard_swish, "identity": lambda v: v,
-           "prelu": lambda v: jnp.where(v > 0, v, 0.25 * v)}
+           "prelu": lambda v: jnp.where(v > 0, v, 0.25 * v), "hardtanh": lambda v: jnp.clip(v, -1.0, 1.0),
+           "softsign": nnf.soft_sign, "logsigmoid": nnf.log_sigmoid, "tanhshrink": lambda v: v - jnp.tanh(v),
+           "softshrink": lambda v: jnp.where(v > 0.5, v - 0.5, jnp.where(v < -0.5, v + 0.5, 0.0)),
+           "hardshrink": lambda v: jnp.where(jnp.abs(v) > 0.5, v, 0.0),
+           "threshold": lambda v: jnp.where(v > 0.0, v, 0.0)}
     def make_step(name, x, g):
         f = fns[name]
         vjp = jax.jit(lambda v, gg: jax.vjp(f, v)[1](gg)[0])
@@ -400,9 +471,7 @@ def conv_flops(p):
 
 
 def handydl_conv(p):
-    import handydl
     from handydl import nn
-    handydl.tune_malloc()
     x, W, b, g = conv_data(p)
     m = nn.Conv2d(W.shape[1], W.shape[0], p["k"], padding=p["padding"])
     m.weight.data[...], m.bias.data[...] = W, b
@@ -455,10 +524,8 @@ def cnn_data(n, seed=0):
 
 def handydl_cnn(p):
     """An epoch of handydl.nn.models.lenet on 28x28 images, SGD, as a user writes it."""
-    import handydl
     from handydl import data, nn, optim
     from handydl.nn import models
-    handydl.tune_malloc()
     X, y = cnn_data(p["n"])
     model, loss_fn = models.lenet((1, 28, 28), 10, rng=0), nn.CrossEntropyLoss()
     opt = optim.SGD(model.parameters(), lr=0.01)
@@ -531,9 +598,7 @@ def lstm_flops(p):
 
 
 def handydl_lstm(p):
-    import handydl
     from handydl import nn
-    handydl.tune_malloc()
     x, w, g = lstm_data(p)
     m = nn.LSTM(p["input"], p["hidden"])
     for param, value in zip(m.parameters(), w):
@@ -596,9 +661,7 @@ def gpt_data(p, seed=0):
 
 def handydl_gpt(p):
     """One training step of handydl.nn.GPT as a user writes it."""
-    import handydl
     from handydl import nn, optim
-    handydl.tune_malloc()
     x, y = gpt_data(p)
     model = nn.GPT(p["vocab"], p["block"], n_layer=p["layers"], n_head=p["heads"], n_embd=p["d"], rng=0)
     loss_fn, opt = nn.SequenceCrossEntropyLoss(), optim.AdamW(model.parameters(), lr=1e-3)
@@ -691,8 +754,39 @@ WORKERS.update({(fw, kind): globals()[f"{fw}_{kind}"] for fw in ("handydl", "tor
                 for kind in ("conv", "cnn", "lstm", "gpt")})
 
 
+# What ``python -m bench`` switches off, one at a time, to measure what each piece
+# of handydl's speed machinery buys in training (a process per variant: the
+# allocator setting cannot be undone).
+MACHINERY = {
+    "tune_malloc": "handydl.tune_malloc(): glibc keeps large freed blocks for reuse",
+    "axpy": "the compiled y += a x of the optimizers (NumPy's two passes instead)",
+    "numba": "every compiled kernel: activations, cross-entropy, axpy (what a user without numba runs)",
+}
+
+
+def setup_handydl(jobs):
+    """What the README tells a handydl user to do once, tune_malloc(), unless a
+    job is the variant without it; and the variant's switch."""
+    without = {params.get("without") for _, params in jobs}
+    import handydl
+    from handydl._fast import fused
+    if "tune_malloc" not in without:
+        handydl.tune_malloc()
+    if "numba" in without:
+        fused._enabled = False
+    if "axpy" in without:
+        from handydl.optim import optimizer
+
+        def two_passes(a, x, y, buf):
+            np.multiply(x, a, out=buf)
+            y += buf
+        optimizer.axpy = two_passes
+
+
 def main():
     fw, jobs = sys.argv[1], json.loads(sys.argv[2])
+    if fw == "handydl":
+        setup_handydl(jobs)
     print(json.dumps([WORKERS[(fw, kind)](params) for kind, params in jobs]))
 
 

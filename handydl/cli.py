@@ -308,6 +308,8 @@ def cmd_train(args) -> int:
     if args.optimizer == "sgd":
         opt_kwargs["momentum"] = 0.9
     optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), **opt_kwargs)
+    from ._fast.malloc import tune_malloc
+    tune_malloc()          # this process is a training run: reuse the step's large freed blocks
     with np.errstate(over="ignore", invalid="ignore"):     # a diverging run is reported below, once
         history = fit(model, loss_fn, optimizer, loader, args.epochs,
                       val_data=(Xval, yval) if len(Xval) else None,  # a tiny file may leave none

@@ -139,6 +139,8 @@ def train_gpt(args) -> int:
         f"{arch['block_size']}, vocabulary {data.vocab_size}, {sum(p.data.size for p in model.parameters()):,} "
         "parameters")
     optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr)
+    from ._fast.malloc import tune_malloc
+    tune_malloc()          # this process is a training run: reuse the step's large freed blocks
     with threads(), np.errstate(over="ignore", invalid="ignore"):   # a diverging run: reported below
         line, ok = _gradcheck_line(model, loss_fn, *val)
         log(line)

@@ -52,7 +52,7 @@ def simd():
 
 def fused_kernels():
     """Whether the fused float32 kernels run: numba installed, and not switched off."""
-    from .ops import fused
+    from ._fast import fused
     have = importlib.util.find_spec("numba") is not None
     if not have:
         return {"on": False, "why": "numba is not installed (pip install \"handydl[fast]\")"}

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 
-from ._malloc import tune_malloc
 from .nn.module import no_grad
 from .optim.optimizer import clip_grad_norm
 from .data.sequences import IGNORE_INDEX
@@ -66,7 +65,6 @@ def fit_steps(model, loss_fn, optimizer, batches, epochs, steps_per_epoch, hits,
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"fit_steps: epochs={epochs!r} and steps_per_epoch={steps_per_epoch!r}; "
                          "expected integers >= 1")
-    tune_malloc()
     total = epochs * steps_per_epoch
     warmup = max(1, total // 20) if warmup is None else warmup
     base_lr = optimizer.lr

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 
-from ._malloc import tune_malloc
 from .data.loader import DataLoader
 from .nn.loss import CrossEntropyLoss, MultiMarginLoss, NLLLoss
 from .nn.module import call_backward, no_grad
@@ -73,8 +72,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_data=None, schedule
     ``val_data`` is ``(X_val, y_val)``; ``early_stopping`` a patience in epochs
     on the validation loss (the best weights are restored at the end);
     ``progress`` shows a tqdm bar (default: only when stderr is a terminal);
-    ``log`` receives one line per epoch (None for silence).  It calls
-    ``handydl.tune_malloc()`` (see there: the allocator then reuses freed blocks).
+    ``log`` receives one line per epoch (None for silence).  It leaves the
+    process's allocator alone: ``handydl.tune_malloc()`` once before makes
+    the steps reuse their large freed blocks (``handydl train`` does).
     """
     if not isinstance(train_loader, DataLoader):
         raise TypeError(f"fit: train_loader must be a DataLoader, got {type(train_loader).__name__}")
@@ -84,7 +84,6 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_data=None, schedule
         raise ValueError("fit: train_loader has no batches (its dataset has 0 rows); expected at least one")
     if early_stopping is not None and val_data is None:
         raise ValueError("fit: early_stopping needs val_data")
-    tune_malloc()          # reuse the step's large temporaries instead of page-faulting them in
     task = task_of(loss_fn)
     show = sys.stderr.isatty() if progress is None else progress
     history = {"epoch": [], "lr": [], "time": [], "train_loss": []}

@@ -1,5 +1,5 @@
 """The optimized paths of the training step agree with the straightforward ones
-within float32 rounding: BLAS axpy vs NumPy in the optimizers, skipping the
+within float32 rounding: the compiled axpy vs NumPy in the optimizers, skipping the
 first layer's input gradient, adopting fresh gradients, the plain
 cross-entropy path vs the general one, branch-free activations vs selects."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from handydl import data, nn, ops, optim
-from handydl.ops import fused
+from handydl._fast import fused
 from handydl.optim import optimizer as optimizer_module
 
 
@@ -39,37 +39,42 @@ def train(fast, opt_name, steps=20):
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_fast_training_step_equals_the_reference_within_float32_rounding(opt_name, monkeypatch):
     fast = train(True, opt_name)
-    monkeypatch.setattr(optimizer_module, "_AXPY", None)        # NumPy multiply-add instead of BLAS
-    reference = train(False, opt_name)
+    with fused.disabled():                       # NumPy's multiply and add instead of the compiled axpy
+        reference = train(False, opt_name)
     for a, b in zip(fast, reference):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("n", [10, optimizer_module.AXPY_MIN - 1, optimizer_module.AXPY_MIN, 70001])
+@pytest.mark.parametrize("n", [1, 10, 4097, 70001])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_axpy_adds_a_x_in_place_on_either_path(n, dtype, monkeypatch):
-    """Small arrays take two NumPy passes, large ones one BLAS call: both give
-    y + a x rounded in y's dtype, in place."""
-    if optimizer_module._AXPY is None:
-        pytest.skip("NumPy's OpenBLAS is not loadable here")
-    calls = []
-    blas = optimizer_module._AXPY
-
-    def counting(*args, f=None):
-        calls.append(args[0])
-        return f(*args)
-    monkeypatch.setattr(optimizer_module, "_AXPY",
-                        {dt: (lambda *args, f=f: counting(*args, f=f)) for dt, f in blas.items()})
+@pytest.mark.parametrize("kernels", [True, False])
+def test_axpy_adds_a_x_in_place_on_either_path(n, dtype, kernels):
+    """The compiled pass and NumPy's two passes both give y + a x rounded in
+    y's dtype, in place; a non-contiguous y takes NumPy's."""
     rng = np.random.default_rng(n)
-    x, y = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
-    y64, ax64 = y.astype(np.float64), -0.3 * x.astype(np.float64)
-    target = y
-    optimizer_module.axpy(-0.3, x, y, np.empty_like(y))
-    assert y is target and y.dtype == dtype
-    assert calls == ([n] if n >= optimizer_module.AXPY_MIN else [])
-    # three roundings at most (a to y's dtype, a x, the sum), each within eps/2 of the operands
-    assert np.all(np.abs(y - (y64 + ax64)) <= 2 * np.finfo(dtype).eps * (np.abs(y64) + np.abs(ax64)))
+    for layout in ("contiguous", "strided"):
+        x, y = rng.standard_normal(2 * n).astype(dtype), rng.standard_normal(2 * n).astype(dtype)
+        if layout == "strided":
+            x, y = x[::2], y[::2]
+        else:
+            x, y = x[:n], y[:n]
+        y64, ax64 = y.astype(np.float64), -0.3 * x.astype(np.float64)
+        target = y
+        with contextlib.nullcontext() if kernels else fused.disabled():
+            optimizer_module.axpy(-0.3, x, y, np.empty_like(y))
+        assert y is target and y.dtype == dtype
+        # three roundings at most (a to y's dtype, a x, the sum), each within eps/2 of the operands
+        assert np.all(np.abs(y - (y64 + ax64)) <= 2 * np.finfo(dtype).eps * (np.abs(y64) + np.abs(ax64)))
+
+
+def test_axpy_propagates_nan_and_inf():
+    x = np.array([np.nan, 1.0, np.inf, 2.0] * 2000, np.float32)
+    for kernels in (True, False):
+        y = np.ones_like(x)
+        with contextlib.nullcontext() if kernels else fused.disabled():
+            optimizer_module.axpy(-0.5, x, y, np.empty_like(y))
+        assert np.isnan(y[0]) and y[1] == 0.5 and y[2] == -np.inf and y[3] == 0.0
 
 
 @pytest.mark.parametrize("kernels", [True, False])

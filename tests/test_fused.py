@@ -1,7 +1,6 @@
-"""The fused float32 kernels (handydl.ops.fused, numba) against the NumPy paths
+"""The fused float32 kernels (handydl._fast.fused, numba) against the NumPy paths
 of the same ops and against PyTorch: every kernel, every parameter set, every
-domain, the kinks, the extremes of float32, NaN and +-inf, on arrays large
-enough to be split across threads."""
+domain, the kinks, the extremes of float32, NaN and +-inf."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from handydl import data, nn, ops, optim
-from handydl.ops import fused
+from handydl._fast import fused
 from conftest import to_torch
 
 pytest.importorskip("numba")
@@ -21,7 +20,7 @@ torch = pytest.importorskip("torch")
 FUSED_OPS = [op for op in ops.REGISTRY.values() if op._kernels]
 CASES = [pytest.param(op, op.bind(params), id=f"{op.name}{params or ''}")
          for op in FUSED_OPS for params in ({},) + tuple(op.test_params)]
-SIZE = fused.SPLIT * fused.CHEAP_CHUNK + 123     # split for every loop, one chunk ragged
+SIZE = (1 << 19) + 123    # a training-sized array, not a multiple of any SIMD width
 
 
 def special_values():
@@ -208,7 +207,7 @@ def test_a_missing_numba_falls_back_to_numpy(monkeypatch):
 
 
 def test_the_environment_switches_the_kernels_off():
-    code = "from handydl.ops import fused; print(fused.enabled())"
+    code = "from handydl._fast import fused; print(fused.enabled())"
     run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
                                      text=True, check=True).stdout.strip()
     import os
@@ -240,20 +239,6 @@ def test_training_with_kernels_equals_training_without(activation):
         reference = train(activation)
     for a, b in zip(fast, reference):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("op,params", CASES)
-def test_threads_give_the_bits_of_one_thread(op, params, monkeypatch):
-    """The team's chunks (ragged last one included) compute what one loop over the
-    whole array computes, bit for bit, y and gx (a chunk boundary off by one, or a
-    chunk done twice or never, would show)."""
-    x = inputs(op)
-    gy = np.random.default_rng(2).standard_normal(x.size).astype(np.float32)
-    y, _, gx = forward_backward(op, x, params, gy)
-    monkeypatch.setattr(fused._threads, "team", lambda: None)
-    y1, _, gx1 = forward_backward(op, x, params, gy)
-    np.testing.assert_array_equal(y, y1)
-    np.testing.assert_array_equal(gx, gx1)
 
 
 # -- PReLU with one slope: leaky ReLU's kernel, and a fused dL/da -------------------------------
@@ -347,8 +332,7 @@ def test_prelu_module_trains_the_same_with_and_without_kernels():
 # -- softmax cross-entropy, fused row by row -------------------------------------------------
 
 def logits(rows=3000, classes=100, seed=5):
-    """Rows split over threads (CHUNK elements per chunk), with extreme rows and
-    rows that must come out NaN (BAD_ROWS)."""
+    """Rows of logits with extreme rows and rows that must come out NaN (BAD_ROWS)."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, classes)) * 5).astype(np.float32)
     x[0] = rng.uniform(-1000, 1000, classes)             # no overflow: max is subtracted first
@@ -361,23 +345,8 @@ def logits(rows=3000, classes=100, seed=5):
 
 BAD_ROWS = [2, 3, 4]
 # (rows, classes): wide rows that take NumPy's row max and narrow ones (<= NARROW
-# classes) whose max the fused pass finds, split over threads or not; near the
-# smallest fused size (fused.CE_MIN_SIZE)
+# classes) whose max the fused pass finds; near the smallest fused size (fused.CE_MIN_SIZE)
 CE_SHAPES = [(3000, 100), (30_000, 10), (40, 10), (30, 64), (30, 65), (31, 10)]
-
-
-@pytest.mark.parametrize("shape", CE_SHAPES[:2])
-def test_cross_entropy_threads_give_the_bits_of_one_thread(shape, monkeypatch):
-    x, y = logits(*shape)
-    y = y.astype(np.int32)                    # labels of another integer dtype are converted
-
-    def loss_and_grad():
-        loss, saved = ops.cross_entropy.forward(x, y, reduction="none")
-        return loss, ops.cross_entropy.backward(saved, 1.0)[0]
-    split = loss_and_grad()
-    monkeypatch.setattr(fused._threads, "team", lambda: None)
-    for a, b in zip(split, loss_and_grad()):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("shape", CE_SHAPES)

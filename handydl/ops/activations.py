@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from . import fused
-from .fused import exp, expm1, log1p, tanh as tanh_scalar, where
+from .._fast import fused
+from .._fast.fused import exp, expm1, log1p, tanh as tanh_scalar, where
 from .registry import WIDE, as_float, check_int, check_real, register
 
 # Python floats, not np.float64: a NumPy float64 scalar would promote float32 work.

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import fused
+from .._fast import fused
 from .activations import stable_sigmoid
 from .registry import as_float, check_bool, check_int, check_real, register
 from .softmax import log_softmax

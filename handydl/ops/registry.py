@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fused
+from .._fast import fused
 
 REGISTRY: dict[str, "Op"] = {}
 

@@ -2,57 +2,12 @@
 with PyTorch's update rules (tests compare several steps with torch.optim)."""
 from __future__ import annotations
 
-import ctypes
-import glob
 import math
 import numbers
-import os
 
 import numpy as np
 
-
-def _numpy_blas_axpy():
-    """saxpy/daxpy from the OpenBLAS that NumPy itself loaded, or None.
-
-    y += a x in one pass, without a temporary.  It must be NumPy's own
-    OpenBLAS: SciPy's is a second library with a second thread pool, and the
-    two pools spinning against each other on 2 cores made training 10x slower.
-    """
-    libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs",
-                                  "libscipy_openblas64_*.so"))
-    if len(libs) != 1:
-        return None
-    try:
-        lib = ctypes.CDLL(libs[0])
-        funcs = {}
-        for dtype, name, ctype in ((np.float32, "scipy_cblas_saxpy64_", ctypes.c_float),
-                                   (np.float64, "scipy_cblas_daxpy64_", ctypes.c_double)):
-            f = getattr(lib, name)
-            f.restype = None
-            f.argtypes = [ctypes.c_int64, ctype, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
-            funcs[np.dtype(dtype)] = f
-        return funcs
-    except (OSError, AttributeError):
-        return None
-
-
-_AXPY = _numpy_blas_axpy()
-# Below this many elements two NumPy passes cost less than one BLAS call through
-# ctypes (python -m bench.micro times both at 10 elements and at this size).
-AXPY_MIN = 1 << 15
-
-
-def axpy(a, x, y, buf):
-    """y += a * x in place: one BLAS pass when NumPy's OpenBLAS is at hand and
-    both arrays are large, contiguous and of one float dtype; otherwise through
-    the scratch array ``buf`` (two passes, still no allocation)."""
-    f = _AXPY and _AXPY.get(y.dtype)
-    if (f is not None and y.size >= AXPY_MIN and x.dtype == y.dtype
-            and x.flags.c_contiguous and y.flags.c_contiguous):
-        f(y.size, a, x.__array_interface__["data"][0], 1, y.__array_interface__["data"][0], 1)
-    else:
-        np.multiply(x, a, out=buf)
-        y += buf
+from .._fast.fused import axpy
 
 
 class Optimizer:

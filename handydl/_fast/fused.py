@@ -6,7 +6,8 @@ each single-threaded and each allocating.  PyTorch and XLA instead run one
 SIMD loop per op.  When numba is installed (``pip install "handydl[fast]"``),
 an activation that declares a *scalar kernel* gets the same: numba compiles
 the kernel into one vectorized float32 loop that writes y and dy/dx together
-(split across the cores on large arrays, by threads.py); backward is then
+(on one core: splitting it across the cores did not pay in any training
+workload of the benchmark, docs/performance.md); backward is then
 ``gx = gy * dy/dx``.  Two other ways to save move less memory:
 piecewise-linear kernels declare ``save="input"`` (forward writes y and keeps
 a copy of x, backward recomputes dy/dx from it), and sigmoid ``save="output"`` with its
@@ -45,8 +46,6 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import threads as _threads
-
 # Below MIN_SIZE elements a kernel call costs more than it saves.
 MIN_SIZE = 4096
 # Softmax cross-entropy replaces a chain of NumPy calls with two compiled ones
@@ -54,16 +53,6 @@ MIN_SIZE = 4096
 # max inside the fused pass.
 CE_MIN_SIZE = 256
 NARROW = 64
-# Threads take CHUNK elements at a time from loops that compute exponentials,
-# CHEAP_CHUNK from the others (memory-bound: they gain from a second core only
-# on larger arrays); a loop is split when it has SPLIT chunks or more.  Two
-# would split training-sized activations (131,072 elements: 1024 units at batch
-# 128), which run right after matrix products (whose OpenBLAS threads, we think,
-# still spin on the other core): there the split made the epoch slower
-# (python -m bench.micro).
-CHUNK = 1 << 16
-CHEAP_CHUNK = 1 << 17
-SPLIT = 4
 
 _enabled = os.environ.get("HANDYDL_FUSED", "1") != "0"
 _lock = threading.Lock()
@@ -264,8 +253,6 @@ def _loops(kernel):
     both(x, y, d, params)     y and dy/dx
     value(x, y, params)       y alone (the compiler drops the derivative's arithmetic)
     grad(x, gy, gx, params)   gx = gy * dy/dx, recomputed from x (drops y's)
-
-    and "chunk": how many elements the threads take at a time (_chunk).
     """
     with _lock:
         if kernel not in _compiled:
@@ -282,13 +269,12 @@ def _loops(kernel):
             def grad(x, gy, gx, params):
                 for i in range(x.size):
                     gx[i] = gy[i] * f(x[i], params)[1]
-            _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad),
-                                 "chunk": _chunk(kernel)}
+            _compiled[kernel] = {"both": _jit(both), "value": _jit(value), "grad": _jit(grad)}
         return _compiled[kernel]
 
 
 def _slope_loop(slope):
-    """The compiled loop gx = gy * slope(y, *params), and the threads' chunk."""
+    """The compiled loop gx = gy * slope(y, *params)."""
     with _lock:
         if slope not in _compiled:
             f = _with_params(slope)
@@ -296,7 +282,7 @@ def _slope_loop(slope):
             def grad(y, gy, gx, params):
                 for i in range(y.size):
                     gx[i] = gy[i] * f(y[i], params)
-            _compiled[slope] = {"grad": _jit(grad), "chunk": _chunk(slope)}
+            _compiled[slope] = {"grad": _jit(grad)}
         return _compiled[slope]
 
 
@@ -328,20 +314,6 @@ def negative_dot(x, gy):
             _compiled["negative_dot"] = _jit(_float32(_negative_dot, _compiled_helpers()),
                                              fastmath={"contract", "reassoc"})
     return float(_compiled["negative_dot"](x.reshape(-1), gy.reshape(-1)))
-
-
-def _run(loop, arrays, *params, chunk=None, layout=None):
-    """loop(*arrays, *params) over the rows of the arrays; split among the cores
-    by the team of threads.py, ``chunk`` rows at a time, when there are SPLIT
-    chunks or more.  layout names the arrays' kinds for the team (threads.part);
-    the default is all float32 vectors."""
-    n = len(arrays[0])
-    team = _threads.team() if chunk and n >= SPLIT * chunk else None
-    if team is None:
-        loop(*arrays, *params)
-        return
-    part = _threads.part(loop, layout or "v" * len(arrays), len(params[0]) if params else None)
-    team.run(part, arrays, chunk, *params)
 
 
 # -- what the registry calls ------------------------------------------------------------------
@@ -408,22 +380,14 @@ def forward(kernel, x, params):
     y = np.empty_like(x)
     if kernel.save == "derivative":
         d = np.empty_like(x)
-        _run(loops["both"], _flat(x, y, d), params, chunk=loops["chunk"])
+        loops["both"](*_flat(x, y, d), params)
         return y, Derivative(d)
-    _run(loops["value"], _flat(x, y), params, chunk=loops["chunk"])
+    loops["value"](*_flat(x, y), params)
     if kernel.save == "input":
         # A copy, not x itself: the caller may overwrite x before backward, and the
         # NumPy path (which keeps a mask) would then disagree.  One memcpy.
         return y, Recompute(kernel.f, x.copy(), params)
     return y, FromOutput(kernel.slope, y, params)
-
-
-def _chunk(kernel):
-    """The threads' chunk for a kernel's loops: CHUNK when it computes an
-    exponential (or log1p, tanh), CHEAP_CHUNK when its loops are memory-bound."""
-    transcendental = {id(HELPERS[name]) for name in ("exp", "expm1", "log1p", "tanh")}
-    costly = any(id(kernel.__globals__.get(name)) in transcendental for name in kernel.__code__.co_names)
-    return CHUNK if costly else CHEAP_CHUNK
 
 
 def _flat(*arrays):
@@ -436,13 +400,13 @@ def backward(saved, gy):
         if not (usable(gy) and gy.shape == saved.d.shape):
             return gy * saved.d
         gx = np.empty_like(saved.d)
-        _run(_multiply_loop(), _flat(gy, saved.d, gx), chunk=CHEAP_CHUNK)
+        _multiply_loop()(*_flat(gy, saved.d, gx))
         return gx
     source, loops = _slope_source(saved)
     if not (usable(gy) and gy.shape == source.shape):
         return gy * _derivative(saved)
     gx = np.empty_like(source)
-    _run(loops["grad"], _flat(source, gy, gx), saved.params, chunk=loops["chunk"])
+    loops["grad"](*_flat(source, gy, gx), saved.params)
     return gx
 
 
@@ -458,7 +422,7 @@ def _derivative(saved):
     take (another shape or dtype)."""
     source, loops = _slope_source(saved)
     ones = np.ones_like(source)
-    _run(loops["grad"], _flat(source, ones, ones), saved.params)
+    loops["grad"](*_flat(source, ones, ones), saved.params)
     return ones
 
 
@@ -508,11 +472,10 @@ def cross_entropy_rows(x, y):
     NumPy's SIMD row max for rows of more than NARROW classes (on narrower rows
     NumPy's reduction costs more per row than the fused pass finding the max)."""
     m = np.empty(len(x), np.float32) if x.shape[1] <= NARROW else x.max(axis=1)
-    y = np.ascontiguousarray(y, np.int64)     # the threads' view of the labels is int64
+    y = np.ascontiguousarray(y, np.int64)     # one label type: one compiled loop
     per = np.empty(len(x), np.float32)
     logs = np.empty(len(x), np.float32)
-    rows = max(1, CHUNK // x.shape[1])
-    _run(_ce_loops()[0], (x, m, y, per, logs), chunk=rows, layout="mvivv")
+    _ce_loops()[0](x, m, y, per, logs)
     return per, (m, logs)
 
 
@@ -521,7 +484,30 @@ def cross_entropy_grad(x, y, m_logs, scale):
     m, logs = m_logs
     y = np.ascontiguousarray(y, np.int64)
     gx = np.empty_like(x)
-    rows = max(1, CHUNK // x.shape[1])
     scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (len(x),)))
-    _run(_ce_loops()[1], (x, y, m, logs, scale, gx), chunk=rows, layout="mivvvm")
+    _ce_loops()[1](x, y, m, logs, scale, gx)
     return gx
+
+
+# -- the optimizers' update y += a x -----------------------------------------------------------
+
+def _axpy(a, x, y):
+    for i in range(y.size):
+        y[i] += a * x[i]
+
+
+def axpy(a, x, y, buf):
+    """y += a * x in place: one compiled pass (one multiply-add per element) when
+    the kernels are on and x, y are contiguous arrays of one float dtype;
+    otherwise two NumPy passes through the scratch array ``buf`` (no allocation).
+    The optimizers call it for every parameter on every step: SGD's update of a
+    784 x 256 weight is 3x faster this way (python -m bench.micro)."""
+    if (_enabled and x.dtype == y.dtype and y.dtype in (np.float32, np.float64) and x.shape == y.shape
+            and x.flags.c_contiguous and y.flags.c_contiguous and _load_numba() is not None):
+        with _lock:
+            if "axpy" not in _compiled:
+                _compiled["axpy"] = _jit(_axpy)
+        _compiled["axpy"](y.dtype.type(a), x.reshape(-1), y.reshape(-1))
+        return
+    np.multiply(x, a, out=buf)
+    y += buf

@@ -10,8 +10,10 @@ raises glibc's mmap and trim thresholds so that freed blocks are reused.  The
 cost: memory freed stays in the process (its RSS does not shrink back) up to
 the threshold per block.
 
-It changes the allocator of the whole process, so it is opt-in: ``fit()``,
-``handydl train`` and the benchmark call it; a library user calls it once.
+It changes the allocator of the whole process, so the library never calls it
+on its own: ``handydl train`` (a process of its own) and the benchmark do, and
+a user's training script calls it once.  What it buys in training, measured by
+``python -m bench`` with it on and off: see docs/performance.md.
 """
 from __future__ import annotations
 
