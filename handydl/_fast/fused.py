@@ -511,3 +511,33 @@ def axpy(a, x, y, buf):
         return
     np.multiply(x, a, out=buf)
     y += buf
+
+
+# -- Adam's update in one pass ---------------------------------------------------------------
+
+def _adam(p, g, m, v, b1, a1, b2, a2, step, bias2, eps):
+    for i in range(p.size):
+        m[i] = b1 * m[i] + a1 * g[i]
+        v[i] = b2 * v[i] + a2 * (g[i] * g[i])
+        p[i] += step * (m[i] / (np.sqrt(v[i]) * bias2 + eps))
+
+
+def adam(p, g, m, v, b1, b2, step, bias2, eps):
+    r"""Adam's moments and update in place, one pass over p, g, m, v:
+    :math:`m = \beta_1 m + (1-\beta_1) g`, :math:`v = \beta_2 v + (1-\beta_2) g^2`,
+    :math:`p \mathrel{+}= \text{step}\, m / (\sqrt{v}\,\text{bias2} + \epsilon)` with
+    step = -lr / (1 - beta1^t) and bias2 = 1 / sqrt(1 - beta2^t).  True if it ran;
+    False when the kernels do not apply (numba missing or off, arrays of other
+    dtypes, shapes or layouts): the optimizer then runs NumPy's passes, eleven
+    of them, which the deep MLP's Adam step spent most of its time in."""
+    arrays = (p, g, m, v)
+    if not (_enabled and p.dtype in (np.float32, np.float64) and all(a.dtype == p.dtype for a in arrays)
+            and all(a.shape == p.shape and a.flags.c_contiguous for a in arrays) and _load_numba() is not None):
+        return False
+    with _lock:
+        if "adam" not in _compiled:
+            _compiled["adam"] = _jit(_adam)
+    f = p.dtype.type
+    _compiled["adam"](*(a.reshape(-1) for a in arrays), f(b1), f(1 - b1), f(b2), f(1 - b2),
+                      f(step), f(bias2), f(eps))
+    return True

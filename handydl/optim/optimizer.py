@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from .._fast import fused
 from .._fast.fused import axpy
 
 
@@ -262,6 +263,8 @@ class Adam(Optimizer):
         elif wd:
             g = g + wd * p.data
         m, v, tmp = state["m"], state["v"], state["tmp"]         # tmp: one buffer reused every step
+        if fused.adam(p.data, g, m, v, b1, b2, -lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), eps):
+            return
         m *= b1
         axpy(1 - b1, g, m, tmp)
         v *= b2
