@@ -272,13 +272,17 @@ def print_machinery(rows):
         print(f"    {piece}: {what}")
 
 
+REST = "together (the rest)"
+
+
 def phases(row, hd):
     """{phase: seconds}: handydl's epoch split into its products (alone, NumPy's
     BLAS), the phases timed alone by the worker (bench/worker.py mlp_phases), and
-    the rest: Python and the modules' own work, what the epoch takes beyond them."""
+    the rest: what the epoch takes beyond them, the phases running slower
+    together than each alone (caches, allocation), or less when they overlap."""
     out = {"products": row["floor"]}
     out.update({k: median(v) for k, v in hd.get("phases", {}).items()})
-    out["Python and modules (the rest)"] = row["handydl"]["median"] - sum(out.values())
+    out[REST] = row["handydl"]["median"] - sum(out.values())
     return out
 
 

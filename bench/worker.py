@@ -161,9 +161,11 @@ def mlp_phases(X, y, p, model, loss_fn, opt, loader):
     (matmul_floor times those) run alone, as often as in an epoch, on arrays of
     the step's shapes, through the code the step runs: the bias adds of the
     forward and the bias sums of the backward, the activation's op forward +
-    backward, the loss module forward + backward, the optimizer's step and the
-    data loader's batches.  What the epoch takes beyond their sum and the
-    products' is Python and the modules' own work (bench/__main__.py)."""
+    backward, the loss module forward + backward, the optimizer's step, the
+    data loader's batches, and Python with the modules' own work in forward
+    and backward (the model's structure 4 units wide).  What the epoch takes beyond their sum and
+    the products' is the phases running slower together than alone
+    (bench/__main__.py)."""
     from handydl import ops
     bs, steps = p["batch"], -(-len(X) // p["batch"])
     Ws = [m.weight.data for m in model if hasattr(m, "weight")]
@@ -201,9 +203,18 @@ def mlp_phases(X, y, p, model, loss_fn, opt, loader):
     def data():
         for _ in loader:
             pass
+    # Python and the modules' own work in forward and backward: the same model's
+    # structure 4 units wide, whose arithmetic is next to nothing
+    tiny, *_ = handydl_training({**p, "sizes": [4] * len(p["sizes"])}, X[:, :4], y)
+    x4, g4 = np.ones((bs, 4), np.float32), np.ones((bs, 4), np.float32)
+
+    def python():
+        for _ in range(steps):
+            tiny(x4)
+            tiny.backward(g4, input_grad=False)
     return {name: timed(fn, p["repeats"])[0] for name, fn in
             (("bias adds and sums", bias), ("activation", activation), ("loss", loss),
-             ("optimizer", optimizer), ("data loader", data))}
+             ("optimizer", optimizer), ("data loader", data), ("Python and modules", python))}
 
 
 def sgemm_rates(n=2048, repeats=3, matmul=None):
