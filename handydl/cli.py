@@ -274,13 +274,14 @@ def cmd_train(args) -> int:
 
     from . import manual_seed, nn, optim
     from ._io import STAGE_PREFIX, remove_stale_temps
-    from .cli_gpt import resolve_defaults, train_gpt
+    from .cli_gpt import blas_threads, resolve_defaults, train_gpt
     from .data import split
     from .train import evaluate, fit
 
     resolve_defaults(args)              # --lr, --epochs, --batch-size, --dropout: per model
     if args.model == "gpt":
         return train_gpt(args)
+    threads = blas_threads(args.threads, asked=args.threads is not None)    # refused now, if it must be
     _choose("activation", args.activation, list(nn.ACTIVATIONS))
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
     out = _writable_dir(args.out)
@@ -310,7 +311,7 @@ def cmd_train(args) -> int:
     optimizer = optim.OPTIMIZERS[args.optimizer](model.parameters(), **opt_kwargs)
     from ._fast.malloc import tune_malloc
     tune_malloc()          # this process is a training run: reuse the step's large freed blocks
-    with np.errstate(over="ignore", invalid="ignore"):     # a diverging run is reported below, once
+    with threads(), np.errstate(over="ignore", invalid="ignore"):     # a diverging run is reported below, once
         history = fit(model, loss_fn, optimizer, loader, args.epochs,
                       val_data=(Xval, yval) if len(Xval) else None,  # a tiny file may leave none
                       scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
@@ -959,11 +960,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=None,
                    help="batch size (32; gpt: 64)")
     for flag, default in (("--n-layer", "2; --data: 4"), ("--n-head", "4"), ("--n-embd", "64; --data: 128"),
-                          ("--block-size", "--data only: 64"),
-                          ("--threads", "of NumPy's BLAS; 1 for the sort task, whose products are small; "
-                                        "--data: all cores")):
+                          ("--block-size", "--data only: 64")):
         p.add_argument(flag, type=_positive(int, flag), default=None,
                        help=f"--model gpt: {flag[2:].replace('-', ' ')} ({default})")
+    p.add_argument("--threads", type=_positive(int, "--threads"), default=None,
+                   help="threads of NumPy's BLAS (default: as NumPy starts it, all cores; --model gpt's sort "
+                        "task: 1, its products being small). On a machine shared with other jobs, 1 is "
+                        "often much faster (docs/performance.md)")
     p.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the batches")
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
     p.add_argument("--format", choices=list(MODEL_FILES), default="npz",

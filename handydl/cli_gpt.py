@@ -20,7 +20,7 @@ TRAIN_DEFAULTS = {"gpt": dict(lr=3e-3, epochs=10, batch_size=64, dropout=0.0),
                   "other": dict(lr=2e-3, epochs=60, batch_size=32, dropout=0.2)}
 SORT_ARCH = dict(n_layer=2, n_head=4, n_embd=64)                  # the sort task's GPT
 TEXT_ARCH = dict(n_layer=4, n_head=4, n_embd=128, block_size=64)  # a character model's
-GPT_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "threads")
+GPT_FLAGS = ("n_layer", "n_head", "n_embd", "block_size")
 MAX_BLOCK = 2048
 MAX_ATTENTION_BYTES = 2 * 2**30     # the attention weights one training step keeps for backward
 MAX_SAMPLE_TOKENS = 100_000
@@ -107,7 +107,7 @@ def train_gpt(args) -> int:
 
     _refuse_mlp_flags(args)
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
-    threads = _blas_threads(args.threads if args.threads is not None else None if args.data else 1,
+    threads = blas_threads(args.threads if args.threads is not None else None if args.data else 1,
                             asked=args.threads is not None)
     data, arch = _data(args)
     out = _writable_dir(args.out)
@@ -173,7 +173,7 @@ def train_gpt(args) -> int:
     return 0
 
 
-def _blas_threads(n, asked):
+def blas_threads(n, asked):
     """A function making a context that runs NumPy's BLAS on ``n`` threads (None: as
     it is); checked now, applied when the context is entered.  The sort
     model's products are small (704 x 64 by 64 x 192): on a 2-core machine shared with

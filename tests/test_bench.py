@@ -100,12 +100,14 @@ def test_the_slowdown_under_load_is_held_to_the_best_peers():
     results = {"mlp_epoch_b128": {"kind": "mlp", "params": MLP, "handydl": fake(1.0), "torch": fake(1.0),
                                   "jax": fake(1.0)},
                "mlp_epoch_b128_under_load": {"kind": "mlp", "params": MLP, "handydl": fake(1.5),
-                                             "torch": fake(1.4), "jax": fake(2.0)}}
+                                             "torch": fake(1.4), "jax": fake(2.0)},
+               "mlp_epoch_b128_under_load_1_blas_thread": {"kind": "mlp", "params": MLP, "handydl": fake(1.2)}}
     rows, checks = bench.report(results, ("handydl", "torch", "jax"))
     loaded = next(r for r in rows if r["name"].endswith("_under_load"))
     assert loaded["handydl"]["slowdown"] == pytest.approx(1.5) and loaded["jax"]["slowdown"] == pytest.approx(2.0)
     c, = (c for c in checks if "slowdown" in c["target"])
     assert c["value"] == pytest.approx(1.5 / 1.4) and not c["pass"] and "(torch, 1.40x)" in c["target"]
+    assert c["one_blas_thread"] == pytest.approx(1.2) and "slowdown is 1.20x" in bench.check_line(c)
     assert any(job[2].get("load") for job in bench.workloads(True))
 
 

@@ -103,6 +103,22 @@ def test_train_on_a_user_csv(tmp_path):
     assert "classification" in r.stdout and "test accuracy" in r.stdout
 
 
+def test_train_threads_runs_the_blas_on_that_many_threads_during_fit(tmp_path, monkeypatch):
+    """--threads N: NumPy's BLAS runs N threads while the model trains (what
+    threadpoolctl reports inside fit), and as before after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from handydl import cli, train
+    blas = lambda: {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
+    before, seen, real = blas(), [], train.fit
+
+    def fit(*args, **kwargs):
+        seen.append(blas())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "fit", fit)
+    assert cli.main(["train", "--epochs", "1", "--threads", "1", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert seen == [{1}] and blas() == before
+
+
 @pytest.mark.parametrize("args,message", [
     (["--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits"),
     (["--activation", "swish2"], "unknown activation 'swish2'; valid activations: sigmoid"),
@@ -115,6 +131,7 @@ def test_train_on_a_user_csv(tmp_path):
     (["--lr", "-1"], "--lr must be > 0"),
     (["--hidden", "12,x"], "--hidden expects sizes like 128,64"),
     (["--dataset", "mnist"], "pass download=True (or --download)"),
+    (["--threads", "0"], "--threads must be > 0"),
 ])
 def test_train_errors_are_reported_before_training(tmp_path, args, message):
     (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
