@@ -143,7 +143,6 @@ def fused_vs_numpy():
     print(f"first fused call of each activation (compiling): {min(compile_s):.2f} to {max(compile_s):.2f} s")
     mlp_fused_on_off()
     mlp_input_grad_on_off()
-    team_on_off()
 
 
 def mlp_fused_on_off(n=30000, batch=128, rounds=6):

@@ -315,7 +315,8 @@ def cmd_train(args) -> int:
         history = fit(model, loss_fn, optimizer, loader, args.epochs,
                       val_data=(Xval, yval) if len(Xval) else None,  # a tiny file may leave none
                       scheduler=optim.CosineAnnealingLR(optimizer, args.epochs),
-                      progress=False if args.no_progress else None, log=log)
+                      progress=False if args.no_progress else None, log=log,
+                      blas_threads="auto" if args.threads is None else None)   # None: threads() holds
         problem = _diverged(history, model)
         test = None if problem else evaluate(model, loss_fn, data.X_test, data.y_test)
     if test is not None and not math.isfinite(test["loss"]):
@@ -964,9 +965,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=_positive(int, flag), default=None,
                        help=f"--model gpt: {flag[2:].replace('-', ' ')} ({default})")
     p.add_argument("--threads", type=_positive(int, "--threads"), default=None,
-                   help="threads of NumPy's BLAS (default: as NumPy starts it, all cores; --model gpt's sort "
-                        "task: 1, its products being small). On a machine shared with other jobs, 1 is "
-                        "often much faster (docs/performance.md)")
+                   help="threads of NumPy's BLAS while training (default: the fastest count, measured "
+                        "step by step, handydl.blas_threads('auto'); --model gpt's sort task: 1, its "
+                        "products being small)")
     p.add_argument("--seed", type=_seed, default=0, help="seed for the split, the weights and the batches")
     p.add_argument("--out", default="runs/latest", help="output directory (runs/latest)")
     p.add_argument("--format", choices=list(MODEL_FILES), default="npz",

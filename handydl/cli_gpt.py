@@ -107,8 +107,8 @@ def train_gpt(args) -> int:
 
     _refuse_mlp_flags(args)
     _choose("optimizer", args.optimizer, list(optim.OPTIMIZERS))
-    threads = blas_threads(args.threads if args.threads is not None else None if args.data else 1,
-                            asked=args.threads is not None)
+    n_threads = args.threads if args.threads is not None else None if args.data else 1
+    threads = blas_threads(n_threads, asked=args.threads is not None)
     data, arch = _data(args)
     out = _writable_dir(args.out)
     for name in (STAGE_PREFIX[1:], MODEL_FILES["safetensors"]) + RUN_FILES:   # leftovers of killed runs
@@ -148,6 +148,7 @@ def train_gpt(args) -> int:
             return 1
         history = fit_steps(model, loss_fn, optimizer, data.batches(args.batch_size, rng), args.epochs,
                             steps, hits, val_data=val, progress=False if args.no_progress else None,
+                            blas_threads="auto" if n_threads is None else None,   # None: threads() holds
                             log=log, names=names)
         problem = _diverged(history, model) or _val_diverged(history)
         if not problem and sort:

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .nn.module import no_grad
+from ._fast import blas
 from .optim.optimizer import clip_grad_norm
 from .data.sequences import IGNORE_INDEX
 from .train import _progress
@@ -51,7 +52,7 @@ def evaluate(model, loss_fn, x, y, hits, batch_size=500):
 
 
 def fit_steps(model, loss_fn, optimizer, batches, epochs, steps_per_epoch, hits, val_data=None,
-              warmup=None, clip_norm=1.0, progress=None, log=print, names=None):
+              warmup=None, clip_norm=1.0, progress=None, log=print, names=None, blas_threads="auto"):
     """Train ``model`` for ``epochs * steps_per_epoch`` steps; return the history.
 
     ``batches`` yields (x, y) token ids, (B, T) each; ``loss_fn(logits, y)`` is a
@@ -60,8 +61,9 @@ def fit_steps(model, loss_fn, optimizer, batches, epochs, steps_per_epoch, hits,
     every epoch.  The learning rate follows ``warmup_cosine`` (``warmup`` steps,
     default 5% of all), gradients are clipped to ``clip_norm`` (None: not).
     Stops at the first non-finite loss.  ``names`` renames the accuracy in the
-    log lines (e.g. "exact-match").
+    log lines (e.g. "exact-match").  ``blas_threads`` as in ``train.fit``.
     """
+    blas.check(blas_threads, "fit_steps")
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(f"fit_steps: epochs={epochs!r} and steps_per_epoch={steps_per_epoch!r}; "
                          "expected integers >= 1")
@@ -71,44 +73,45 @@ def fit_steps(model, loss_fn, optimizer, batches, epochs, steps_per_epoch, hits,
     show = progress if progress is not None else _stderr_is_terminal()
     history = {"epoch": [], "lr": [], "time": [], "train_loss": []}
     step = 0
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        loss_sum, weight, correct, counted = 0.0, 0, 0, 0
-        finite = True
-        for _ in _progress(range(steps_per_epoch), steps_per_epoch, show, f"epoch {epoch}/{epochs}"):
-            optimizer.lr = warmup_cosine(step, total, base_lr, warmup)
-            step += 1
-            x, y = next(batches)
-            optimizer.zero_grad()
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            model.backward(loss_fn.backward())          # dL/d(token ids) is None: nothing to skip
-            if clip_norm is not None:
-                clip_grad_norm(optimizer.params, clip_norm)
-            optimizer.step()
-            n = int((y != IGNORE_INDEX).sum())
-            loss_sum, weight = loss_sum + loss * n, weight + n
-            c, k = hits(logits, y)
-            correct, counted = correct + c, counted + k
-            if not math.isfinite(loss):
-                finite = False
-                break
-        row = {"epoch": epoch, "lr": optimizer.lr, "train_loss": loss_sum / max(weight, 1),
-               "train_acc": correct / max(counted, 1)}
-        if val_data is not None:        # not after a non-finite loss: NaN, to keep the columns aligned
-            scores = evaluate(model, loss_fn, *val_data, hits) if finite else {"loss": math.nan, "acc": math.nan}
-            row.update({f"val_{k}": v for k, v in scores.items()})
-        row["time"] = time.perf_counter() - start
-        for k, v in row.items():
-            history.setdefault(k, []).append(v)
-        if log:
-            log(_format_row(row, epochs, names or {}))
-        if not finite:
+    with blas.blas_threads(blas_threads):     # NumPy's BLAS threads: measured, by default
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            loss_sum, weight, correct, counted = 0.0, 0, 0, 0
+            finite = True
+            for _ in _progress(range(steps_per_epoch), steps_per_epoch, show, f"epoch {epoch}/{epochs}"):
+                optimizer.lr = warmup_cosine(step, total, base_lr, warmup)
+                step += 1
+                x, y = next(batches)
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                model.backward(loss_fn.backward())          # dL/d(token ids) is None: nothing to skip
+                if clip_norm is not None:
+                    clip_grad_norm(optimizer.params, clip_norm)
+                optimizer.step()
+                n = int((y != IGNORE_INDEX).sum())
+                loss_sum, weight = loss_sum + loss * n, weight + n
+                c, k = hits(logits, y)
+                correct, counted = correct + c, counted + k
+                if not math.isfinite(loss):
+                    finite = False
+                    break
+            row = {"epoch": epoch, "lr": optimizer.lr, "train_loss": loss_sum / max(weight, 1),
+                   "train_acc": correct / max(counted, 1)}
+            if val_data is not None:        # not after a non-finite loss: NaN, to keep the columns aligned
+                scores = evaluate(model, loss_fn, *val_data, hits) if finite else {"loss": math.nan, "acc": math.nan}
+                row.update({f"val_{k}": v for k, v in scores.items()})
+            row["time"] = time.perf_counter() - start
+            for k, v in row.items():
+                history.setdefault(k, []).append(v)
             if log:
-                log(f"stopping: the training loss is {loss} in step {step} (try a smaller learning rate)")
-            break
-    return history
+                log(_format_row(row, epochs, names or {}))
+            if not finite:
+                if log:
+                    log(f"stopping: the training loss is {loss} in step {step} (try a smaller learning rate)")
+                break
+        return history
 
 
 def _stderr_is_terminal():

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .._fast import fused
+from .._fast import blas, fused
 from .._fast.fused import axpy
 
 
@@ -64,6 +64,7 @@ class Optimizer:
         self.steps += 1
         for p, state, new in zip(self.params, self.state, fresh):
             self._update(p, state, new, hp)
+        blas.tick()               # a training step ended: for handydl.blas_threads("auto")
 
     def _check_parameter(self, i, p):
         """ValueError (TypeError) naming parameter ``i`` if its update could fail part-way."""

@@ -1,0 +1,169 @@
+"""NumPy's BLAS threads chosen by measuring the training steps.
+
+On a machine that other jobs share, NumPy's OpenBLAS on all cores can make a
+training step many times slower: a matrix product is split across threads,
+and the thread whose core is busy with another process finishes its part a
+scheduler time slice late, on every product.  ``python -m bench`` measured an
+epoch of the 784-256-10 MLP at batch 128 about 6x slower with one core kept
+busy, and about 2x with the BLAS on one thread (docs/performance.md).  How
+many threads pay depends on the machine, the load and the sizes of the
+products, and changes while a run goes on, so this module measures instead of
+guessing: inside ``blas_threads("auto")``, every ``Optimizer.step()`` marks
+the end of a training step; the governor times a few steps at each candidate
+thread count (all of them, half, one), keeps the fastest, and checks again
+after a hold that doubles while the choice stays the same.
+
+It uses threadpoolctl (the ``train`` extra) to read and set the thread count;
+without it, the context does nothing.  The count in force before the block
+comes back when the block ends.  When someone else changes the count inside
+the block (``threadpool_limits``), the governor stops and leaves it alone.
+``fit()`` and ``handydl train`` run inside one unless told a fixed count
+(``fit(blas_threads=1)``, ``handydl train --threads 1``);
+``HANDYDL_BLAS_THREADS=fixed`` in the environment turns "auto" off.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+
+WARMUP = 2          # steps after a change that are not timed (the pool settles)
+MEASURED = 8        # steps timed per candidate; their median is its time
+HOLD = 256          # steps between probes at first; doubled while the choice holds
+MAX_HOLD = 4096
+
+_active = None      # the governor of the innermost blas_threads("auto") block
+
+
+class Governor:
+    """Chooses among thread counts by the median time of training steps.
+
+    ``get()`` and ``set(n)`` read and set the BLAS threads; ``clock`` gives
+    seconds.  ``tick()`` is called once per step (Optimizer.step does)."""
+
+    def __init__(self, get, set, clock=time.perf_counter):
+        self.get, self.set, self.clock = get, set, clock
+        self.start = get()
+        self.candidates = sorted({self.start, max(1, self.start // 2), 1}, reverse=True)
+        self.choice = self.start
+        self.hold = HOLD
+        self.stopped = self.start <= 1            # one thread: nothing to choose
+        self.history = []                         # (step, {threads: median seconds}, choice)
+        self.steps = 0
+        self._plan = self._probe_plan()
+        self._last = None
+        self._times = {}
+        self._mine = self.start                   # the count this governor set last
+
+    def _probe_plan(self):
+        """[(threads, timed?)], one entry per coming step, for one probe."""
+        return [(c, k >= WARMUP) for c in self.candidates for k in range(WARMUP + MEASURED)]
+
+    def tick(self):
+        """The end of one step: time it, and set the threads for the next."""
+        now = self.clock()
+        if self.stopped:
+            return
+        if self.get() != self._mine:              # someone else changed it: theirs to keep
+            self.stopped = True
+            return
+        if self._last is not None and self._current is not None:
+            threads, timed = self._current
+            if timed:
+                self._times.setdefault(threads, []).append(now - self._last)
+        self.steps += 1
+        self._last = now
+        if self._plan:
+            self._current = self._plan.pop(0)
+            self._apply(self._current[0])
+            return
+        if self._times:                           # a probe just ended: choose
+            medians = {t: statistics.median(v) for t, v in self._times.items()}
+            best = min(medians, key=medians.get)
+            self.hold = min(2 * self.hold, MAX_HOLD) if best == self.choice else HOLD
+            self.choice = best
+            self.history.append((self.steps, medians, best))
+            self._times = {}
+            self._holding = self.hold
+        self._current = None
+        self._apply(self.choice)
+        self._holding -= 1
+        if self._holding <= 0:
+            self._plan = self._probe_plan()
+
+    _current = None
+    _holding = 0
+
+    def _apply(self, threads):
+        if threads != self._mine:
+            self.set(threads)
+            self._mine = threads
+
+
+def _blas_controller():
+    """(get, set) for the BLAS libraries loaded in this process, or None without
+    threadpoolctl or a BLAS it knows."""
+    try:
+        import numpy  # noqa: F401  (loads NumPy's BLAS, for threadpoolctl to find)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    if not libs:
+        return None
+
+    def set_threads(n):
+        for lib in libs:
+            lib.set_num_threads(n)
+    return (lambda: libs[0].get_num_threads()), set_threads
+
+
+def check(n, owner="blas_threads"):
+    """ValueError unless n is "auto", None or an int >= 1."""
+    if n is None or n == "auto":
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{owner}: blas_threads={n!r} is not valid; expected 'auto', None or an int >= 1")
+
+
+@contextlib.contextmanager
+def blas_threads(n="auto"):
+    """NumPy's BLAS threads inside the block: ``"auto"`` measures the training
+    steps and keeps the fastest count (see the module's docstring; yields the
+    Governor, or None when there is nothing to govern); an int runs that many
+    threads; None leaves them alone.  The count before the block comes back
+    after it.  An int or "auto" without threadpoolctl: ImportError for an int
+    (the caller asked for something it cannot have), nothing for "auto"."""
+    global _active
+    if n is None or (n == "auto" and os.environ.get("HANDYDL_BLAS_THREADS") == "fixed"):
+        yield None
+        return
+    check(n)
+    if n != "auto":
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(n, user_api="blas"):
+            outer, _active = _active, None          # a fixed count: no governor inside
+            try:
+                yield None
+            finally:
+                _active = outer
+        return
+    controller = _blas_controller()
+    if controller is None:
+        yield None
+        return
+    outer, governor = _active, Governor(*controller)
+    _active = governor
+    try:
+        yield governor
+    finally:
+        _active = outer
+        if not governor.stopped and controller[0]() == governor._mine:
+            controller[1](governor.start)
+
+
+def tick():
+    """One training step ended (Optimizer.step calls it)."""
+    if _active is not None:
+        _active.tick()

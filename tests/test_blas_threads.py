@@ -1,0 +1,144 @@
+"""handydl.blas_threads: NumPy's BLAS threads chosen by timing the training
+steps (a Governor over a simulated machine), fixed, or left alone; the count
+before always comes back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import handydl
+from handydl import data, nn, optim, train
+from handydl._fast import blas
+
+
+class Machine:
+    """A BLAS whose steps take ``cost[threads]`` seconds; the clock advances by
+    the cost of the threads in force when each step began."""
+
+    def __init__(self, threads, cost):
+        self.threads, self.cost, self.now, self.sets = threads, cost, 0.0, []
+        self._running = threads
+
+    def get(self):
+        return self.threads
+
+    def set(self, n):
+        self.threads = n
+        self.sets.append(n)
+
+    def clock(self):
+        self.now += self.cost[self._running]   # the step that just ended ran at the old count
+        self._running = self.threads
+        return self.now
+
+    def run(self, governor, steps):
+        for _ in range(steps):
+            governor.tick()
+            self._running = self.threads       # the next step runs at what tick() left
+
+
+def probe_steps(candidates):
+    return len(candidates) * (blas.WARMUP + blas.MEASURED) + 1
+
+
+def test_the_governor_keeps_the_fastest_count_and_checks_again_later():
+    m = Machine(4, {4: 3.0, 2: 2.0, 1: 1.0})       # a loaded machine: fewer threads are faster
+    g = blas.Governor(m.get, m.set, m.clock)
+    assert g.candidates == [4, 2, 1]
+    m.run(g, probe_steps(g.candidates))
+    assert g.choice == 1 and m.threads == 1
+    steps, medians, best = g.history[-1]
+    assert best == 1 and medians == {4: 3.0, 2: 2.0, 1: 1.0}
+    m.cost = {4: 0.5, 2: 0.8, 1: 1.0}              # the load is gone: all threads pay again
+    m.run(g, blas.HOLD - 1)
+    assert m.threads == 1                          # held until the next probe
+    m.run(g, probe_steps(g.candidates) + 1)
+    assert g.choice == 4 and m.threads == 4 and g.hold == blas.HOLD
+    m.run(g, g.hold + probe_steps(g.candidates))
+    assert g.choice == 4 and g.hold == 2 * blas.HOLD    # the same choice again: a longer hold
+
+
+def test_the_governor_lets_go_when_someone_else_sets_the_threads():
+    m = Machine(2, {2: 1.0, 1: 2.0})
+    g = blas.Governor(m.get, m.set, m.clock)
+    m.run(g, 3)
+    m.threads = 2 if m.threads != 2 else 1        # threadpool_limits(...) inside the block
+    before = list(m.sets)
+    m.run(g, 50)
+    assert g.stopped and m.sets == before
+
+
+def test_one_thread_leaves_nothing_to_choose():
+    m = Machine(1, {1: 1.0})
+    g = blas.Governor(m.get, m.set, m.clock)
+    m.run(g, 100)
+    assert g.stopped and m.sets == []
+
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def blas_counts():
+    return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+
+def tiny_training():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    model = nn.Sequential(nn.Linear(5, 8, rng=1), nn.ReLU(), nn.Linear(8, 3, rng=2))
+    return model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), data.DataLoader(X, y, 8)
+
+
+def test_auto_is_ticked_by_the_optimizer_and_restores_the_count():
+    before = blas_counts()
+    model, loss_fn, opt, loader = tiny_training()
+    with handydl.blas_threads("auto") as governor:
+        for xb, yb in loader:
+            loss_fn(model(xb), yb)
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+    if max(before) > 1:
+        assert governor is not None and governor.steps == len(loader)
+    assert blas_counts() == before
+
+
+def test_a_fixed_count_holds_inside_and_no_governor_runs_there():
+    before = blas_counts()
+    with handydl.blas_threads(1) as governor:
+        assert governor is None and blas_counts() == {1}
+        with handydl.blas_threads("auto") as inner:   # fit inside a fixed block: "auto" governs there
+            assert blas_counts() == {1}
+            assert inner is None or inner.stopped      # from one thread there is nothing to choose
+    assert blas_counts() == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "two"])
+def test_bad_counts_are_refused_before_training(bad):
+    model, loss_fn, opt, loader = tiny_training()
+    start = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=f"blas_threads={bad!r} is not valid"):
+        train.fit(model, loss_fn, opt, loader, 1, log=None, blas_threads=bad)
+    with pytest.raises(ValueError, match="expected 'auto', None or an int >= 1"):
+        with handydl.blas_threads(bad):
+            pass
+    assert all(np.array_equal(a, p.data) for a, p in zip(start, model.parameters()))
+
+
+def test_fit_trains_at_the_count_it_is_given_and_restores_it(monkeypatch):
+    before, seen = blas_counts(), []
+    model, loss_fn, opt, loader = tiny_training()
+    real = opt.step
+
+    def step():
+        seen.append(blas_counts())
+        real()
+    monkeypatch.setattr(opt, "step", step)
+    train.fit(model, loss_fn, opt, loader, 1, log=None, blas_threads=1)
+    assert seen and all(s == {1} for s in seen) and blas_counts() == before
+
+
+def test_the_environment_can_turn_auto_off(monkeypatch):
+    monkeypatch.setenv("HANDYDL_BLAS_THREADS", "fixed")
+    with handydl.blas_threads("auto") as governor:
+        assert governor is None
