@@ -198,3 +198,26 @@ def test_a_long_sum_is_read_flat_not_thousands_of_levels_deep():
     text = "+".join(f"{n}*x" for n in range(1, 400))
     assert parse(text) == sp.Rational(399 * 400, 2) * x
     assert parse_expr_lang(text).evaluate({"x": 2.0}) == 399 * 400
+
+
+@pytest.mark.parametrize("make", [
+    lambda x, sp: sp.log(x**2 + 1)**2, lambda x, sp: sp.sin(x)**2, lambda x, sp: sp.sin(x**2),
+    lambda x, sp: sp.log(x)**3 + sp.exp(x)**2, lambda x, sp: sp.tanh(x)**2 * sp.cos(x),
+    lambda x, sp: sp.log(sp.sin(x)**2 + 2), lambda x, sp: sp.exp(sp.log(x + 3)**2)])
+def test_sympys_latex_reads_back_as_the_same_function(make):
+    """What SymPy's latex() prints parses to the function it printed: a power
+    after a braced argument, \\log{\\left(x\\right)}^{2}, is the function's (a
+    random CI run read it as log(x^2) once)."""
+    sp = pytest.importorskip("sympy")
+    x = sp.Symbol("x")
+    expected = make(x, sp)
+    got = parse(sp.latex(expected))
+    (symbol,) = got.free_symbols
+    assert symbol.name == "x"
+    for v in (0.3, 0.7, 1.9):
+        assert float(got.subs(symbol, v)) == pytest.approx(float(expected.subs(x, v)), rel=1e-12)
+
+
+def test_two_powers_of_one_function_are_refused():
+    with pytest.raises(ExprError, match="two powers of log"):
+        parse(r"\log^{2}{\left(x\right)}^{3}")

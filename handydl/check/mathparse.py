@@ -740,8 +740,13 @@ class _Parser:
                     isinstance(power.operand, ast.Constant) and power.operand.value == 1:
                 self.error(f"{fname}^(-1) is ambiguous (inverse function or 1/{fname}?)",
                            f"write a{fname}(x) for the inverse or 1/{fname}(x)", tok)
+        braced = False
         if self.at("("):
             args = self.arguments()
+        elif self.latex and self.at("{") and fname in _FUNCS_NO_PAREN:
+            # \log{\left(x\right)}: the braces hold the whole argument, so a power
+            # after them is the function's, as SymPy's latex() prints log(x)**2
+            args, braced = [self.group()], True
         else:
             if fname not in _FUNCS_NO_PAREN:
                 self.error(f"{fname} needs its argument in parentheses", f"write {fname}(x)")
@@ -751,6 +756,11 @@ class _Parser:
             node = self.prime(node, fname, order, tok)
         if power is not None:
             node = ast.BinOp(left=node, op=ast.Pow(), right=power)
+        if braced and self.at("^"):
+            if power is not None:
+                self.error(f"two powers of {fname}", f"write \\{fname}^{{n}}{{x}} or \\{fname}{{x}}^{{n}}", tok)
+            self.next()
+            node = ast.BinOp(left=node, op=ast.Pow(), right=self.exponent())
         return node
 
     def implicit_argument(self):
