@@ -7,10 +7,13 @@ tests check the values there, and at NaN, against it).  Piecewise ops blend
 with 0/1 masks instead of selecting with np.where: exact, and free of the
 branch mispredictions a select suffers on random signs.
 
-Each activation but tanh (NumPy's tanh is already one SIMD loop), prelu (with
-one slope it runs leaky ReLU's) and identity also has a scalar kernel, the same
-f and f' written for one number (``@op.set_kernel``): with numba installed,
-large float32 arrays run it as one fused loop (see :mod:`handydl.ops.fused`).
+Each activation but tanh, prelu (with one slope it runs leaky ReLU's) and identity
+also has a scalar kernel, the same f and f' written for one number
+(``@op.set_kernel``): with numba installed, large float32 arrays run it as one
+fused loop (see :mod:`handydl._fast.fused`).  tanh has none because one did not pay:
+NumPy's tanh is one SIMD loop already, and on 1M float32 its forward took 0.55 ms
+against the fused loop's 1.3 ms, which ate what the fused backward saved
+(0.5 ms against 1.2 ms for NumPy's three passes of gy (1 - y^2)).
 The NumPy code above each kernel is the reference the tests hold it to.
 """
 from __future__ import annotations
@@ -733,6 +736,19 @@ def _hardtanh_backward(inside, gy):
     return gy * inside
 
 
+def _hardtanh_slope(y, min_val, max_val):
+    return where(y > min_val, where(y < max_val, 1.0, 0.0), 0.0)
+
+
+# save="output": y = clip(x, a, b) lies strictly inside (a, b) exactly where x does
+# (x <= a gives y = a, x >= b gives y = b, NaN gives NaN: slope 0 for all three), so
+# the slope is read from y and forward writes one array (save="input" would also copy x).
+@hardtanh.set_kernel(save="output", slope=_hardtanh_slope)
+def _hardtanh_kernel(x, min_val, max_val):
+    y = where(x <= min_val, min_val, where(x >= max_val, max_val, x))     # NaN -> NaN
+    return y, where(y > min_val, where(y < max_val, 1.0, 0.0), 0.0)       # 0 at a, b and NaN
+
+
 @register(
     "softsign", module="Softsign", kind="activation",
     formula=r"\mathrm{softsign}(x) = \frac{x}{1 + |x|}",
@@ -755,6 +771,15 @@ def _softsign_backward(d2, gy):
     return gy * d2
 
 
+# save="derivative": the slope (1 - |y|)^2 cannot be read from y, because y is NaN at
+# x = +-inf (inf * 0, as in the NumPy path and PyTorch) where the derivative is 0, and
+# at NaN, where it is NaN; recomputing from x (save="input") would copy x as well.
+@softsign.set_kernel
+def _softsign_kernel(x):
+    d = 1 / (1 + abs(x))                # as the NumPy path: finite for every x
+    return x * d, d * d
+
+
 @register(
     "logsigmoid", module="LogSigmoid", kind="activation",
     formula=r"\log\sigma(x) = -\mathrm{softplus}(-x) = \min(x, 0) - \ln\bigl(1 + e^{-|x|}\bigr)",
@@ -775,6 +800,18 @@ def _logsigmoid_backward(s_neg, gy):
     return gy * s_neg
 
 
+def _logsigmoid_slope(y):
+    return -expm1(y)                    # sigma(-x) = 1 - sigma(x) = 1 - e^y, without cancellation
+
+
+# save="output": y = log sigma(x), so sigma(-x) = 1 - e^y = -expm1(y), exact in relative
+# terms for y near 0 (large x) too; forward writes y alone, backward pays one expm1.
+@logsigmoid.set_kernel(save="output", slope=_logsigmoid_slope)
+def _logsigmoid_kernel(x):
+    y = where(x < 0, x, 0.0) - log1p(exp(-abs(x)))       # NaN -> NaN, -inf -> -inf, inf -> 0
+    return y, -expm1(y)
+
+
 @register(
     "tanhshrink", module="Tanhshrink", kind="activation",
     formula=r"\mathrm{Tanhshrink}(x) = x - \tanh(x)",
@@ -784,15 +821,62 @@ def _logsigmoid_backward(s_neg, gy):
     reference=lambda torch, x: torch.nn.functional.tanhshrink(x),
 )
 def tanhshrink(x):
-    """x - tanh(x); the derivative tanh(x)^2 from the tanh that forward computes."""
+    """x - tanh(x); the derivative tanh(x)^2 from the tanh that forward computes.
+
+    Below |x| = 0.625 the difference cancels (in float32 tanh(1e-4) rounds to 1e-4,
+    and x - tanh(x) to 0 instead of 3.3e-13; float64 loses all digits below 1e-8):
+    there y is the series x^3/3 - 2x^5/15 + ..., on those elements only."""
     x = as_float(x)
     t = np.tanh(x)
-    return x - t, t
+    y = np.asarray(x - t)                          # 0-d input: an array, for put
+    # indices, not a boolean mask: x[mask] and y[mask] = ... on a random pattern cost
+    # ~5 ms each per million elements in mispredicted branches, take and put ~0.5 ms
+    small = np.flatnonzero(np.abs(x) < 0.625)
+    if small.size:
+        coeffs = _TANHSHRINK_SERIES if x.dtype == np.float64 else _TANHSHRINK_SERIES32
+        y.put(small, _tanhshrink_series(x.take(small), coeffs))
+    return y, t
+
+
+# x - tanh(x) = x^3/3 - 2x^5/15 + 17x^7/315 - ...: the Taylor coefficients of x^41 down to
+# x^3 (sympy.series(x - tanh(x), x, 0, 43)).  Truncation below 0.625: 2e-16 relative with
+# all 20 (float64), 7e-8 with the last 10 (float32 and float16, and the kernel).
+_TANHSHRINK_SERIES = (-1.1587644432798853e-08, 2.859136662305254e-08, -7.054636946400968e-08,
+                      1.7406618963571648e-07, -4.294911078273806e-07, 1.0597268320104654e-06,
+                      -2.6147711512907546e-06, 6.451689215655431e-06, -1.5918905069328964e-05,
+                      3.927832388331683e-05, -9.691537956929451e-05, 0.00023912911424355248,
+                      -0.000590027440945586, 0.0014558343870513183, -0.003592128036572481,
+                      0.008863235529902197, -0.021869488536155203, 0.05396825396825397,
+                      -0.13333333333333333, 0.3333333333333333)
+_TANHSHRINK_SERIES32 = _TANHSHRINK_SERIES[10:]
+
+
+def _tanhshrink_series(x, coeffs):
+    """x^3 Q(x^2) by Horner, in x's dtype (z Q first: x z could underflow early)."""
+    z = x * x
+    q = np.zeros_like(x)
+    for c in coeffs:
+        q *= z
+        q += c
+    return x * (z * q)
 
 
 @tanhshrink.set_backward
 def _tanhshrink_backward(t, gy):
     return gy * (t * t)
+
+
+# save="derivative": tanh^2 x cannot be read from y = x - tanh x, and recomputing it from
+# x (save="input") would copy x and evaluate tanh twice.
+@tanhshrink.set_kernel
+def _tanhshrink_kernel(x):
+    # below |x| = 0.625 the series, as the NumPy path (Cephes' tanhf switches there too)
+    t = tanh_scalar(x)
+    z = x * x
+    q = 0.0
+    for c in _TANHSHRINK_SERIES32:
+        q = q * z + c
+    return where(abs(x) < 0.625, x * (z * q), x - t), t * t
 
 
 @register(
@@ -820,6 +904,19 @@ def _softshrink_backward(outside, gy):
     return gy * outside
 
 
+def _shrink_slope(y, lambd):
+    return where(abs(y) > 0, 1.0, 0.0)        # y != 0 and not NaN
+
+
+# save="output": y is 0 exactly where |x| <= lambd (x - lambd is 0 only at x = lambd:
+# no float difference of two distinct floats is 0), and NaN at NaN, where the
+# slope is 0 too; forward writes y alone (save="input" would also copy x).
+@softshrink.set_kernel(save="output", slope=_shrink_slope)
+def _softshrink_kernel(x, lambd):
+    y = where(abs(x) <= lambd, 0.0, x - where(x > 0, lambd, -lambd))      # NaN -> NaN
+    return y, where(abs(y) > 0, 1.0, 0.0)
+
+
 @register(
     "hardshrink", module="Hardshrink", kind="activation",
     formula=r"\mathrm{Hardshrink}(x) = \begin{cases} x & |x| > \lambda \\ 0 & \text{otherwise} \end{cases}",
@@ -841,6 +938,14 @@ def hardshrink(x, lambd):
 @hardshrink.set_backward
 def _hardshrink_backward(outside, gy):
     return gy * outside
+
+
+# save="output", with softshrink's slope: y is x itself (not 0) where |x| > lambd, and
+# 0 (+0) or NaN elsewhere, so slope 1 exactly where y is neither 0 nor NaN.
+@hardshrink.set_kernel(save="output", slope=_shrink_slope)
+def _hardshrink_kernel(x, lambd):
+    y = where(abs(x) <= lambd, 0.0, x)                     # +0, never -0; NaN -> NaN
+    return y, where(abs(y) > 0, 1.0, 0.0)
 
 
 @register(
@@ -866,6 +971,14 @@ def threshold(x, threshold, value):
 @threshold.set_backward
 def _threshold_backward(above, gy):
     return gy * above
+
+
+# save="input", as relu: the slope cannot be read from y, since a value above the
+# threshold (threshold 0, value 2) makes y = value ambiguous between x = value
+# (slope 1) and x <= threshold (slope 0).
+@threshold.set_kernel(save="input")
+def _threshold_kernel(x, threshold, value):
+    return where(x <= threshold, value, x), where(x > threshold, 1.0, 0.0)   # NaN -> NaN, slope 0
 
 
 # -- gating -------------------------------------------------------------------------------
