@@ -152,7 +152,13 @@ def _relu_backward(mask, gy):
     return gy * mask
 
 
-@relu.set_kernel(save="input")
+def _relu_slope(y):
+    return where(y > 0, 1.0, 0.0)
+
+
+# save="output": y > 0 exactly where x > 0 (and NaN gives NaN, slope 0 both ways), so the
+# slope is read from y and forward writes one array instead of y and a copy of x
+@relu.set_kernel(save="output", slope=_relu_slope)
 def _relu_kernel(x):
     return where(x <= 0, 0.0, x), where(x > 0, 1.0, 0.0)      # NaN -> NaN, slope 0
 
@@ -384,7 +390,12 @@ def _relu6_backward(inside, gy):
     return gy * inside
 
 
-@relu6.set_kernel(save="input")
+def _relu6_slope(y):
+    return where(y > 0, where(y < 6, 1.0, 0.0), 0.0)
+
+
+# save="output": y = clip(x, 0, 6) lies strictly inside (0, 6) exactly where x does
+@relu6.set_kernel(save="output", slope=_relu6_slope)
 def _relu6_kernel(x):
     y = where(x <= 0, 0.0, where(x >= 6, 6.0, x))              # NaN -> NaN
     return y, where(x > 0, where(x < 6, 1.0, 0.0), 0.0)
