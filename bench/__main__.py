@@ -468,6 +468,7 @@ def chart(rows, frameworks, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    rows = [r for r in rows if all(fw in r for fw in frameworks if fw != "jax")]   # handydl-only rows: none
     names = [r["name"] for r in rows]
     fig, ax = plt.subplots(figsize=(12, 0.32 * len(rows) + 2), constrained_layout=True)
     y = np.arange(len(rows))

@@ -142,3 +142,21 @@ def test_the_environment_can_turn_auto_off(monkeypatch):
     monkeypatch.setenv("HANDYDL_BLAS_THREADS", "fixed")
     with handydl.blas_threads("auto") as governor:
         assert governor is None
+
+
+def test_a_far_slower_candidate_is_dropped_after_two_timed_steps():
+    m = Machine(2, {2: 10.0, 1: 1.0})              # a loaded machine: all threads ten times slower
+    g = blas.Governor(m.get, m.set, m.clock)
+    first = []
+    for _ in range(probe_steps(g.candidates)):     # the first probe starts at one thread
+        g.tick()
+        m._running = m.threads
+        first.append(m.threads)
+    assert first[0] == 1 and first.count(2) == blas.WARMUP + blas.ABANDON_AFTER and g.choice == 1
+    slow = []
+    for _ in range(g.hold + probe_steps(g.candidates)):
+        g.tick()
+        m._running = m.threads
+        slow.append(m.threads == 2)
+    # the next probe measures 1 first, then gives 2 its warm-up and two timed steps only
+    assert sum(slow) == blas.WARMUP + blas.ABANDON_AFTER and g.choice == 1

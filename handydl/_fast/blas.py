@@ -30,6 +30,7 @@ import time
 
 WARMUP = 2          # steps after a change that are not timed (the pool settles)
 MEASURED = 8        # steps timed per candidate; their median is its time
+ABANDON_AFTER = 2   # timed steps after which a far slower candidate is dropped
 HOLD = 256          # steps between probes at first; doubled while the choice holds
 MAX_HOLD = 4096
 
@@ -57,8 +58,23 @@ class Governor:
         self._mine = self.start                   # the count this governor set last
 
     def _probe_plan(self):
-        """[(threads, timed?)], one entry per coming step, for one probe."""
-        return [(c, k >= WARMUP) for c in self.candidates for k in range(WARMUP + MEASURED)]
+        """[(threads, timed?)], one entry per coming step, for one probe: the
+        count in use first (one thread in the first probe, which costs least if
+        it is the slow one), so that a far slower candidate is known as such
+        after its first timed steps (_abandon)."""
+        lead = self.choice if self.history else min(self.candidates)   # first probe: the cheapest
+        order = [lead] + [c for c in self.candidates if c != lead]
+        return [(c, k >= WARMUP) for c in order for k in range(WARMUP + MEASURED)]
+
+    def _abandon(self, threads):
+        """Drop the rest of a candidate's steps from the probe when two of them
+        already took more than twice the best median so far: on a loaded machine
+        a step on all threads can take ten times one on one thread, and the
+        probe would spend most of its time proving it."""
+        mine = self._times.get(threads, [])
+        others = [statistics.median(v) for t, v in self._times.items() if t != threads and v]
+        if len(mine) >= ABANDON_AFTER and others and min(mine) > 2 * min(others):
+            self._plan = [e for e in self._plan if e[0] != threads]
 
     def tick(self):
         """The end of one step: time it, and set the threads for the next."""
@@ -72,6 +88,7 @@ class Governor:
             threads, timed = self._current
             if timed:
                 self._times.setdefault(threads, []).append(now - self._last)
+                self._abandon(threads)
         self.steps += 1
         self._last = now
         if self._plan:
