@@ -1,8 +1,10 @@
-"""The README's performance table, from a bench.json:
+"""The README's and docs/performance.md's tables, in Markdown, from a bench.json:
 
-    python -m bench.table bench/results/bench.json
+    python -m bench.table docs/bench/bench.json
 
-and, for runs that measured it, the MLP epochs in GFLOP/s of their products.
+the MLP epochs against the machine's limit, handydl's step phase by phase, every
+other workload against PyTorch and JAX, what each piece of the speed machinery
+buys, and the PASS/FAIL lines of the run.
 """
 from __future__ import annotations
 
@@ -11,9 +13,18 @@ import sys
 
 from bench.__main__ import check_line, pieces_line
 
+FRAMEWORKS = ("handydl", "torch", "jax")
+NAMES = {"handydl": "handydl", "torch": "PyTorch", "jax": "JAX"}
 LABELS = {"mlp_epoch_b32": "MLP epoch, batch 32", "mlp_epoch_b128": "MLP epoch, batch 128",
           "mlp_epoch_b512": "MLP epoch, batch 512", "deep_mlp_gelu_adam_b128": "deep MLP, GELU + Adam, batch 128",
-          "softmax_ce_4096x1000": "softmax cross-entropy fwd+bwd, 4096×1000"}
+          "mlp_epoch_b128_under_load": "MLP epoch, batch 128, one core busy",
+          "mlp_epoch_b128_under_load_1_blas_thread": "the same, handydl's BLAS on 1 thread",
+          "softmax_ce_4096x1000": "softmax cross-entropy fwd+bwd, 4096×1000",
+          "conv_lenet_64x1x28x28_32f5x5": "Conv2d 1→32, 5×5, fwd+bwd on 64×1×28×28",
+          "conv_resnet_32x64x32x32_64f3x3": "Conv2d 64→64, 3×3, pad 1, fwd+bwd on 32×64×32×32",
+          "cnn_epoch_lenet_28x28_b64": "LeNet-style CNN epoch, 28×28, batch 64",
+          "lstm_s64_b32_128x256": "LSTM layer fwd+bwd, seq 64, batch 32, 128→256",
+          "gpt_step_l4_d128_h4_t64_b16": "GPT training step (4 layers, d 128, 4 heads, context 64, batch 16, AdamW)"}
 ACTIVATION_ROW = " (fwd+bwd, 1M f32)"
 
 
@@ -21,106 +32,87 @@ def ms(t):
     return f"{t * 1e3:.0f} ms" if t >= 0.1 else f"{t * 1e3:.2f} ms"
 
 
-def table(report):
-    rows = {r["name"]: r for r in report["rows"]}
-    lines = ["| workload | handydl | PyTorch | JAX | / PyTorch | / JAX | / matmul floor | extra peak MB (hd/torch/jax) |",
+def label(name):
+    return LABELS.get(name, name.replace(ACTIVATION_ROW, " fwd+bwd, 1M float32"))
+
+
+def limits(report):
+    """Each MLP epoch as a multiple of its products at the machine's best sgemm."""
+    mlps = [r for r in report["rows"] if "limit" in r]
+    if not mlps:
+        return ""
+    r0 = mlps[0]
+    lines = [f"Each MLP epoch / its matrix products at the machine's best float32 product rate of the run "
+             f"({r0['sgemm_gflops']:.0f} GFLOP/s, {NAMES.get(r0['sgemm_by'], r0['sgemm_by'])}'s 2048² product); "
+             "1.00 would be the machine's limit:", "",
+             "| workload | product GFLOP | limit | handydl | its products alone | PyTorch | JAX | handydl `fit` |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    names = list(LABELS)[:4] + ["softmax_ce_4096x1000"] + [n for n in rows if n.endswith(ACTIVATION_ROW)]
-    for name in names:
-        r = rows[name]
-        label = LABELS.get(name, name.replace(ACTIVATION_ROW, " fwd+bwd, 1M"))
-        floor = f"{r['of_floor']:.2f}" if "of_floor" in r else ""
-        mem = " / ".join(f"{r[fw]['peak_mb']:.0f}" if fw in r else "-"
-                         for fw in ("handydl", "torch", "jax")) if "of_floor" in r else ""
-        t = {fw: ms(r[fw]["median"]) if fw in r else "-" for fw in ("handydl", "torch", "jax")}
-        vs = {fw: f"{r['vs_' + fw]:.2f}" if "vs_" + fw in r else "-" for fw in ("torch", "jax")}
-        lines.append(f"| {label} | {t['handydl']} | {t['torch']} | {t['jax']} | {vs['torch']} | {vs['jax']} | "
-                     f"{floor} | {mem} |")
+    for r in mlps:
+        cells = [f"{r[fw]['of_limit']:.2f}" if fw in r else "-" for fw in FRAMEWORKS]
+        fit = f"{r['fit']['median'] / r['limit']:.2f}" if "fit" in r else ""
+        lines.append(f"| {label(r['name'])} | {r['flops'] / 1e9:.1f} | {ms(r['limit'])} | {cells[0]} | "
+                     f"{r['floor'] / r['limit']:.2f} | {cells[1]} | {cells[2]} | {fit} |")
     return "\n".join(lines)
 
 
-def rates(report):
-    """The MLP epochs as GFLOP/s of their matrix products, next to the same products
-    alone (handydl's matmul floor) and the best sgemm of the run: how close each
-    framework's whole epoch runs to its products and to the machine's ceiling."""
-    lines = ["| workload | product GFLOP per epoch | products alone | handydl | PyTorch | JAX | best sgemm (2048²) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in report["rows"]:
-        if "floor_gflops" in r:
-            lines.append(f"| {LABELS.get(r['name'], r['name'])} | {r['flops'] / 1e9:.1f} | {r['floor_gflops']:.0f} | "
-                         + " | ".join(f"{r[fw]['gflops']:.0f}" if fw in r else "-" for fw in ("handydl", "torch", "jax"))
-                         + f" | {r['sgemm_gflops']:.0f} |")
+def phases(report):
+    """handydl's MLP epochs, phase by phase."""
+    mlps = [r for r in report["rows"] if "phases" in r]
+    if not mlps:
+        return ""
+    names = list(mlps[0]["phases"])
+    lines = ["| workload | " + " | ".join(names) + " | epoch |", "|---|" + "---:|" * (len(names) + 1)]
+    for r in mlps:
+        lines.append(f"| {label(r['name'])} | " + " | ".join(ms(r["phases"][n]) for n in names)
+                     + f" | {ms(r['handydl']['median'])} |")
     return "\n".join(lines)
 
 
-CONV_LABELS = {"conv_lenet_64x1x28x28_32f5x5": "Conv2d 1→32, 5×5, on 64×1×28×28",
-               "conv_resnet_32x64x32x32_64f3x3": "Conv2d 64→64, 3×3, pad 1, on 32×64×32×32",
-               "cnn_epoch_lenet_28x28_b64": "LeNet-style CNN epoch, 28×28, batch 64"}
-
-
-def conv_table(report):
-    """The convolution rows: fwd+bwd of a layer (and its products' rate) and a CNN epoch."""
-    lines = ["| workload | handydl | PyTorch | / PyTorch | handydl GFLOP/s | PyTorch GFLOP/s | best sgemm |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+def times(report, names=None):
+    """Medians and handydl's ratios to each peer (and the slowdowns under load)."""
+    lines = ["| workload | handydl | PyTorch | JAX | / PyTorch | / JAX |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
-        if r["name"] not in CONV_LABELS or "torch" not in r:
+        if names is not None and r["name"] not in names and not (names == "activations"
+                                                                  and r["name"].endswith(ACTIVATION_ROW)):
             continue
-        rate = lambda fw: f"{r[fw]['gflops']:.0f}" if "gflops" in r[fw] else ""  # noqa: E731
-        best = f"{r['sgemm_gflops']:.0f}" if r.get("sgemm_gflops") and "gflops" in r["handydl"] else ""
-        lines.append(f"| {CONV_LABELS[r['name']]} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
-                     f"{r['vs_torch']:.2f} | {rate('handydl')} | {rate('torch')} | {best} |")
+        t = [ms(r[fw]["median"]) if fw in r else "-" for fw in FRAMEWORKS]
+        vs = [f"{r['vs_' + fw]:.2f}" if "vs_" + fw in r else "-" for fw in ("torch", "jax")]
+        if "slowdown" in r.get("handydl", {}):
+            t = [f"{ms(r[fw]['median'])} ({r[fw]['slowdown']:.2f}×)" if "slowdown" in r.get(fw, {}) else c
+                 for fw, c in zip(FRAMEWORKS, t)]
+        lines.append(f"| {label(r['name'])} | {t[0]} | {t[1]} | {t[2]} | {vs[0]} | {vs[1]} |")
     return "\n".join(lines)
 
 
-SEQ_LABELS = {"lstm_s64_b32_128x256": "LSTM layer fwd+bwd, seq 64, batch 32, 128→256"}
-
-
-def seq_table(report):
-    """The sequence rows: an LSTM layer's fwd+bwd through time and its products' rate."""
-    lines = ["| workload | handydl | PyTorch | / PyTorch | handydl GFLOP/s | PyTorch GFLOP/s | best sgemm |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in report["rows"]:
-        if r["name"] in SEQ_LABELS and "torch" in r:
-            best = f"{r['sgemm_gflops']:.0f}" if r.get("sgemm_gflops") else ""
-            lines.append(f"| {SEQ_LABELS[r['name']]} | {ms(r['handydl']['median'])} | {ms(r['torch']['median'])} | "
-                         f"{r['vs_torch']:.2f} | {r['handydl']['gflops']:.0f} | {r['torch']['gflops']:.0f} | {best} |")
+def machinery(report):
+    rows = report.get("machinery", [])
+    if not rows:
+        return ""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = ["| workload | " + " | ".join("all on" if v == "all on" else f"without {v}" for v in variants) + " |",
+             "|---|" + "---:|" * len(variants)]
+    for base in dict.fromkeys(r["workload"] for r in rows):
+        cells = {r["variant"]: r for r in rows if r["workload"] == base}
+        lines.append(f"| {label(base)} | " + " | ".join(
+            ms(cells[v]["median"]) if v == "all on" else f"{cells[v]['vs_all_on']:.2f}×" for v in variants) + " |")
     return "\n".join(lines)
 
 
-GPT_LABELS = {"gpt_step_l4_d128_h4_t64_b16":
-              "GPT training step (4 layers, d_model 128, 4 heads, context 64, batch 16, AdamW)"}
-
-
-def gpt_table(report):
-    """The GPT's training step, handydl against PyTorch eager."""
-    lines = ["| workload | handydl | PyTorch | / PyTorch | extra peak MB (hd/torch) |", "|---|---:|---:|---:|---:|"]
-    for r in report["rows"]:
-        if r["name"] in GPT_LABELS and "torch" in r:
-            lines.append(f"| {GPT_LABELS[r['name']]} | {ms(r['handydl']['median'])} | "
-                         f"{ms(r['torch']['median'])} | {r['vs_torch']:.2f} | "
-                         f"{r['handydl']['peak_mb']:.0f} / {r['torch']['peak_mb']:.0f} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json") as f:
+def main(path):
+    with open(path) as f:
         report = json.load(f)
-    print(table(report))
-    print()
-    if any("floor_gflops" in r for r in report["rows"]):
-        print(rates(report))
-        print()
-    if any(r["name"] in CONV_LABELS for r in report["rows"]):
-        print(conv_table(report))
-        print()
-    if any(r["name"] in SEQ_LABELS for r in report["rows"]):
-        print(seq_table(report))
-        print()
-    if any(r["name"] in GPT_LABELS for r in report["rows"]):
-        print(gpt_table(report))
-        print()
+    for part in (limits(report), phases(report), times(report, [n for n in LABELS if not n.startswith("mlp")
+                                                                 and not n.startswith("deep")]),
+                 times(report, [n for n in LABELS if n.startswith(("mlp", "deep"))]),
+                 times(report, "activations"), machinery(report)):
+        if part:
+            print(part, end="\n\n")
     for c in report["targets"]:
         print(check_line(c))
     for r in report["rows"]:
         if r.get("pieces"):
             print(pieces_line(r))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json")

@@ -29,7 +29,7 @@ import statistics
 import time
 
 WARMUP = 2          # steps after a change that are not timed (the pool settles)
-MEASURED = 8        # steps timed per candidate; their median is its time
+MEASURED = 8        # steps timed per candidate; their mean is its time
 ABANDON_AFTER = 2   # timed steps after which a far slower candidate is dropped
 HOLD = 256          # steps between probes at first; doubled while the choice holds
 MAX_HOLD = 4096
@@ -38,7 +38,7 @@ _active = None      # the governor of the innermost blas_threads("auto") block
 
 
 class Governor:
-    """Chooses among thread counts by the median time of training steps.
+    """Chooses among thread counts by the mean time of training steps.
 
     ``get()`` and ``set(n)`` read and set the BLAS threads; ``clock`` gives
     seconds.  ``tick()`` is called once per step (Optimizer.step does)."""
@@ -50,11 +50,13 @@ class Governor:
         self.choice = self.start
         self.hold = HOLD
         self.stopped = self.start <= 1            # one thread: nothing to choose
-        self.history = []                         # (step, {threads: median seconds}, choice)
+        self.history = []                         # (step, {threads: mean seconds}, choice)
         self.steps = 0
-        self._plan = self._probe_plan()
-        self._last = None
-        self._times = {}
+        self._plan = self._probe_plan()           # (threads, timed?) for each coming probe step
+        self._current = None                      # the plan entry of the step now running
+        self._holding = 0                         # steps left before the next probe
+        self._last = None                         # the clock at the last tick
+        self._times = {}                          # threads -> this probe's step times
         self._mine = self.start                   # the count this governor set last
 
     def _probe_plan(self):
@@ -68,11 +70,11 @@ class Governor:
 
     def _abandon(self, threads):
         """Drop the rest of a candidate's steps from the probe when two of them
-        already took more than twice the best median so far: on a loaded machine
+        already took more than twice the best mean so far: on a loaded machine
         a step on all threads can take ten times one on one thread, and the
         probe would spend most of its time proving it."""
         mine = self._times.get(threads, [])
-        others = [statistics.median(v) for t, v in self._times.items() if t != threads and v]
+        others = [statistics.fmean(v) for t, v in self._times.items() if t != threads and v]
         if len(mine) >= ABANDON_AFTER and others and min(mine) > 2 * min(others):
             self._plan = [e for e in self._plan if e[0] != threads]
 
@@ -96,11 +98,14 @@ class Governor:
             self._apply(self._current[0])
             return
         if self._times:                           # a probe just ended: choose
-            medians = {t: statistics.median(v) for t, v in self._times.items()}
-            best = min(medians, key=medians.get)
+            # the mean, not the median: on a loaded machine most steps on all threads
+            # take about as long as on one, and one in a few waits a time slice for
+            # the busy core; the mean is what an epoch pays (a median chose wrong)
+            means = {t: statistics.fmean(v) for t, v in self._times.items()}
+            best = min(means, key=means.get)
             self.hold = min(2 * self.hold, MAX_HOLD) if best == self.choice else HOLD
             self.choice = best
-            self.history.append((self.steps, medians, best))
+            self.history.append((self.steps, means, best))
             self._times = {}
             self._holding = self.hold
         self._current = None
@@ -108,9 +113,6 @@ class Governor:
         self._holding -= 1
         if self._holding <= 0:
             self._plan = self._probe_plan()
-
-    _current = None
-    _holding = 0
 
     def _apply(self, threads):
         if threads != self._mine:
