@@ -221,6 +221,7 @@ def report(results, frameworks):
                 if fw in row:
                     row[fw]["of_limit"] = row[fw]["median"] / row["limit"]
             row["phases"] = phases(row, hd)
+            row["phases_alone"] = phases_alone(hd)
             if "fit" in hd:
                 row["fit"] = summary(hd["fit"])
         if res["kind"] in ("conv", "lstm"):   # the layer's products as a rate, next to the best sgemm
@@ -274,18 +275,32 @@ def print_machinery(rows):
         print(f"    {piece}: {what}")
 
 
-REST = "together (the rest)"
+REST = "the loop itself (the rest)"
+MODEL_REST = "model: the rest"
+ALONE = ("bias adds and sums", "activation", "Python and modules")
 
 
 def phases(row, hd):
-    """{phase: seconds}: handydl's epoch split into its products (alone, NumPy's
-    BLAS), the phases timed alone by the worker (bench/worker.py mlp_phases), and
-    the rest: what the epoch takes beyond them, the phases running slower
-    together than each alone (caches, allocation), or less when they overlap."""
+    """{phase: seconds} that sum to handydl's epoch: the model's forward +
+    backward split into its products (alone, NumPy's BLAS), the pieces timed
+    alone by the worker (bench/worker.py mlp_phases) and what it takes beyond
+    them in the step (the pieces running slower together than alone: caches,
+    a BLAS thread's data on the other core); then the loss, the optimizer and
+    zero_grad with the loader as timed in the step, and what the epoch takes
+    beyond all of them (the loop and the clock reads)."""
+    got = {k: median(v) for k, v in hd.get("phases", {}).items()}
     out = {"products": row["floor"]}
-    out.update({k: median(v) for k, v in hd.get("phases", {}).items()})
+    out.update({k: got[k] for k in ALONE if k in got})
+    if "model forward + backward" in got:
+        out[MODEL_REST] = got["model forward + backward"] - sum(out.values())
+        out.update({f"{k} (in the step)": got[k] for k in ("loss", "optimizer", "zero_grad and data loader")})
     out[REST] = row["handydl"]["median"] - sum(out.values())
     return out
+
+
+def phases_alone(hd):
+    """The loss's and the optimizer's time alone, next to their time in the step."""
+    return {k: median(v) for k, v in hd.get("phases", {}).items() if k.endswith(" alone")}
 
 
 def target_checks(row, what, limit, peers, by_name):
@@ -432,7 +447,8 @@ def print_phases(rows):
     if not mlps:
         return
     names = list(mlps[0]["phases"])
-    print("\nhandydl's MLP epoch, phase by phase (ms; each phase timed alone, the rest is what remains)")
+    print("\nhandydl's MLP epoch, phase by phase (ms): the products and the model's pieces timed alone, "
+          "the model, loss, optimizer and zero_grad + loader timed in the step; each rest is what remains")
     print(f"{'workload':<34}" + "".join(f"{n[:14]:>15}" for n in names) + f"{'epoch':>10}")
     for r in mlps:
         print(f"{r['name']:<34}" + "".join(f"{r['phases'][n] * 1e3:15.1f}" for n in names)

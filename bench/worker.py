@@ -160,16 +160,23 @@ def matmul_floor(X, p, model):
     return samples
 
 
+IN_STEP = ("model forward + backward", "loss", "optimizer", "zero_grad and data loader")
+
+
 def mlp_phases(X, y, p, model, loss_fn, opt, loader):
-    """{phase: [seconds per epoch]}: each phase of the MLP step but the products
-    (matmul_floor times those) run alone, as often as in an epoch, on arrays of
-    the step's shapes, through the code the step runs: the bias adds of the
-    forward and the bias sums of the backward, the activation's op forward +
-    backward, the loss module forward + backward, the optimizer's step, the
-    data loader's batches, and Python with the modules' own work in forward
-    and backward (the model's structure 4 units wide).  What the epoch takes beyond their sum and
-    the products' is the phases running slower together than alone
-    (bench/__main__.py)."""
+    """{phase: [seconds per epoch]} of the README loop's MLP epoch, two ways.
+
+    In the step: an epoch of the same loop with a clock read between its calls
+    sums, per epoch, the model's forward + backward, the loss's, the
+    optimizer's step, and zero_grad with the loader's next batch (IN_STEP).
+    Alone: what the model's forward + backward holds besides its products
+    (matmul_floor times those), each run as often as in an epoch on arrays of
+    the step's shapes through the code the step runs: the bias adds and sums,
+    the activation's op forward + backward, and Python with the modules' own
+    work (the model's structure 4 units wide); and the loss and the optimizer
+    alone too, to compare with their time in the step.  bench/__main__.py puts
+    them together."""
+    import handydl
     from handydl import ops
     bs, steps = p["batch"], -(-len(X) // p["batch"])
     Ws = [m.weight.data for m in model if hasattr(m, "weight")]
@@ -179,9 +186,35 @@ def mlp_phases(X, y, p, model, loss_fn, opt, loader):
     z = (X[:bs] @ Ws[0] + bs_[0]).astype(np.float32)      # pre-activations of a real batch
     g = np.ones_like(z)
     logits = np.zeros((bs, Ws[-1].shape[1]), np.float32)
-    opt.zero_grad()
-    loss_fn(model(X[:bs]), y[:bs])
-    model.backward(loss_fn.backward(), input_grad=False)  # every .grad set, for the optimizer
+    pc = time.perf_counter
+
+    def in_step():
+        sums = dict.fromkeys(IN_STEP, 0.0)
+        last = pc()
+        for xb, yb in loader:
+            t0 = pc()
+            out = model(xb)
+            t1 = pc()
+            loss_fn(out, yb)
+            t2 = pc()
+            opt.zero_grad()
+            t3 = pc()
+            gz = loss_fn.backward()
+            t4 = pc()
+            model.backward(gz, input_grad=False)
+            t5 = pc()
+            opt.step()
+            t6 = pc()
+            sums[IN_STEP[0]] += (t1 - t0) + (t5 - t4)
+            sums[IN_STEP[1]] += (t2 - t1) + (t4 - t3)
+            sums[IN_STEP[2]] += t6 - t5
+            sums[IN_STEP[3]] += (t3 - t2) + (t0 - last)
+            last = t6
+        return sums
+    with handydl.blas_threads("auto"):     # as the epochs ran
+        in_step()
+        runs = [in_step() for _ in range(p["repeats"])]
+    out = {k: [r[k] for r in runs] for k in IN_STEP}
 
     def bias():
         for _ in range(steps):
@@ -203,10 +236,6 @@ def mlp_phases(X, y, p, model, loss_fn, opt, loader):
     def optimizer():
         for _ in range(steps):
             opt.step()
-
-    def data():
-        for _ in loader:
-            pass
     # Python and the modules' own work in forward and backward: the same model's
     # structure 4 units wide, whose arithmetic is next to nothing
     tiny, *_ = handydl_training({**p, "sizes": [4] * len(p["sizes"])}, X[:, :4], y)
@@ -216,9 +245,10 @@ def mlp_phases(X, y, p, model, loss_fn, opt, loader):
         for _ in range(steps):
             tiny(x4)
             tiny.backward(g4, input_grad=False)
-    return {name: timed(fn, p["repeats"])[0] for name, fn in
-            (("bias adds and sums", bias), ("activation", activation), ("loss", loss),
-             ("optimizer", optimizer), ("data loader", data), ("Python and modules", python))}
+    out.update({name: timed(fn, p["repeats"])[0] for name, fn in
+                (("bias adds and sums", bias), ("activation", activation), ("Python and modules", python),
+                 ("loss alone", loss), ("optimizer alone", optimizer))})
+    return out
 
 
 def sgemm_rates(n=2048, repeats=3, matmul=None):

@@ -73,16 +73,20 @@ def phased(total, products, **phases):
 
 
 def test_a_missed_target_says_which_phase_must_shrink_and_by_how_much():
-    results = {"mlp_epoch_b128": {"kind": "mlp", "params": MLP,
-                                  "handydl": phased(1.0, 0.5, activation=0.1, loss=0.05, optimizer=0.05),
+    step = {"activation": 0.1, "model forward + backward": 0.7, "loss": 0.05, "optimizer": 0.05,
+            "zero_grad and data loader": 0.0, "optimizer alone": 0.02}
+    results = {"mlp_epoch_b128": {"kind": "mlp", "params": MLP, "handydl": phased(1.0, 0.5, **step),
                                   "torch": fake(1.0), "jax": fake(1.0)}}
     rows, checks = bench.report(results, ("handydl", "torch", "jax"))
     ph = rows[0]["phases"]
-    assert ph[bench.REST] == pytest.approx(1.0 - 0.5 - 0.2)     # what remains
+    assert ph[bench.MODEL_REST] == pytest.approx(0.7 - 0.5 - 0.1)          # the model beyond its pieces
+    assert ph["optimizer (in the step)"] == 0.05 and rows[0]["phases_alone"] == {"optimizer alone": 0.02}
+    assert ph[bench.REST] == pytest.approx(1.0 - 0.8)                      # the epoch beyond the step's calls
+    assert sum(ph.values()) == pytest.approx(1.0)
     c, = (c for c in checks if "fastest" in c["target"])
     assert not c["pass"] and c["excess"] == pytest.approx(0.1)          # 1.0 against 0.9 x 1.0
     line = bench.check_line(c)
-    assert "must lose 100 ms" in line and f"{bench.REST} would have to shrink by 33%" in line
+    assert "must lose 100 ms" in line and f"{bench.REST} would have to shrink by 50%" in line
     # more than the largest phase, less than all of them together
     results["mlp_epoch_b128"]["jax"] = fake(0.6)    # allowed 0.54 s: lose 0.46 of the 0.5 s besides products
     c, = (c for c in bench.report(results, ("handydl", "torch", "jax"))[1] if "fastest" in c["target"])
@@ -135,8 +139,9 @@ def test_handydl_worker_runs_the_readme_loop_and_measures_its_phases():
     out, = json.loads(r.stdout)
     assert len(out["samples"]) == 2 and len(out["floor"]) == 2 and out["loss"] > 0 and len(out["fit"]) == 2
     assert len(out["sgemm_gflops"]) == 3 and min(out["sgemm_gflops"]) > 0
-    assert set(out["phases"]) == {"bias adds and sums", "activation", "loss", "optimizer", "data loader",
-                                  "Python and modules"}
+    assert set(out["phases"]) == {"model forward + backward", "loss", "optimizer", "zero_grad and data loader",
+                                  "bias adds and sums", "activation", "Python and modules", "loss alone",
+                                  "optimizer alone"}
     assert all(len(v) == 2 and min(v) > 0 for v in out["phases"].values())
 
 
