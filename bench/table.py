@@ -98,10 +98,38 @@ def machinery(report):
     return "\n".join(lines)
 
 
+README_ROWS = ("mlp_epoch_b32", "mlp_epoch_b128", "mlp_epoch_b512", "deep_mlp_gelu_adam_b128",
+               "mlp_epoch_b128_under_load", "softmax_ce_4096x1000", "cnn_epoch_lenet_28x28_b64",
+               "lstm_s64_b32_128x256", "gpt_step_l4_d128_h4_t64_b16")
+
+
+def readme(report):
+    """The README's one table: the training workloads, handydl against the fastest
+    peer, and each MLP epoch against the machine's limit."""
+    rows = {r["name"]: r for r in report["rows"]}
+    lines = ["| workload | handydl | PyTorch | JAX | handydl / fastest | × limit: handydl, PyTorch, JAX |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name in README_ROWS:
+        r = rows.get(name)
+        if r is None:
+            continue
+        t = [ms(r[fw]["median"]) if fw in r else "-" for fw in FRAMEWORKS]
+        if "slowdown" in r.get("handydl", {}):
+            t = [f"{c} ({r[fw]['slowdown']:.2f}×)" if "slowdown" in r.get(fw, {}) else c
+                 for fw, c in zip(FRAMEWORKS, t)]
+        peers = [fw for fw in FRAMEWORKS[1:] if fw in r]
+        best = min(peers, key=lambda fw: r[fw]["median"])
+        vs = f"{r['handydl']['median'] / r[best]['median']:.2f} ({NAMES[best]})"
+        lim = ", ".join(f"{r[fw]['of_limit']:.1f}" if "of_limit" in r.get(fw, {}) else "-" for fw in FRAMEWORKS) \
+            if "limit" in r else ""
+        lines.append(f"| {label(name)} | {t[0]} | {t[1]} | {t[2]} | {vs} | {lim} |")
+    return "\n".join(lines)
+
+
 def main(path):
     with open(path) as f:
         report = json.load(f)
-    for part in (limits(report), phases(report), times(report, [n for n in LABELS if not n.startswith("mlp")
+    for part in (readme(report), limits(report), phases(report), times(report, [n for n in LABELS if not n.startswith("mlp")
                                                                  and not n.startswith("deep")]),
                  times(report, [n for n in LABELS if n.startswith(("mlp", "deep"))]),
                  times(report, "activations"), machinery(report)):

@@ -95,14 +95,12 @@ def handydl_mlp(p):
     """The README's training loop (default settings) on the MLP workload: its
     epochs, the same products alone, each phase of the step timed alone, and,
     with ``p["fit"]``, epochs of ``train.fit`` on the same model too."""
+    import handydl
     X, y = mlp_data(p["n"])
     model, loss_fn, opt, loader, epoch = handydl_training(p, X, y)
-    if p.get("blas_threads"):             # the remedy on a shared machine (docs/performance.md)
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(p["blas_threads"], user_api="blas"):
-            return dict(zip(("samples", "peak_mb"), timed(epoch, p["repeats"])))
-    samples, mem = timed(epoch, p["repeats"])
-    if "without" in p or p.get("load"):   # a machinery variant, or under load: the epochs alone
+    with handydl.blas_threads(p.get("blas_threads", "auto")):    # as the README's loop
+        samples, mem = timed(epoch, p["repeats"])
+    if "without" in p or p.get("load") or p.get("blas_threads"):   # the epochs alone
         return {"samples": samples, "peak_mb": mem}
     out = {"samples": samples, "peak_mb": mem, "floor": matmul_floor(X, p, model),
            "phases": mlp_phases(X, y, p, model, loss_fn, opt, loader), "sgemm_gflops": sgemm_rates(),

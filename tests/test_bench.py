@@ -153,6 +153,14 @@ def test_micro_times_both_axpy_paths(capsys):
     assert [line.split(":")[0] for line in lines] == [f"axpy of {n:>6} float32" for n in (10, 300)]
 
 
+def test_micro_times_both_adam_paths(capsys):
+    micro = pytest.importorskip("bench.micro")
+    pytest.importorskip("numba")
+    micro.adam_fused_vs_numpy(sizes=(8, 4), steps=2)
+    line, = capsys.readouterr().out.splitlines()
+    assert line.startswith("Adam step, 40 float32 parameters: compiled") and "NumPy" in line
+
+
 def test_micro_on_off_times_both_settings_and_ends_switched_on():
     micro = pytest.importorskip("bench.micro")
     calls = []
