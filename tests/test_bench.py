@@ -158,7 +158,7 @@ def test_micro_times_both_adam_paths(capsys):
     pytest.importorskip("numba")
     micro.adam_fused_vs_numpy(sizes=(8, 4), steps=2)
     line, = capsys.readouterr().out.splitlines()
-    assert line.startswith("Adam step, 40 float32 parameters: compiled") and "NumPy" in line
+    assert line.startswith("Adam step, 36 float32 parameters: compiled") and "NumPy" in line
 
 
 def test_micro_on_off_times_both_settings_and_ends_switched_on():
