@@ -13,7 +13,9 @@
 5. forward + backward of each activation with a fused kernel, and of softmax
    cross-entropy on 4096 x 1000 logits and on the MLP's batches of 10 classes:
    the NumPy path vs the fused kernel,
-   and the benchmark's MLP epoch with the kernels on and off (needs numba).
+   and the benchmark's MLP epoch with the kernels on and off (needs numba);
+6. the optimizer's step where the training loop calls it and again at once,
+   on one BLAS thread and on all (optimizer_in_step_vs_again).
 
 What each piece buys in training is measured by ``python -m bench`` itself
 (its "machinery" rows: the same workload with one piece switched off).
@@ -75,6 +77,7 @@ def main():
     axpy_fused_vs_numpy()
     adam_fused_vs_numpy()
     fused_vs_numpy()
+    optimizer_in_step_vs_again()
 
 
 def axpy_fused_vs_numpy(calls=2000, sizes=(10, 784 * 256)):
@@ -208,6 +211,45 @@ def mlp_input_grad_on_off(n=30000, rounds=6):
         with_dx, without = (np.median(times[g]) * 1e3 for g in (True, False))
         print(f"MLP epoch, {n} samples, batch {batch}: with dL/dx {with_dx:6.1f} ms, "
               f"without (input_grad=False) {without:6.1f} ms ({1 - without / with_dx:.0%} saved)")
+
+
+def optimizer_in_step_vs_again(n=60000, batches=(32, 128, 512), epochs=3):
+    """Why the optimizer's step takes longer in the training step than alone: in
+    the benchmark's MLP epoch (784-256-10, SGD), each ``opt.step()`` timed where the
+    loop calls it, right after the backward's products, and then a second
+    ``opt.step()`` on the same arrays at once (their data now in this core's
+    cache), with NumPy's BLAS on one thread and on all of them.  The second step
+    changes the weights too; only the times are read."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    import handydl
+    from bench.worker import handydl_training, mlp_data
+    handydl.tune_malloc()
+    X, y = mlp_data(n)
+    pc = time.perf_counter
+    for batch in batches:
+        p = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", batch=batch)
+        model, loss_fn, opt, loader, epoch = handydl_training(p, X, y)
+        for threads in sorted({1, os.cpu_count() or 1}):
+            with threadpool_limits(threads, user_api="blas"):
+                epoch()                                   # compiled, warm
+                first = again = 0.0
+                for _ in range(epochs):
+                    for xb, yb in loader:
+                        loss_fn(model(xb), yb)
+                        opt.zero_grad()
+                        model.backward(loss_fn.backward(), input_grad=False)
+                        t0 = pc()
+                        opt.step()
+                        t1 = pc()
+                        opt.step()
+                        again += pc() - t1
+                        first += t1 - t0
+            print(f"MLP batch {batch}, BLAS on {threads} thread(s): opt.step() in the step "
+                  f"{first / epochs * 1e3:6.1f} ms an epoch, again at once {again / epochs * 1e3:6.1f} ms "
+                  f"({first / again:.2f}x)")
 
 
 def on_off(fn, rounds, switch):

@@ -806,8 +806,10 @@ WORKERS.update({(fw, kind): globals()[f"{fw}_{kind}"] for fw in ("handydl", "tor
 # allocator setting cannot be undone).
 MACHINERY = {
     "tune_malloc": "handydl.tune_malloc(): glibc keeps large freed blocks for reuse",
-    "axpy": "the compiled y += a x of the optimizers (NumPy's two passes instead)",
-    "numba": "every compiled kernel: activations, cross-entropy, axpy (what a user without numba runs)",
+    "optimizer kernels": "the optimizers' compiled updates: SGD's and Adam's step in one pass, y += a x "
+                         "(NumPy's passes instead)",
+    "numba": "every compiled kernel: activations, cross-entropy, the optimizers' updates "
+             "(what a user without numba runs)",
 }
 
 
@@ -821,13 +823,14 @@ def setup_handydl(jobs):
         handydl.tune_malloc()
     if "numba" in without:
         fused._enabled = False
-    if "axpy" in without:
+    if "optimizer kernels" in without:
         from handydl.optim import optimizer
 
         def two_passes(a, x, y, buf):
             np.multiply(x, a, out=buf)
             y += buf
         optimizer.axpy = two_passes
+        fused.sgd = fused.adam = lambda *args: False      # "not applicable": NumPy's passes
 
 
 def main():

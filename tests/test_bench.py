@@ -161,6 +161,15 @@ def test_micro_times_both_adam_paths(capsys):
     assert line.startswith("Adam step, 36 float32 parameters: compiled") and "NumPy" in line
 
 
+def test_micro_times_the_optimizer_in_the_step_and_again(capsys):
+    micro = pytest.importorskip("bench.micro")
+    pytest.importorskip("threadpoolctl")
+    micro.optimizer_in_step_vs_again(n=256, batches=(64,), epochs=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("MLP batch 64, BLAS on ") and "again at once" in line
+                         for line in lines)
+
+
 def test_micro_on_off_times_both_settings_and_ends_switched_on():
     micro = pytest.importorskip("bench.micro")
     calls = []

@@ -172,3 +172,44 @@ def test_fused_adam_equals_numpys_passes(dtype):
             assert a.dtype == dtype
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
         assert np.isnan(out[0][0][0, 0]) and np.isnan(out[1][0][0, 0])
+
+
+SGD_SETTINGS = [dict(), dict(momentum=0.9), dict(momentum=0.9, weight_decay=0.01),
+                dict(momentum=0.5, dampening=0.3), dict(momentum=0.9, nesterov=True),
+                dict(weight_decay=0.1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "plain")
+def test_fused_sgd_equals_numpys_passes(settings, dtype):
+    """SGD's one compiled pass and NumPy's passes give the same parameters and
+    momentum buffers within rounding over several steps; a NaN gradient makes its
+    parameter NaN on both paths, and an infinite weight stays infinite (not NaN)
+    when there is no weight decay."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(3)
+    start = rng.standard_normal((40, 17)).astype(dtype)
+    start[1, 1] = np.inf
+    grads = [rng.standard_normal(start.shape).astype(dtype) for _ in range(5)]
+    grads[2][0, 0] = np.nan
+    out = []
+    for kernels in (True, False):
+        p = nn.Parameter(start.copy())
+        opt = optim.SGD([p], lr=0.05, **settings)
+        # inf - inf under weight decay is NaN on both paths; NumPy's would warn
+        with contextlib.nullcontext() if kernels else fused.disabled(), np.errstate(invalid="ignore"):
+            for g in grads:
+                p.grad = g.copy()
+                opt.step()
+        out.append((p.data, opt.state[0].get("momentum_buffer")))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(*out):
+        if a is None:
+            assert b is None and not settings.get("momentum")
+            continue
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for data, _ in out:
+        assert np.isnan(data[0, 0])
+        if not settings.get("weight_decay"):
+            assert data[1, 1] == np.inf

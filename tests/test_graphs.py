@@ -1377,3 +1377,59 @@ def test_tape_model_trains_with_a_manual_loop():
             opt.step()
     after = _mse(model, X, y)
     assert after < 0.5 * before, (before, after)
+
+
+# -- the cached list of modules and parameters follows every change of structure ----------------
+
+def _names(m):
+    return [n for n, _ in m.named_parameters()]
+
+
+def test_parameters_follow_a_child_added_deep_inside_after_they_were_listed():
+    inner = nn.Sequential(nn.Linear(3, 3))
+    model = nn.Sequential(inner, nn.ReLU())
+    assert len(model.parameters()) == 2 and len(model.modules()) == 4
+    inner.append(nn.Linear(3, 2))              # a grandchild, changed below the listed model
+    assert len(model.parameters()) == 4 and len(model.modules()) == 5
+    # zero_grad reaches the new layer's gradient too
+    new = inner[1]
+    new.weight.grad[...] = 1.0
+    model.zero_grad()
+    assert not new.weight.grad.any()
+
+
+def test_parameters_follow_replaced_and_deleted_attributes():
+    lin = nn.Linear(2, 2)
+    model = nn.Sequential(lin)
+    before = model.parameters()
+    lin.weight = nn.Parameter(np.zeros((2, 2), np.float32))
+    after = model.parameters()
+    assert after[0] is lin.weight and after[0] is not before[0]
+    del lin.bias
+    assert [p.shape for p in model.parameters()] == [(2, 2)]
+    assert "bias" not in dict(lin.named_parameters())
+    with pytest.raises(AttributeError):
+        lin.bias
+    m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    assert len(m.parameters()) == 4
+    delattr(m, "1")                              # a child removed: its parameters go with it
+    assert len(m.parameters()) == 2 and len(m) == 1
+
+
+def test_parameters_returns_a_list_the_caller_may_change():
+    model = nn.Sequential(nn.Linear(2, 2))
+    ps = model.parameters()
+    ps.clear()
+    assert len(model.parameters()) == 2
+
+
+def test_a_failed_forward_of_a_changed_model_takes_back_the_new_childs_state():
+    inner = nn.Sequential(nn.Linear(2, 2))
+    model = nn.Sequential(inner)
+    model(np.ones((1, 2), np.float32))
+    model.zero_grad()
+    inner.append(nn.Linear(3, 2))               # does not fit: the second forward fails in it
+    first = inner[0]
+    with pytest.raises(ValueError):
+        model(np.ones((1, 2), np.float32))
+    assert first.saved_count == 0 and inner.saved_count == 0

@@ -484,7 +484,10 @@ def cross_entropy_grad(x, y, m_logs, scale):
     m, logs = m_logs
     y = np.ascontiguousarray(y, np.int64)
     gx = np.empty_like(x)
-    scale = np.ascontiguousarray(np.broadcast_to(np.asarray(scale, np.float32).reshape(-1), (len(x),)))
+    if np.ndim(scale) == 0:               # the mean's 1/N: one number for every row
+        scale = np.full(len(x), scale, np.float32)
+    else:
+        scale = np.ascontiguousarray(np.asarray(scale, np.float32).reshape(-1))
     _ce_loops()[1](x, y, m, logs, scale, gx)
     return gx
 
@@ -504,13 +507,50 @@ def axpy(a, x, y, buf):
     784 x 256 weight is 3x faster this way (python -m bench.micro)."""
     if (_enabled and x.dtype == y.dtype and y.dtype in (np.float32, np.float64) and x.shape == y.shape
             and x.flags.c_contiguous and y.flags.c_contiguous and _load_numba() is not None):
-        with _lock:
-            if "axpy" not in _compiled:
-                _compiled["axpy"] = _jit(_axpy)
-        _compiled["axpy"](y.dtype.type(a), x.reshape(-1), y.reshape(-1))
+        loop = _compiled.get("axpy")
+        if loop is None:
+            with _lock:
+                loop = _compiled.setdefault("axpy", _jit(_axpy))
+        loop(y.dtype.type(a), x.reshape(-1), y.reshape(-1))
         return
     np.multiply(x, a, out=buf)
     y += buf
+
+
+# -- SGD's update in one pass ----------------------------------------------------------------
+
+def _sgd(p, g, b, lr, mu, damp1, wd, nesterov, first):
+    for i in range(p.size):
+        gi = g[i]
+        if wd != 0:                   # a branch, not 0 * p: an inf weight must not become NaN
+            gi += wd * p[i]
+        if mu != 0:
+            bi = gi if first else mu * b[i] + damp1 * gi
+            b[i] = bi
+            gi = gi + mu * bi if nesterov else bi
+        p[i] -= lr * gi
+
+
+def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    r"""SGD's step in place, one pass over p, g and the momentum buffer (torch.optim.SGD's rule):
+    :math:`g \mathrel{+}= \text{wd}\, p`; :math:`b = \mu b + (1 - \text{dampening}) g`
+    (:math:`b = g` at the ``first`` step); :math:`g = g + \mu b` (Nesterov) or :math:`b`;
+    :math:`p \mathrel{-}= \text{lr}\, g`.  ``buf`` is None without momentum.  True if
+    it ran; False when the kernels do not apply (the optimizer then runs NumPy's
+    passes: three with momentum, where this is one)."""
+    arrays = (p, g) if buf is None else (p, g, buf)
+    if not (_enabled and p.dtype in (np.float32, np.float64) and all(a.dtype == p.dtype for a in arrays)
+            and all(a.shape == p.shape and a.flags.c_contiguous for a in arrays) and _load_numba() is not None):
+        return False
+    loop = _compiled.get("sgd")
+    if loop is None:
+        with _lock:
+            loop = _compiled.setdefault("sgd", _jit(_sgd))
+    f = p.dtype.type
+    flat = [a.reshape(-1) for a in arrays]
+    loop(flat[0], flat[1], flat[-1] if buf is not None else flat[0], f(lr), f(momentum), f(1 - dampening),
+         f(weight_decay), bool(nesterov), bool(first))
+    return True
 
 
 # -- Adam's update in one pass ---------------------------------------------------------------

@@ -663,7 +663,7 @@ class Sequential(ChildList, Module):
         mods = list(self._modules.values())
         start = 0
         if not input_grad:          # leading leaves without parameters need no backward
-            while start < len(mods) and not mods[start]._modules and not mods[start].parameters():
+            while start < len(mods) and not mods[start]._modules and not mods[start]._params:
                 start += 1
         g = gys
         for i in range(len(mods) - 1, start - 1, -1):

@@ -91,6 +91,12 @@ class Parameter:
 
 _grad_enabled = True
 
+# Bumped whenever any module anywhere gains or loses a child or a parameter:
+# each module's cached list of the modules and parameters below it (walked on
+# every training step by __call__, zero_grad and Sequential.backward) is valid
+# while the number it was made at is current.
+_structure_version = 0
+
 
 @contextlib.contextmanager
 def no_grad():
@@ -133,17 +139,28 @@ class Module:
         object.__setattr__(self, "_states", [])
 
     def __setattr__(self, name, value):
+        global _structure_version
         if name == "_saved":            # the older spelling of self.save(value)
             self.save(value)
             return
-        # a buffer stays registered when it is reassigned (running statistics are)
-        self._params.pop(name, None)
-        self._modules.pop(name, None)
-        if isinstance(value, Parameter):
-            self._params[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        # a buffer stays registered when it is reassigned (running statistics are);
+        # a parameter or module reassigned keeps its place in the order (as PyTorch)
+        owner = (self._params if isinstance(value, Parameter) else
+                 self._modules if isinstance(value, Module) else None)
+        for registry in (self._params, self._modules):
+            if registry is not owner and registry.pop(name, None) is not None:
+                _structure_version += 1
+        if owner is not None:
+            owner[name] = value
+            _structure_version += 1
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        global _structure_version
+        if self._params.pop(name, None) is not None or self._modules.pop(name, None) is not None:
+            _structure_version += 1
+        self._buffers.pop(name, None)
+        object.__delattr__(self, name)
 
     def register_buffer(self, name, value):
         """A non-learnable array saved in the state dict (running statistics)."""
@@ -168,7 +185,7 @@ class Module:
             return self.forward(*args, **kwargs)
         # a forward that fails part-way takes back what its children saved,
         # so that no later backward consumes half of a failed call
-        marks = [(m, len(m._states)) for m in self.modules()]
+        marks = [(m, len(m._states)) for m in self._tree()[0]]
         try:
             return self.forward(*args, **kwargs)
         except BaseException:
@@ -239,7 +256,7 @@ class Module:
 
     def clear_saved(self):
         """Drop every saved state of this module and the modules below it."""
-        for m in self.modules():
+        for m in self._tree()[0]:
             m._states.clear()
 
     # -- traversal -------------------------------------------------------------------
@@ -257,7 +274,17 @@ class Module:
                                            remove_duplicate, memo)
 
     def modules(self):
-        return [m for _, m in self.named_modules()]
+        return list(self._tree()[0])
+
+    def _tree(self):
+        """(modules, parameters) below and including this one, as tuples, from a
+        cache kept while the structure of every module stays as it was."""
+        cached = self.__dict__.get("_tree_cache")
+        if cached is None or cached[0] != _structure_version:
+            cached = (_structure_version, tuple(m for _, m in self.named_modules()),
+                      tuple(p for _, p in self.named_parameters()))
+            object.__setattr__(self, "_tree_cache", cached)
+        return cached[1:]
 
     def children(self):
         return list(self._modules.values())
@@ -277,7 +304,7 @@ class Module:
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        return list(self._tree()[1])
 
     def named_buffers(self):
         for name, (mod, attr) in self._buffer_owners():
@@ -287,9 +314,11 @@ class Module:
     def zero_grad(self):
         """Mark every gradient zero and drop the saved states of forwards not yet
         differentiated: a new training step begins."""
-        for p in self.parameters():
+        modules, params = self._tree()
+        for p in params:
             p.zero_grad()
-        self.clear_saved()
+        for m in modules:
+            m._states.clear()
 
     def train(self, mode=True):
         for m in self.modules():
