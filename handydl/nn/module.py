@@ -440,7 +440,8 @@ def call_backward(m, gys, input_grad=True):
 
 def check_gy(gy, y_shape, who):
     """The upstream gradient as an array of the output's shape, or ValueError."""
-    gy = np.asarray(gy)
+    if type(gy) is not np.ndarray:       # (a subclass such as np.matrix becomes an ndarray)
+        gy = np.asarray(gy)
     if gy.shape != y_shape:
         raise ValueError(f"{who}.backward: expected gradient of shape {y_shape} (the output's), "
                          f"got shape {gy.shape}")

@@ -149,11 +149,8 @@ class Op:
                              f"gradient(s), one per output {self.outputs}, got {len(gys)}")
         if isinstance(saved, fused.Saved):             # saved by a fused forward
             return (fused.backward(saved, *gys),)
-        with np.errstate(under="ignore"):
-            if needs is not None and self._takes_needs:
-                grads = self._backward(saved, *gys, needs)
-            else:
-                grads = self._backward(saved, *gys)
+        args = (saved, *gys, needs) if needs is not None and self._takes_needs else (saved, *gys)
+        grads = _underflow_ignored(self._backward, args, {})
         return grads if isinstance(grads, tuple) else (grads,)
 
     def run(self, inputs, bound):
@@ -171,8 +168,7 @@ class Op:
                 numeric = [bound[k] for k in self.params if k not in self.choices]
                 result = fused.forward(kernel, inputs[0], numeric)
         if result is None:
-            with np.errstate(under="ignore"):
-                result = self.fn(*inputs, **bound)
+            result = _underflow_ignored(self.fn, inputs, bound)
         if _recorder is not None:
             _recorder(self, inputs, bound, *result)
         return result
@@ -273,6 +269,17 @@ def check_choice(what: str, value, valid) -> None:
     if value not in valid:
         listed = ", ".join(repr(v) for v in valid)
         raise ValueError(f"{what}={value!r} is not valid; expected one of {listed}")
+
+
+def _underflow_ignored(fn, args, kwargs):
+    """fn(*args, **kwargs) with NumPy's underflow errors off (the ops' forwards and
+    backwards run in it).  NumPy's default already ignores underflow: entering
+    an errstate costs more than many a small op (it is run several times a
+    training step), so it is entered only when the caller's setting differs."""
+    if np.geterr()["under"] == "ignore":
+        return fn(*args, **kwargs)
+    with np.errstate(under="ignore"):
+        return fn(*args, **kwargs)
 
 
 def as_float(x) -> np.ndarray:
