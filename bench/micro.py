@@ -15,7 +15,8 @@
    the NumPy path vs the fused kernel,
    and the benchmark's MLP epoch with the kernels on and off (needs numba);
 6. the optimizer's step where the training loop calls it and again at once,
-   on one BLAS thread and on all (optimizer_in_step_vs_again).
+   on one BLAS thread and on all (optimizer_in_step_vs_again), and a NumPy
+   loop on one core alone and beside a core kept spinning (loop_beside_a_spinning_core).
 
 What each piece buys in training is measured by ``python -m bench`` itself
 (its "machinery" rows: the same workload with one piece switched off).
@@ -78,6 +79,7 @@ def main():
     adam_fused_vs_numpy()
     fused_vs_numpy()
     optimizer_in_step_vs_again()
+    loop_beside_a_spinning_core()
 
 
 def axpy_fused_vs_numpy(calls=2000, sizes=(10, 784 * 256)):
@@ -250,6 +252,45 @@ def optimizer_in_step_vs_again(n=60000, batches=(32, 128, 512), epochs=3):
             print(f"MLP batch {batch}, BLAS on {threads} thread(s): opt.step() in the step "
                   f"{first / epochs * 1e3:6.1f} ms an epoch, again at once {again / epochs * 1e3:6.1f} ms "
                   f"({first / again:.2f}x)")
+
+
+def loop_beside_a_spinning_core(rounds=5, size=200_000, passes=2000):
+    """Whether a thread spinning on the other core slows a one-thread NumPy loop
+    on this one (it would if the two cores shared one physical core): the loop
+    pinned to the first CPU, alone and while a second process spins on the
+    second CPU, alternating; Linux with two CPUs or more."""
+    import os
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        print("one CPU: nothing to measure")
+        return None
+    x, y = np.ones(size, np.float32), np.ones(size, np.float32)
+
+    def loop():
+        for _ in range(passes):
+            np.add(y, x, out=y)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    times = {False: [], True: []}
+    try:
+        for _ in range(rounds):
+            for spinning in (False, True):
+                spinner = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpus[1]}}})\n"
+                                            "while True: pass"]) if spinning else None
+                try:
+                    if spinner:
+                        time.sleep(0.3)                 # started and spinning
+                    times[spinning] += timed(loop, 1)[0]
+                finally:
+                    if spinner:
+                        spinner.kill()
+                        spinner.wait()
+    finally:
+        os.sched_setaffinity(0, before)
+    alone, beside = (float(np.median(times[k])) * 1e3 for k in (False, True))
+    print(f"{passes} passes y += x over {size} float32 on CPU {cpus[0]}: alone {alone:6.1f} ms, "
+          f"with CPU {cpus[1]} spinning {beside:6.1f} ms ({beside / alone:.2f}x)")
+    return alone, beside
 
 
 def on_off(fn, rounds, switch):

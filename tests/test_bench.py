@@ -202,3 +202,14 @@ def test_the_gpt_step_workers_train_one_model():
     # PyTorch's model starts from handydl's weights: the same loss before the first step
     assert outs["torch"]["first_loss"] == pytest.approx(outs["handydl"]["first_loss"], rel=1e-5)
     assert outs["handydl"]["first_loss"] == pytest.approx(math.log(GPT_TINY["vocab"]), rel=0.05)
+
+
+def test_micro_times_a_loop_alone_and_beside_a_spinning_core(capsys):
+    import os
+    micro = pytest.importorskip("bench.micro")
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two CPUs")
+    before = os.sched_getaffinity(0)
+    alone, beside = micro.loop_beside_a_spinning_core(rounds=1, size=1000, passes=10)
+    assert alone > 0 and beside > 0 and os.sched_getaffinity(0) == before   # the pinning is undone
+    assert "spinning" in capsys.readouterr().out
