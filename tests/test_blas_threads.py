@@ -189,3 +189,29 @@ def test_the_mean_decides_not_the_median():
     m.run(g, probe_steps(g.candidates))
     steps, means, best = g.history[-1]
     assert best == 1 and means[2] > means[1]
+
+
+def test_a_hold_that_turns_slow_probes_again_at_once():
+    """Load that arrives during a hold (every count slower, all threads most) is
+    seen within WATCH steps, not after the hold: the next probe moves to one thread."""
+    m = Machine(2, {2: 0.5, 1: 1.0})                 # quiet: both threads pay
+    g = blas.Governor(m.get, m.set, m.clock)
+    m.run(g, probe_steps(g.candidates))
+    assert g.choice == 2 and m.threads == 2
+    hold = g.hold
+    m.cost = {2: 4.0, 1: 1.2}                        # a busy core: two threads now 8x slower
+    m.run(g, blas.WARMUP + blas.WATCH + 1 + probe_steps(g.candidates))
+    assert len(g.history) == 2 and g.choice == 1 and m.threads == 1
+    assert g.history[-1][0] < probe_steps(g.candidates) + hold    # before the hold would have ended
+    assert g.hold == blas.HOLD                       # the choice changed: the shortest hold again
+
+
+def test_a_steady_hold_is_not_interrupted():
+    m = Machine(2, {2: 0.5, 1: 1.0})
+    g = blas.Governor(m.get, m.set, m.clock)
+    m.run(g, probe_steps(g.candidates))
+    hold = g.hold
+    m.run(g, hold - 2)
+    assert len(g.history) == 1                       # no probe before the hold ends
+    m.run(g, 3 + probe_steps(g.candidates))
+    assert len(g.history) == 2 and g.hold == min(2 * hold, blas.MAX_HOLD)

@@ -11,7 +11,10 @@ products, and changes while a run goes on, so this module measures instead of
 guessing: inside ``blas_threads("auto")``, every ``Optimizer.step()`` marks
 the end of a training step; the governor times a few steps at each candidate
 thread count (all of them, half, one), keeps the fastest, and checks again
-after a hold that doubles while the choice stays the same.
+after a hold that doubles while the choice stays the same, or at once when
+the steps of a hold turn DRIFT times slower than the choice measured (another
+process took a core: waiting out a hold of thousands of steps at the wrong
+count cost more than a probe).
 
 It uses threadpoolctl (the ``train`` extra) to read and set the thread count;
 without it, the context does nothing.  The count in force before the block
@@ -33,6 +36,8 @@ MEASURED = 8        # steps timed per candidate; their mean is its time
 ABANDON_AFTER = 2   # timed steps after which a far slower candidate is dropped
 HOLD = 256          # steps between probes at first; doubled while the choice holds
 MAX_HOLD = 4096
+WATCH = 32          # steps of a hold whose mean is compared with the choice's probe
+DRIFT = 1.5         # a hold's mean this many times the probe's starts a probe at once
 
 _active = None      # the governor of the innermost blas_threads("auto") block
 
@@ -58,6 +63,9 @@ class Governor:
         self._last = None                         # the clock at the last tick
         self._times = {}                          # threads -> this probe's step times
         self._mine = self.start                   # the count this governor set last
+        self._expected = None                     # the choice's mean step time in the last probe
+        self._watch = []                          # this hold's latest step times
+        self._settle = 0                          # hold steps still to skip (the pool settles)
 
     def _probe_plan(self):
         """[(threads, timed?)], one entry per coming step, for one probe: the
@@ -91,6 +99,8 @@ class Governor:
             if timed:
                 self._times.setdefault(threads, []).append(now - self._last)
                 self._abandon(threads)
+        elif self._last is not None and self._expected is not None:
+            self._watch_hold(now - self._last)
         self.steps += 1
         self._last = now
         if self._plan:
@@ -108,11 +118,28 @@ class Governor:
             self.history.append((self.steps, means, best))
             self._times = {}
             self._holding = self.hold
+            self._expected, self._watch, self._settle = means[best], [], WARMUP
         self._current = None
         self._apply(self.choice)
         self._holding -= 1
         if self._holding <= 0:
             self._plan = self._probe_plan()
+
+    def _watch_hold(self, seconds):
+        """A step of a hold ended: when the last WATCH of them took DRIFT times
+        the choice's mean in its probe, the machine changed (another process took
+        a core) or the probe was misled by a lucky stretch, and the next step
+        starts a probe instead of waiting out the hold, which can be thousands
+        of steps at the wrong count."""
+        if self._settle:
+            self._settle -= 1
+            return
+        self._watch.append(seconds)
+        if len(self._watch) < WATCH:
+            return
+        if statistics.fmean(self._watch) > DRIFT * self._expected:
+            self._holding, self.hold = 0, HOLD        # the choice no longer stands: probe now
+        self._watch = []
 
     def _apply(self, threads):
         if threads != self._mine:
