@@ -1381,10 +1381,6 @@ def test_tape_model_trains_with_a_manual_loop():
 
 # -- the cached list of modules and parameters follows every change of structure ----------------
 
-def _names(m):
-    return [n for n, _ in m.named_parameters()]
-
-
 def test_parameters_follow_a_child_added_deep_inside_after_they_were_listed():
     inner = nn.Sequential(nn.Linear(3, 3))
     model = nn.Sequential(inner, nn.ReLU())

@@ -314,11 +314,9 @@ class Module:
     def zero_grad(self):
         """Mark every gradient zero and drop the saved states of forwards not yet
         differentiated: a new training step begins."""
-        modules, params = self._tree()
-        for p in params:
+        for p in self._tree()[1]:
             p.zero_grad()
-        for m in modules:
-            m._states.clear()
+        self.clear_saved()
 
     def train(self, mode=True):
         for m in self.modules():
