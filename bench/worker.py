@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
+import subprocess
 import sys
 import time
 
@@ -72,6 +74,41 @@ def timed(fn, repeats, warmup=1):
     return samples, max(0.0, peak_mb() - base)
 
 
+def under_load(fn, pairs):
+    """fn() timed with the other cores quiet and with one of them kept busy by
+    another process, alternately in this one process (quiet, loaded; loaded,
+    quiet; ...), after one warm-up call: {"samples": loaded seconds, "quiet":
+    quiet seconds, "slowdown": loaded / quiet of each pair}.
+
+    Pairs of neighbours, not two runs minutes apart: this machine's speed
+    drifts by 5-10% over minutes, more than the effect measured.  The load is a
+    Python loop stopped (SIGSTOP) and resumed (SIGCONT) between calls, so it
+    starts and stops within a call's first milliseconds; what adapts to it (a
+    thread governor) pays its adapting inside the timed call, as a user would."""
+    spinner, now = subprocess.Popen([sys.executable, "-c", "while True: pass"]), [True]
+
+    def switch(busy):     # and wait until the kernel says it is done
+        if busy != now[0]:
+            spinner.send_signal(signal.SIGCONT if busy else signal.SIGSTOP)
+            os.waitpid(spinner.pid, os.WCONTINUED if busy else os.WUNTRACED)
+            now[0] = busy
+    try:
+        switch(False)
+        fn()
+        quiet, loaded = [], []
+        for k in range(pairs):
+            for busy in ((False, True) if k % 2 == 0 else (True, False)):
+                switch(busy)
+                t = time.perf_counter()
+                fn()
+                (loaded if busy else quiet).append(time.perf_counter() - t)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    return {"samples": loaded, "quiet": quiet, "slowdown": [a / b for a, b in zip(loaded, quiet)],
+            "peak_mb": 0.0}
+
+
 # -- data and weights, identical in every process -----------------------------------------
 
 def mlp_data(n, d_in=784, classes=10, seed=0):
@@ -99,8 +136,10 @@ def handydl_mlp(p):
     X, y = mlp_data(p["n"])
     model, loss_fn, opt, loader, epoch = handydl_training(p, X, y)
     with handydl.blas_threads(p.get("blas_threads", "auto")):    # as the README's loop
+        if p.get("load"):
+            return under_load(epoch, p["repeats"])
         samples, mem = timed(epoch, p["repeats"])
-    if "without" in p or p.get("load") or p.get("blas_threads"):   # the epochs alone
+    if "without" in p or p.get("blas_threads"):   # the epochs alone
         return {"samples": samples, "peak_mb": mem}
     out = {"samples": samples, "peak_mb": mem, "floor": matmul_floor(X, p, model),
            "phases": mlp_phases(X, y, p, model, loss_fn, opt, loader), "sgemm_gflops": sgemm_rates(),
@@ -352,6 +391,8 @@ def torch_mlp(p):
             opt.zero_grad()
             loss.backward()
             opt.step()
+    if p.get("load"):
+        return under_load(epoch, p["repeats"])
     samples, mem = timed(epoch, p["repeats"])
     with torch.no_grad():
         loss = float(F.cross_entropy(model(Xt[:1000]), yt[:1000]))
@@ -447,6 +488,8 @@ def jax_mlp(p):
             prm, st = step(prm, st, xb, yb)
         jax.block_until_ready(prm)
         holder["params"], holder["state"] = prm, st
+    if p.get("load"):
+        return under_load(epoch, p["repeats"])
     samples, mem = timed(epoch, p["repeats"])
     dot, on_device = jax.jit(lambda a: a @ a), {}        # A copied to JAX once, not per product
     sgemm = sgemm_rates(matmul=lambda a: jax.block_until_ready(dot(on_device.setdefault(id(a), jnp.asarray(a)))))

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 bench = pytest.importorskip("bench.__main__")
+worker = pytest.importorskip("bench.worker")
 
 
 def fake(median, floor=None, **extra):
@@ -100,35 +102,52 @@ def test_a_missed_target_says_which_phase_must_shrink_and_by_how_much():
     assert f"they ran at {bench.mlp_flops(MLP) / 0.5 / 1e9:.0f}" in line and "best sgemm 400" in line
 
 
+def loaded(quiet, load):
+    """A worker's result under load: pairs of quiet and loaded epochs."""
+    return {"samples": [load] * 3, "quiet": [quiet] * 3, "slowdown": [load / quiet] * 3, "peak_mb": 0.0}
+
+
 def test_the_slowdown_under_load_is_held_to_the_best_peers():
-    results = {"mlp_epoch_b128": {"kind": "mlp", "params": MLP, "handydl": fake(1.0), "torch": fake(1.0),
+    results = {"mlp_epoch_b128": {"kind": "mlp", "params": MLP, "handydl": fake(0.9), "torch": fake(1.0),
                                   "jax": fake(1.0)},
-               "mlp_epoch_b128_under_load": {"kind": "mlp", "params": MLP, "handydl": fake(1.5),
-                                             "torch": fake(1.4), "jax": fake(2.0)},
-               "mlp_epoch_b128_under_load_1_blas_thread": {"kind": "mlp", "params": MLP, "handydl": fake(1.2)}}
+               "mlp_epoch_b128_under_load": {"kind": "mlp", "params": MLP, "handydl": loaded(1.0, 1.5),
+                                             "torch": loaded(1.0, 1.4), "jax": loaded(0.5, 1.0)},
+               "mlp_epoch_b128_under_load_1_blas_thread": {"kind": "mlp", "params": MLP,
+                                                           "handydl": loaded(1.25, 1.3)}}
     rows, checks = bench.report(results, ("handydl", "torch", "jax"))
-    loaded = next(r for r in rows if r["name"].endswith("_under_load"))
-    assert loaded["handydl"]["slowdown"] == pytest.approx(1.5) and loaded["jax"]["slowdown"] == pytest.approx(2.0)
+    row = next(r for r in rows if r["name"].endswith("_under_load"))
+    # each framework's slowdown is its own pairs', not against the quiet workload's epoch
+    assert row["handydl"]["slowdown"] == pytest.approx(1.5) and row["jax"]["slowdown"] == pytest.approx(2.0)
+    assert row["handydl"]["quiet"] == pytest.approx(1.0)
     c, = (c for c in checks if "slowdown" in c["target"])
     assert c["value"] == pytest.approx(1.5 / 1.4) and not c["pass"] and "(torch, 1.40x)" in c["target"]
-    assert c["one_blas_thread"] == pytest.approx(1.2) and "slowdown is 1.20x" in bench.check_line(c)
+    assert c["one_blas_thread"] == pytest.approx(1.3 / 1.25) and c["one_thread_floor"] == pytest.approx(1.3)
+    line = bench.check_line(c)
+    assert "slows 1.04x" in line and "1.30x the default's quiet one" in line and "quiet one 1.25x" in line
     assert any(job[2].get("load") for job in bench.workloads(True))
 
 
-def test_the_runner_keeps_a_core_busy_while_a_loaded_job_runs(monkeypatch):
-    started = []
-    real = bench.subprocess.Popen
+def test_under_load_alternates_quiet_and_loaded_calls_beside_a_busy_core(monkeypatch):
+    """The worker's load: a process that runs only during the loaded calls, and is gone after."""
+    started, states = [], []
+    real = worker.subprocess.Popen
 
     def popen(cmd, *args, **kwargs):
         p = real(cmd, *args, **kwargs)
-        if "-c" in cmd:                      # the load, not the worker
-            started.append(p)
+        started.append(p)
         return p
-    monkeypatch.setattr(bench.subprocess, "Popen", popen)
-    params = dict(sizes=[784, 8, 10], activation="relu", optimizer="sgd", n=256, batch=128, repeats=1, load=True)
-    out, = bench.run_worker("handydl", [("mlp", params)])
+    monkeypatch.setattr(worker.subprocess, "Popen", popen)
+
+    def state():          # R (running) or T (stopped) of the load process, as the kernel tells
+        with open(f"/proc/{started[0].pid}/stat") as f:
+            states.append(f.read().rsplit(")", 1)[1].split()[0])
+        time.sleep(0.05)
+    out = worker.under_load(state, pairs=3)
     assert len(started) == 1 and started[0].poll() is not None    # started, and stopped after
-    assert out["samples"]
+    assert len(out["samples"]) == len(out["quiet"]) == len(out["slowdown"]) == 3
+    assert out["slowdown"] == pytest.approx([a / b for a, b in zip(out["samples"], out["quiet"])])
+    # the warm-up call quiet, then quiet/loaded, loaded/quiet, quiet/loaded
+    assert ["T" if s == "T" else "busy" for s in states] == ["T", "T", "busy", "busy", "T", "T", "busy"]
 
 
 def test_handydl_worker_runs_the_readme_loop_and_measures_its_phases():
