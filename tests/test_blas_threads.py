@@ -3,6 +3,8 @@ steps (a Governor over a simulated machine), fixed, or left alone; the count
 before always comes back."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,10 @@ class Machine:
     """A BLAS whose steps take ``cost[threads]`` seconds; the clock advances by
     the cost of the threads in force when each step began."""
 
-    def __init__(self, threads, cost):
+    def __init__(self, threads, cost, free=None):
         self.threads, self.cost, self.now, self.sets = threads, cost, 0.0, []
         self._running = threads
+        self.free, self.idle_s = free, 0.0     # free: {threads: idle cores while a step runs at it}
 
     def get(self):
         return self.threads
@@ -32,8 +35,14 @@ class Machine:
             self.turn = getattr(self, "turn", -1) + 1
             cost = cost[self.turn % len(cost)]
         self.now += cost
+        if self.free is not None:
+            self.idle_s += cost * self.free[self._running]
         self._running = self.threads
         return self.now
+
+    def idle(self):
+        """The machine's idle core-seconds so far (what /proc/stat tells), or None."""
+        return None if self.free is None else self.idle_s
 
     def run(self, governor, steps):
         for _ in range(steps):
@@ -191,19 +200,77 @@ def test_the_mean_decides_not_the_median():
     assert best == 1 and means[2] > means[1]
 
 
-def test_a_hold_that_turns_slow_probes_again_at_once():
+def governed(m):
+    return blas.Governor(m.get, m.set, m.clock, m.idle)
+
+
+QUIET = {2: 0.0, 1: 1.0}      # 2 cores: one thread leaves a core idle
+BUSY = {2: 0.0, 1: 0.0}       # another process keeps the other core busy
+
+
+def test_a_hold_that_turns_slow_steps_down_at_once():
     """Load that arrives during a hold (every count slower, all threads most) is
-    seen within WATCH steps, not after the hold: the next probe moves to one thread."""
-    m = Machine(2, {2: 0.5, 1: 1.0})                 # quiet: both threads pay
-    g = blas.Governor(m.get, m.set, m.clock)
+    seen within WATCH steps, not after the hold, and the governor moves to one
+    thread without timing two threads again."""
+    m = Machine(2, {2: 0.5, 1: 1.0}, free=QUIET)     # quiet: both threads pay
+    g = governed(m)
     m.run(g, probe_steps(g.candidates))
     assert g.choice == 2 and m.threads == 2
-    hold = g.hold
-    m.cost = {2: 4.0, 1: 1.2}                        # a busy core: two threads now 8x slower
-    m.run(g, blas.WARMUP + blas.WATCH + 1 + probe_steps(g.candidates))
-    assert len(g.history) == 2 and g.choice == 1 and m.threads == 1
-    assert g.history[-1][0] < probe_steps(g.candidates) + hold    # before the hold would have ended
-    assert g.hold == blas.HOLD                       # the choice changed: the shortest hold again
+    m.cost, m.free = {2: 4.0, 1: 1.2}, BUSY           # a busy core: two threads now 8x slower
+    m.sets.clear()
+    m.run(g, blas.WARMUP + blas.WATCH + 1)
+    assert g.choice == 1 and m.threads == 1 and m.sets == [1]
+    assert g.history[-1][1:] == ({}, 1)               # stepped down, not probed
+    m.run(g, 20 * blas.HOLD)                          # the core stays busy: no probe tries 2 again
+    assert m.sets == [1] and g.choice == 1
+
+
+def test_when_the_core_comes_free_the_governor_probes_at_once():
+    m = Machine(2, {2: 0.5, 1: 1.0}, free=QUIET)
+    g = governed(m)
+    m.run(g, probe_steps(g.candidates))
+    m.cost, m.free = {2: 4.0, 1: 1.2}, BUSY
+    m.run(g, blas.WARMUP + blas.WATCH + 1 + 3 * blas.HOLD)
+    assert g.choice == 1
+    m.cost, m.free = {2: 0.5, 1: 1.0}, QUIET          # the other process ended
+    probes = len(g.history)
+    m.run(g, 3 + probe_steps(g.candidates))           # an idle window, and a probe
+    assert len(g.history) == probes + 1 and g.choice == 2 and m.threads == 2
+
+
+def test_a_false_alarm_is_undone_by_the_first_idle_window():
+    """A slow stretch on a quiet machine: down to one thread, but the idle
+    window finds the core free, and the probe after it comes back to two."""
+    m = Machine(2, {2: 0.5, 1: 1.0}, free=QUIET)
+    g = governed(m)
+    m.run(g, probe_steps(g.candidates))
+    m.cost = {2: 1.0, 1: 1.0}                          # something else slowed every step
+    m.run(g, blas.WARMUP + blas.WATCH + 1)
+    assert g.choice == 1
+    m.cost = {2: 0.5, 1: 1.0}
+    m.run(g, 3 + probe_steps(g.candidates))
+    assert g.choice == 2 and g.history[-1][1] == {2: 0.5, 1: 1.0}
+
+
+def test_without_idle_readings_a_step_down_is_probed_at_the_end_of_its_hold():
+    m = Machine(2, {2: 0.5, 1: 1.0})                  # idle() is None: not Linux
+    g = governed(m)
+    m.run(g, probe_steps(g.candidates))
+    m.cost = {2: 4.0, 1: 1.2}
+    m.run(g, blas.WARMUP + blas.WATCH + 1)
+    assert g.choice == 1 and len(g.history) == 2
+    m.run(g, blas.HOLD + probe_steps(g.candidates))
+    assert len(g.history) == 3 and g.choice == 1 and set(g.history[-1][1]) == {1, 2}
+
+
+def test_the_machines_idle_time_is_read_where_the_kernel_tells_it():
+    idle = blas.machine_idle()
+    if not Path("/proc/stat").exists():
+        assert idle is None
+        return
+    import time
+    time.sleep(0.3)                                    # this process sleeps: the cores sit idle
+    assert 0 < idle < blas.machine_idle()
 
 
 def test_a_steady_hold_is_not_interrupted():

@@ -11,10 +11,19 @@ products, and changes while a run goes on, so this module measures instead of
 guessing: inside ``blas_threads("auto")``, every ``Optimizer.step()`` marks
 the end of a training step; the governor times a few steps at each candidate
 thread count (all of them, half, one), keeps the fastest, and checks again
-after a hold that doubles while the choice stays the same, or at once when
-the steps of a hold turn DRIFT times slower than the choice measured (another
-process took a core: waiting out a hold of thousands of steps at the wrong
-count cost more than a probe).
+after a hold that doubles while the choice stays the same.  When the steps
+of a hold turn DRIFT times slower than the choice measured (another process
+took a core), it steps down to fewer threads at once: waiting out a hold of
+thousands of steps at the wrong count, or probing all threads again while
+they wait for the busy core, cost more.
+
+Holding fewer threads than it could run, it also reads how much of the
+machine sat idle (Linux's /proc/stat, every IDLE_WINDOW seconds): with no
+free core, more threads cannot pay, and a probe that tries them costs steps
+that wait for the busy core (plus the BLAS worker's spin after them), so the
+probe at the end of the hold is skipped; when a core comes free again (the
+other process ended), it probes at once.  Without /proc/stat it probes as if
+the machine might have room.
 
 It uses threadpoolctl (the ``train`` extra) to read and set the thread count;
 without it, the context does nothing.  The count in force before the block
@@ -37,7 +46,11 @@ ABANDON_AFTER = 2   # timed steps after which a far slower candidate is dropped
 HOLD = 256          # steps between probes at first; doubled while the choice holds
 MAX_HOLD = 4096
 WATCH = 32          # steps of a hold whose mean is compared with the choice's probe
-DRIFT = 1.5         # a hold's mean this many times the probe's starts a probe at once
+DRIFT = 1.5         # a hold's mean this many times the probe's: fewer threads at once
+IDLE_WINDOW = 0.1   # seconds over which idle cores are read (the kernel counts in 10 ms ticks)
+FREE = 0.5          # idle cores below this over a window: no room for more threads
+SETTLE = 0.15       # seconds a hold at fewer threads waits before its watches start: an idle
+                    # OpenBLAS worker spins ~0.1 s (2**28 cycles) before it sleeps
 
 _active = None      # the governor of the innermost blas_threads("auto") block
 
@@ -46,10 +59,12 @@ class Governor:
     """Chooses among thread counts by the mean time of training steps.
 
     ``get()`` and ``set(n)`` read and set the BLAS threads; ``clock`` gives
-    seconds.  ``tick()`` is called once per step (Optimizer.step does)."""
+    seconds; ``idle()`` the seconds the machine's cores have sat idle in all
+    (summed over cores), or None when it cannot tell.  ``tick()`` is called
+    once per step (Optimizer.step does)."""
 
-    def __init__(self, get, set, clock=time.perf_counter):
-        self.get, self.set, self.clock = get, set, clock
+    def __init__(self, get, set, clock=time.perf_counter, idle=lambda: None):
+        self.get, self.set, self.clock, self.idle = get, set, clock, idle
         self.start = get()
         self.candidates = sorted({self.start, max(1, self.start // 2), 1}, reverse=True)
         self.choice = self.start
@@ -57,7 +72,6 @@ class Governor:
         self.stopped = self.start <= 1            # one thread: nothing to choose
         self.history = []                         # (step, {threads: mean seconds}, choice)
         self.steps = 0
-        self._plan = self._probe_plan()           # (threads, timed?) for each coming probe step
         self._current = None                      # the plan entry of the step now running
         self._holding = 0                         # steps left before the next probe
         self._last = None                         # the clock at the last tick
@@ -65,14 +79,18 @@ class Governor:
         self._mine = self.start                   # the count this governor set last
         self._expected = None                     # the choice's mean step time in the last probe
         self._watch = []                          # this hold's latest step times
-        self._settle = 0                          # hold steps still to skip (the pool settles)
+        self._settle_steps = 0                    # hold steps the watch still skips (the pool settles)
+        self._settle_until = 0.0                  # and the clock before which it skips them
+        self._idle_mark = None                    # (clock, idle()) where the idle window began
+        self._crowded = False                     # the last idle window had no free core
+        self._plan = self._probe_plan()           # (threads, timed?) for each coming probe step
 
     def _probe_plan(self):
         """[(threads, timed?)], one entry per coming step, for one probe: the
         count in use first (one thread in the first probe, which costs least if
         it is the slow one), so that a far slower candidate is known as such
         after its first timed steps (_abandon)."""
-        lead = self.choice if self.history else min(self.candidates)   # first probe: the cheapest
+        lead = self.choice if self.history else min(self.candidates)
         order = [lead] + [c for c in self.candidates if c != lead]
         return [(c, k >= WARMUP) for c in order for k in range(WARMUP + MEASURED)]
 
@@ -99,8 +117,9 @@ class Governor:
             if timed:
                 self._times.setdefault(threads, []).append(now - self._last)
                 self._abandon(threads)
-        elif self._last is not None and self._expected is not None:
-            self._watch_hold(now - self._last)
+        elif self._last is not None and self.history:
+            self._watch_hold(now - self._last, now)
+            self._watch_idle(now)
         self.steps += 1
         self._last = now
         if self._plan:
@@ -114,32 +133,84 @@ class Governor:
             means = {t: statistics.fmean(v) for t, v in self._times.items()}
             best = min(means, key=means.get)
             self.hold = min(2 * self.hold, MAX_HOLD) if best == self.choice else HOLD
-            self.choice = best
-            self.history.append((self.steps, means, best))
             self._times = {}
-            self._holding = self.hold
-            self._expected, self._watch, self._settle = means[best], [], WARMUP
+            self._hold_at(best, means[best], now, means)
         self._current = None
         self._apply(self.choice)
         self._holding -= 1
         if self._holding <= 0:
-            self._plan = self._probe_plan()
+            if self._crowded and self.choice < max(self.candidates):
+                self._holding = self.hold         # no free core: more threads cannot pay
+            else:
+                self._plan = self._probe_plan()
 
-    def _watch_hold(self, seconds):
+    def _hold_at(self, threads, expected, now, means):
+        """Hold ``threads`` for the next ``self.hold`` steps; ``expected`` is its
+        mean step time (None when not measured).  The watches start once the
+        pool has settled: WARMUP steps, and SETTLE seconds below the most threads
+        (a worker idle since the probe spins on its core a while, slowing the
+        steps and hiding the core's idleness)."""
+        settle = SETTLE if threads < max(self.candidates) else 0.0
+        self.choice, self._holding, self._expected = threads, self.hold, expected
+        self.history.append((self.steps, means, threads))
+        self._watch, self._settle_steps, self._settle_until = [], WARMUP, now + settle
+        self._idle_mark, self._crowded = None, False
+
+    def _watch_hold(self, seconds, now):
         """A step of a hold ended: when the last WATCH of them took DRIFT times
         the choice's mean in its probe, the machine changed (another process took
-        a core) or the probe was misled by a lucky stretch, and the next step
-        starts a probe instead of waiting out the hold, which can be thousands
-        of steps at the wrong count."""
-        if self._settle:
-            self._settle -= 1
+        a core) or the probe was misled by a lucky stretch.  Waiting out the hold
+        can be thousands of steps at the wrong count, and a probe would time the
+        most threads again while they wait for the busy core, so the governor
+        steps down to the next fewer count at once (the idle watch calls a
+        probe when its first window finds a core free).  At the fewest already, it probes,
+        unless the last idle window found no free core: then the machine is
+        busier, and more threads cannot help."""
+        if self._settle_steps:
+            self._settle_steps -= 1
+            return
+        if now < self._settle_until or self._expected is None:
             return
         self._watch.append(seconds)
         if len(self._watch) < WATCH:
             return
-        if statistics.fmean(self._watch) > DRIFT * self._expected:
+        slow, self._watch = statistics.fmean(self._watch) > DRIFT * self._expected, []
+        if not slow:
+            return
+        fewer = [c for c in self.candidates if c < self.choice]
+        if fewer:
+            self.hold = HOLD
+            self._hold_at(max(fewer), None, now, {})
+            self._crowded = True      # for now: a free core in the first idle window says otherwise
+        elif not self._crowded:
             self._holding, self.hold = 0, HOLD        # the choice no longer stands: probe now
-        self._watch = []
+
+    def _watch_idle(self, now):
+        """Holding fewer threads than the most: every IDLE_WINDOW seconds after
+        the pool settled, read the idle cores of the machine since the last
+        reading.  None free marks the hold crowded (its probe will be skipped);
+        a free core after a crowded window means the load went away, and the
+        next step probes."""
+        if self.choice >= max(self.candidates) or now < self._settle_until:
+            return
+        if self._idle_mark is None:
+            idle = self.idle()
+            self._idle_mark = None if idle is None else (now, idle)
+            self._crowded = self._crowded and idle is not None   # no reading: no claim
+            return
+        start, before = self._idle_mark
+        if now - start < IDLE_WINDOW:
+            return
+        idle = self.idle()
+        if idle is None:
+            self._idle_mark, self._crowded = None, False
+            return
+        free = (idle - before) / (now - start)        # cores idle on average over the window
+        self._idle_mark = (now, idle)
+        if free < FREE:
+            self._crowded = True
+        elif self._crowded:
+            self._crowded, self._holding, self.hold = False, 0, HOLD   # a core came free: probe now
 
     def _apply(self, threads):
         if threads != self._mine:
@@ -163,6 +234,20 @@ def _blas_controller():
         for lib in libs:
             lib.set_num_threads(n)
     return (lambda: libs[0].get_num_threads()), set_threads
+
+
+def machine_idle():
+    """Seconds all of this machine's cores have sat idle since boot (Linux's
+    /proc/stat, first line: idle + iowait ticks), or None elsewhere."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        return (int(fields[4]) + int(fields[5])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def check(n, owner="blas_threads"):
@@ -199,7 +284,7 @@ def blas_threads(n="auto"):
     if controller is None:
         yield None
         return
-    outer, governor = _active, Governor(*controller)
+    outer, governor = _active, Governor(*controller, idle=machine_idle)
     _active = governor
     try:
         yield governor
