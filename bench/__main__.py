@@ -125,11 +125,12 @@ def process_groups(jobs, quick):
     return groups
 
 
-def measure(quick, frameworks, cycles):
+def measure(quick, frameworks, cycles, only=None):
     """{workload: {"kind", "params", fw: merged results}}, in cycles that
     alternate the order of the frameworks and of a group's processes (A B C,
-    C B A, ...), so that a slow phase of a shared machine hits all of them."""
-    jobs = workloads(quick)
+    C B A, ...), so that a slow phase of a shared machine hits all of them;
+    with ``only``, the workloads whose name contains one of its strings."""
+    jobs = [j for j in workloads(quick) if not only or any(t in j[0] for t in only)]
     runs = {name: {fw: [] for fw in frameworks} for name, _, _ in jobs}
     for group in process_groups(jobs, quick):
         for cycle in range(cycles):
@@ -351,7 +352,7 @@ def check_line(c):
     line = f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['value']:.2f}"
     if "excess" in c:
         line += "\n      " + shrink_line(c)
-    if "one_blas_thread" in c:
+    if "one_thread_floor" in c:
         line += (f"\n      on one BLAS thread handydl slows {c['one_blas_thread']:.2f}x, and its loaded epoch is "
                  f"{c['one_thread_floor']:.2f}x the default's quiet one (its quiet one {c['one_thread_quiet']:.2f}x): "
                  f"the least slowdown a choice of thread counts reaches, unless one thread's epoch gets faster")
@@ -506,7 +507,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller workloads, under a minute")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="directory for bench.json and bench.png")
     ap.add_argument("--cycles", type=int, default=None, help="interleaved rounds per workload (3; quick: 1)")
+    ap.add_argument("--only", action="append", metavar="TEXT",
+                    help="only the workloads whose name contains TEXT (repeatable), e.g. --only under_load")
     args = ap.parse_args(argv)
+    if args.only and not any(t in name for t in args.only for name, _, _ in workloads(args.quick)):
+        ap.error(f"--only {args.only}: no workload's name contains it; the workloads are "
+                 + ", ".join(name for name, _, _ in workloads(args.quick) if not name.startswith("machinery/")))
     have = available()
     frameworks = tuple(fw for fw in FRAMEWORKS if have[fw])
     for fw in FRAMEWORKS:
@@ -516,7 +522,7 @@ def main(argv=None):
         print("note: numba is not installed, so handydl runs its NumPy paths "
               "(pip install 'handydl[fast]' for the fused activation kernels)")
     start = time.perf_counter()
-    results = measure(args.quick, frameworks, args.cycles or (1 if args.quick else 3))
+    results = measure(args.quick, frameworks, args.cycles or (1 if args.quick else 3), args.only)
     rows, checks = report(results, frameworks)
     pieces = machinery(results)
     print_table(rows, checks, frameworks)

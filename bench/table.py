@@ -1,14 +1,19 @@
 """The README's and docs/performance.md's tables, in Markdown, from a bench.json:
 
     python -m bench.table docs/bench/bench.json
+    python -m bench.table docs/bench/bench.json --fill README.md docs/performance.md
 
 the MLP epochs against the machine's limit, handydl's step phase by phase, every
 other workload against PyTorch and JAX, what each piece of the speed machinery
-buys, and the PASS/FAIL lines of the run.
+buys, and the PASS/FAIL lines of the run; with --fill, the same tables written
+into Markdown files in place, after each "<!-- bench.table: NAME -->" line
+(NAME one of PARTS), so that the docs' tables are the run's.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 
 from bench.__main__ import check_line, pieces_line
@@ -43,10 +48,14 @@ def limits(report):
     if not mlps:
         return ""
     r0 = mlps[0]
-    lines = [f"Each MLP epoch / its matrix products at the machine's best float32 product rate of the run "
-             f"({r0['sgemm_gflops']:.0f} GFLOP/s, {SGEMM_BY.get(r0['sgemm_by'], r0['sgemm_by'])}'s 2048² product); "
-             "1.00 would be the machine's limit:", "",
-             "| workload | product GFLOP | limit | handydl | its products alone | PyTorch | JAX | handydl `fit` |",
+    return (f"Each MLP epoch / its matrix products at the machine's best float32 product rate of the run "
+            f"({r0['sgemm_gflops']:.0f} GFLOP/s, {SGEMM_BY.get(r0['sgemm_by'], r0['sgemm_by'])}'s 2048² product); "
+            "1.00 would be the machine's limit:\n\n" + limits_table(report))
+
+
+def limits_table(report):
+    mlps = [r for r in report["rows"] if "limit" in r]
+    lines = ["| workload | product GFLOP | limit | handydl | its products alone | PyTorch | JAX | handydl `fit` |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in mlps:
         cells = [f"{r[fw]['of_limit']:.2f}" if fw in r else "-" for fw in FRAMEWORKS]
@@ -127,12 +136,54 @@ def readme(report):
     return "\n".join(lines)
 
 
-def main(path):
-    with open(path) as f:
+MLPS = [n for n in LABELS if n.startswith(("mlp", "deep"))]
+OTHERS = [n for n in LABELS if n not in MLPS]
+# what --fill writes after each "<!-- bench.table: NAME -->" line of a Markdown file
+PARTS = {"readme": readme, "limits": limits_table, "phases": phases, "mlps": lambda r: times(r, MLPS),
+         "others": lambda r: times(r, OTHERS), "activations": lambda r: times(r, "activations"),
+         "load": lambda r: times(r, [n for n in MLPS if n.startswith("mlp_epoch_b128")]),
+         "machinery": machinery,
+         "targets": lambda r: "\n".join(["```"] + [check_line(c) for c in r["targets"]] + ["```"]),
+         "pieces": lambda r: "\n".join("- " + pieces_line(row).strip() for row in r["rows"] if row.get("pieces"))}
+MARKER = re.compile(r"<!-- bench\.table: ([\w-]+) -->")
+
+
+def fill(report, text):
+    """text with the block after every marker line (its lines up to the next
+    blank one) replaced by that part of the report; the rest unchanged."""
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        m = MARKER.fullmatch(lines[i].strip())
+        i += 1
+        if m:
+            if m[1] not in PARTS:
+                raise ValueError(f"unknown bench.table part {m[1]!r} in a marker; expected one of {sorted(PARTS)}")
+            while i < len(lines) and lines[i].strip():
+                i += 1
+            out.extend(PARTS[m[1]](report).split("\n"))
+    return "\n".join(out)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.table", description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", nargs="?", default="bench/results/bench.json")
+    ap.add_argument("--fill", nargs="+", metavar="MARKDOWN",
+                    help="rewrite the tables after the '<!-- bench.table: NAME -->' lines of these files")
+    args = ap.parse_args(argv)
+    with open(args.json) as f:
         report = json.load(f)
-    for part in (readme(report), limits(report), phases(report), times(report, [n for n in LABELS if not n.startswith("mlp")
-                                                                 and not n.startswith("deep")]),
-                 times(report, [n for n in LABELS if n.startswith(("mlp", "deep"))]),
+    if args.fill:
+        from handydl._io import write_text
+        for path in args.fill:
+            with open(path) as f:
+                text = f.read()
+            new = fill(report, text)
+            if new != text:
+                write_text(path, new)
+            print(f"{path}: {sum(1 for line in text.split(chr(10)) if MARKER.fullmatch(line.strip()))} parts")
+        return
+    for part in (readme(report), limits(report), phases(report), times(report, OTHERS), times(report, MLPS),
                  times(report, "activations"), machinery(report)):
         if part:
             print(part, end="\n\n")
@@ -144,4 +195,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/bench.json")
+    main(sys.argv[1:])

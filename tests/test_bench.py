@@ -232,3 +232,30 @@ def test_micro_times_a_loop_alone_and_beside_a_spinning_core(capsys):
     alone, beside = micro.loop_beside_a_spinning_core(rounds=1, size=1000, passes=10)
     assert alone > 0 and beside > 0 and os.sched_getaffinity(0) == before   # the pinning is undone
     assert "spinning" in capsys.readouterr().out
+
+
+def test_the_docs_tables_are_the_committed_runs():
+    """Every table after a '<!-- bench.table: NAME -->' line of the README and
+    docs/performance.md is what bench.table makes of docs/bench/bench.json."""
+    table = pytest.importorskip("bench.table")
+    report = json.loads((ROOT / "docs" / "bench" / "bench.json").read_text())
+    for path in (ROOT / "README.md", ROOT / "docs" / "performance.md"):
+        text = path.read_text()
+        assert table.MARKER.search(text), path
+        assert table.fill(report, text) == text, f"{path.name}: run python -m bench.table docs/bench/bench.json --fill"
+
+
+def test_fill_replaces_only_the_marked_blocks(tmp_path):
+    table = pytest.importorskip("bench.table")
+    report = json.loads((ROOT / "docs" / "bench" / "bench.json").read_text())
+    text = "intro\n\n<!-- bench.table: machinery -->\n| old |\n|---|\n| row |\n\nafter\n"
+    out = table.fill(report, text)
+    assert out.startswith("intro\n\n<!-- bench.table: machinery -->\n| workload | all on")
+    assert out.endswith("\n\nafter\n") and "| old |" not in out
+    assert table.fill(report, out) == out                       # a second fill changes nothing
+    with pytest.raises(ValueError, match="'nonsense'"):
+        table.fill(report, "<!-- bench.table: nonsense -->\n| x |\n")
+    path = tmp_path / "doc.md"
+    path.write_text(text)
+    table.main([str(ROOT / "docs" / "bench" / "bench.json"), "--fill", str(path)])
+    assert path.read_text() == out

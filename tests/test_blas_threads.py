@@ -225,6 +225,21 @@ def test_a_hold_that_turns_slow_steps_down_at_once():
     assert m.sets == [1] and g.choice == 1
 
 
+def test_load_that_arrives_mid_hold_is_seen_after_a_few_slow_steps():
+    """The watch is a sliding window of WATCH steps: steps 8x slower weigh the mean
+    past DRIFT within a handful of them, wherever the hold is."""
+    m = Machine(2, {2: 0.5, 1: 1.0}, free=QUIET)
+    g = governed(m)
+    m.run(g, probe_steps(g.candidates) + blas.WARMUP + blas.WATCH + 7)   # the window is full
+    assert g.choice == 2
+    m.cost, m.free = {2: 4.0, 1: 1.2}, BUSY
+    slow = 0
+    while g.choice == 2:
+        m.run(g, 1)
+        slow += 1
+    assert slow <= 5
+
+
 def test_when_the_core_comes_free_the_governor_probes_at_once():
     m = Machine(2, {2: 0.5, 1: 1.0}, free=QUIET)
     g = governed(m)
@@ -261,6 +276,20 @@ def test_without_idle_readings_a_step_down_is_probed_at_the_end_of_its_hold():
     assert g.choice == 1 and len(g.history) == 2
     m.run(g, blas.HOLD + probe_steps(g.candidates))
     assert len(g.history) == 3 and g.choice == 1 and set(g.history[-1][1]) == {1, 2}
+
+
+def test_fewer_threads_beside_a_free_core_are_checked_again_without_doubling_the_hold():
+    """Small products: one thread is the faster in quiet, and stays chosen; with a
+    core sitting free, each hold stays HOLD steps (a probe misled by noise is
+    corrected soon), where a machine without idle readings doubles it."""
+    gaps = {}
+    for free in (QUIET, None):
+        m = Machine(2, {2: 1.1, 1: 1.0}, free=free)
+        g = governed(m)
+        m.run(g, 12 * blas.HOLD)
+        assert g.choice == 1 and all(best == 1 for _, _, best in g.history) and len(g.history) >= 3
+        gaps[free is None] = [b[0] - a[0] for a, b in zip(g.history, g.history[1:])]
+    assert max(gaps[False]) < 1.5 * blas.HOLD < 2 * blas.HOLD <= gaps[True][-1]
 
 
 def test_the_machines_idle_time_is_read_where_the_kernel_tells_it():

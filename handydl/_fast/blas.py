@@ -35,6 +35,7 @@ the block (``threadpool_limits``), the governor stops and leaves it alone.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import statistics
@@ -78,7 +79,8 @@ class Governor:
         self._times = {}                          # threads -> this probe's step times
         self._mine = self.start                   # the count this governor set last
         self._expected = None                     # the choice's mean step time in the last probe
-        self._watch = []                          # this hold's latest step times
+        self._watch = collections.deque()         # this hold's latest WATCH step times
+        self._watch_sum = 0.0                     # and their sum
         self._settle_steps = 0                    # hold steps the watch still skips (the pool settles)
         self._settle_until = 0.0                  # and the clock before which it skips them
         self._idle_mark = None                    # (clock, idle()) where the idle window began
@@ -153,11 +155,12 @@ class Governor:
         settle = SETTLE if threads < max(self.candidates) else 0.0
         self.choice, self._holding, self._expected = threads, self.hold, expected
         self.history.append((self.steps, means, threads))
-        self._watch, self._settle_steps, self._settle_until = [], WARMUP, now + settle
+        self._watch, self._watch_sum = collections.deque(), 0.0
+        self._settle_steps, self._settle_until = WARMUP, now + settle
         self._idle_mark, self._crowded = None, False
 
     def _watch_hold(self, seconds, now):
-        """A step of a hold ended: when the last WATCH of them took DRIFT times
+        """A step of a hold ended: when its last WATCH steps took DRIFT times
         the choice's mean in its probe, the machine changed (another process took
         a core) or the probe was misled by a lucky stretch.  Waiting out the hold
         can be thousands of steps at the wrong count, and a probe would time the
@@ -171,12 +174,14 @@ class Governor:
             return
         if now < self._settle_until or self._expected is None:
             return
-        self._watch.append(seconds)
-        if len(self._watch) < WATCH:
+        self._watch.append(seconds)               # a sliding window: load is seen as soon as
+        self._watch_sum += seconds                # enough slow steps weigh on the mean
+        if len(self._watch) > WATCH:
+            self._watch_sum -= self._watch.popleft()
+        if len(self._watch) < WATCH or self._watch_sum <= DRIFT * self._expected * WATCH:
             return
-        slow, self._watch = statistics.fmean(self._watch) > DRIFT * self._expected, []
-        if not slow:
-            return
+        self._watch.clear()
+        self._watch_sum = 0.0
         fewer = [c for c in self.candidates if c < self.choice]
         if fewer:
             self.hold = HOLD
@@ -190,7 +195,7 @@ class Governor:
         the pool settled, read the idle cores of the machine since the last
         reading.  None free marks the hold crowded (its probe will be skipped);
         a free core after a crowded window means the load went away, and the
-        next step probes."""
+        next step probes; a free core otherwise keeps the hold from doubling."""
         if self.choice >= max(self.candidates) or now < self._settle_until:
             return
         if self._idle_mark is None:
@@ -211,6 +216,10 @@ class Governor:
             self._crowded = True
         elif self._crowded:
             self._crowded, self._holding, self.hold = False, 0, HOLD   # a core came free: probe now
+        else:
+            # fewer threads beside a free core: the probe that chose them was close or
+            # misled by noise; check again within HOLD steps, not a doubled hold
+            self.hold, self._holding = HOLD, min(self._holding, HOLD)
 
     def _apply(self, threads):
         if threads != self._mine:
