@@ -94,6 +94,20 @@ def times(report, names=None):
     return "\n".join(lines)
 
 
+def load(report):
+    """Each framework's batch-128 epoch with the other core quiet and kept busy,
+    alternately in one process: both medians, and the median of the pairs' ratios."""
+    rows = {r["name"]: r for r in report["rows"]}
+    lines = ["| | quiet epoch | one core busy | slowdown (median of the pairs) |", "|---|---:|---:|---:|"]
+    for name, fws in (("mlp_epoch_b128_under_load", FRAMEWORKS), ("mlp_epoch_b128_under_load_1_blas_thread", ("handydl",))):
+        r = rows.get(name, {})
+        for fw in fws:
+            if "quiet" in r.get(fw, {}):       # (runs before the quiet epochs were paired: none)
+                who = NAMES[fw] + (", NumPy's BLAS on 1 thread" if name.endswith("_1_blas_thread") else "")
+                lines.append(f"| {who} | {ms(r[fw]['quiet'])} | {ms(r[fw]['median'])} | {r[fw]['slowdown']:.2f}× |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def machinery(report):
     rows = report.get("machinery", [])
     if not rows:
@@ -141,7 +155,7 @@ OTHERS = [n for n in LABELS if n not in MLPS]
 # what --fill writes after each "<!-- bench.table: NAME -->" line of a Markdown file
 PARTS = {"readme": readme, "limits": limits_table, "phases": phases, "mlps": lambda r: times(r, MLPS),
          "others": lambda r: times(r, OTHERS), "activations": lambda r: times(r, "activations"),
-         "load": lambda r: times(r, [n for n in MLPS if n.startswith("mlp_epoch_b128")]),
+         "load": load,
          "machinery": machinery,
          "targets": lambda r: "\n".join(["```"] + [check_line(c) for c in r["targets"]] + ["```"]),
          "pieces": lambda r: "\n".join("- " + pieces_line(row).strip() for row in r["rows"] if row.get("pieces"))}
@@ -184,7 +198,7 @@ def main(argv):
             print(f"{path}: {sum(1 for line in text.split(chr(10)) if MARKER.fullmatch(line.strip()))} parts")
         return
     for part in (readme(report), limits(report), phases(report), times(report, OTHERS), times(report, MLPS),
-                 times(report, "activations"), machinery(report)):
+                 load(report), times(report, "activations"), machinery(report)):
         if part:
             print(part, end="\n\n")
     for c in report["targets"]:
