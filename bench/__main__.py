@@ -42,7 +42,7 @@ def workloads(quick):
     reps = 2 if quick else 3
     mlp = dict(sizes=[784, 256, 10], activation="relu", optimizer="sgd", n=n, repeats=reps)
     out = [(f"mlp_epoch_b{b}", "mlp", {**mlp, "batch": b, "fit": b == 128}) for b in (32, 128, 512)]
-    # the same epoch while another process keeps one core busy (run_worker starts it)
+    # the same epoch, quiet and while another process keeps one core busy (the worker starts it)
     out.append(("mlp_epoch_b128_under_load", "mlp", {**mlp, "batch": 128, "load": True}))
     out.append(("mlp_epoch_b128_under_load_1_blas_thread", "mlp",
                 {**mlp, "batch": 128, "load": True, "blas_threads": 1, "only": "handydl"}))
@@ -114,12 +114,14 @@ def process_groups(jobs, quick):
     gives every workload a process (and a group) of its own; a quick run one
     process for all plain workloads, because starting processes (importing torch,
     compiling handydl's kernels) is most of its time.  A loaded job and every
-    machinery variant always run alone: the load must not outlast them, and a
-    variant's switch holds for its whole process; the variants of one workload
-    form one group, so that they alternate in every cycle."""
+    machinery variant always run in a process of their own (a loaded job's
+    epochs take the load in turns; a variant's switch holds for its whole
+    process); the loaded jobs form one group, and the variants of one workload
+    another, so that they alternate in every cycle."""
     plain = [j for j in jobs if not j[2].get("load") and "without" not in j[2]]
     groups = [[plain]] if quick else [[[j]] for j in plain]
-    groups += [[[j]] for j in jobs if j[2].get("load")]
+    loaded = [[j] for j in jobs if j[2].get("load")]
+    groups += [loaded] if loaded else []
     bases = dict.fromkeys(j[0].split("/")[1] for j in jobs if "without" in j[2])
     groups += [[[j] for j in jobs if "without" in j[2] and j[0].split("/")[1] == base] for base in bases]
     return groups
@@ -247,9 +249,10 @@ def machinery(results):
         if name.startswith("machinery/"):
             _, base, variant = name.split("/")
             out.append({"workload": base, "variant": variant, **summary(res["handydl"]["samples"])})
+    on = {r["workload"]: r for r in out if r["variant"] == "all on"}
+    out = [r for r in out if r["workload"] in on]       # (--only can select a variant alone)
     for row in out:
-        on = next(r for r in out if r["workload"] == row["workload"] and r["variant"] == "all on")
-        row["vs_all_on"] = row["median"] / on["median"]
+        row["vs_all_on"] = row["median"] / on[row["workload"]]["median"]
     return out
 
 
@@ -355,7 +358,8 @@ def check_line(c):
     if "one_thread_floor" in c:
         line += (f"\n      on one BLAS thread handydl slows {c['one_blas_thread']:.2f}x, and its loaded epoch is "
                  f"{c['one_thread_floor']:.2f}x the default's quiet one (its quiet one {c['one_thread_quiet']:.2f}x): "
-                 f"the least slowdown a choice of thread counts reaches, unless one thread's epoch gets faster")
+                 f"the least slowdown a choice between the default's count and one thread reaches, "
+                 f"unless one thread's epoch gets faster")
     return line
 
 
@@ -510,9 +514,11 @@ def main(argv=None):
     ap.add_argument("--only", action="append", metavar="TEXT",
                     help="only the workloads whose name contains TEXT (repeatable), e.g. --only under_load")
     args = ap.parse_args(argv)
-    if args.only and not any(t in name for t in args.only for name, _, _ in workloads(args.quick)):
-        ap.error(f"--only {args.only}: no workload's name contains it; the workloads are "
-                 + ", ".join(name for name, _, _ in workloads(args.quick) if not name.startswith("machinery/")))
+    names = [name for name, _, _ in workloads(args.quick)]
+    for text in args.only or ():
+        if not any(text in name for name in names):
+            ap.error(f"--only {text!r}: no workload's name contains it; the workloads are "
+                     + ", ".join(n for n in names if not n.startswith("machinery/")))
     have = available()
     frameworks = tuple(fw for fw in FRAMEWORKS if have[fw])
     for fw in FRAMEWORKS:

@@ -164,18 +164,23 @@ MARKER = re.compile(r"<!-- bench\.table: ([\w-]+) -->")
 
 def fill(report, text):
     """text with the block after every marker line (its lines up to the next
-    blank one) replaced by that part of the report; the rest unchanged."""
-    lines, out, i = text.split("\n"), [], 0
+    blank one) replaced by that part of the report; the rest unchanged.  A
+    marker inside a fenced code block is text, not a marker."""
+    lines, out, i, fenced = text.split("\n"), [], 0, False
     while i < len(lines):
         out.append(lines[i])
-        m = MARKER.fullmatch(lines[i].strip())
+        if lines[i].lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else MARKER.fullmatch(lines[i].strip())
         i += 1
         if m:
             if m[1] not in PARTS:
                 raise ValueError(f"unknown bench.table part {m[1]!r} in a marker; expected one of {sorted(PARTS)}")
             while i < len(lines) and lines[i].strip():
                 i += 1
-            out.extend(PARTS[m[1]](report).split("\n"))
+            part = PARTS[m[1]](report)
+            if part:                          # a run without that part: the marker stays alone
+                out.extend(part.split("\n"))
     return "\n".join(out)
 
 
@@ -185,16 +190,19 @@ def main(argv):
     ap.add_argument("--fill", nargs="+", metavar="MARKDOWN",
                     help="rewrite the tables after the '<!-- bench.table: NAME -->' lines of these files")
     args = ap.parse_args(argv)
-    with open(args.json) as f:
+    with open(args.json, encoding="utf-8") as f:
         report = json.load(f)
     if args.fill:
-        from handydl._io import write_text
+        from handydl._io import atomic_path
         for path in args.fill:
-            with open(path) as f:
+            with open(path, encoding="utf-8", newline="") as f:       # line ends kept as they are
                 text = f.read()
-            new = fill(report, text)
+            new = fill(report, text.replace("\r\n", "\n"))
+            if "\r\n" in text:
+                new = new.replace("\n", "\r\n")
             if new != text:
-                write_text(path, new)
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(new.encode("utf-8"))
             print(f"{path}: {sum(1 for line in text.split(chr(10)) if MARKER.fullmatch(line.strip()))} parts")
         return
     for part in (readme(report), limits(report), phases(report), times(report, OTHERS), times(report, MLPS),

@@ -74,31 +74,38 @@ def timed(fn, repeats, warmup=1):
     return samples, max(0.0, peak_mb() - base)
 
 
+# The load: a busy loop that ends when the worker that started it is gone (even
+# killed), so that no spinning or stopped process outlives a run.
+SPINNER = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+
+
 def under_load(fn, pairs):
     """fn() timed with the other cores quiet and with one of them kept busy by
-    another process, alternately in this one process (quiet, loaded; loaded,
-    quiet; ...), after one warm-up call: {"samples": loaded seconds, "quiet":
-    quiet seconds, "slowdown": loaded / quiet of each pair}.
+    another process, strictly alternately in this one process (quiet, loaded,
+    quiet, loaded, ...), after one quiet warm-up call: {"samples": loaded
+    seconds, "quiet": quiet seconds, "slowdown": loaded / quiet of each pair}.
 
-    Pairs of neighbours, not two runs minutes apart: this machine's speed
-    drifts by 5-10% over minutes, more than the effect measured.  The load is a
-    Python loop stopped (SIGSTOP) and resumed (SIGCONT) between calls, so it
-    starts and stops within a call's first milliseconds; what adapts to it (a
-    thread governor) pays its adapting inside the timed call, as a user would."""
-    spinner, now = subprocess.Popen([sys.executable, "-c", "while True: pass"]), [True]
+    Neighbours, not two runs minutes apart: this machine's speed drifts by
+    5-10% over minutes, more than the effect measured.  The load is a Python
+    loop stopped (SIGSTOP) and resumed (SIGCONT) between calls; every call
+    follows one in the other state, so that what adapts to the load (a thread
+    governor) pays its adapting, to the load and back, in every timed call."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def switch(busy):     # and wait until the kernel says it is done
-        if busy != now[0]:
-            spinner.send_signal(signal.SIGCONT if busy else signal.SIGSTOP)
-            os.waitpid(spinner.pid, os.WCONTINUED if busy else os.WUNTRACED)
-            now[0] = busy
+        spinner.send_signal(signal.SIGCONT if busy else signal.SIGSTOP)
+        _, status = os.waitpid(spinner.pid, os.WCONTINUED if busy else os.WUNTRACED)
+        if not (os.WIFCONTINUED(status) if busy else os.WIFSTOPPED(status)):
+            raise RuntimeError(f"the load process did not {'resume' if busy else 'stop'} (status {status})")
     try:
         switch(False)
         fn()
         quiet, loaded = [], []
-        for k in range(pairs):
-            for busy in ((False, True) if k % 2 == 0 else (True, False)):
-                switch(busy)
+        for _ in range(pairs):
+            for busy in (False, True):
+                if busy or loaded:            # the warm-up call left it stopped
+                    switch(busy)
                 t = time.perf_counter()
                 fn()
                 (loaded if busy else quiet).append(time.perf_counter() - t)

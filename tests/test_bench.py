@@ -103,8 +103,11 @@ def test_a_missed_target_says_which_phase_must_shrink_and_by_how_much():
 
 
 def loaded(quiet, load):
-    """A worker's result under load: pairs of quiet and loaded epochs."""
-    return {"samples": [load] * 3, "quiet": [quiet] * 3, "slowdown": [load / quiet] * 3, "peak_mb": 0.0}
+    """A worker's result under load: three pairs of quiet and loaded epochs, the
+    machine drifting (2x slower in the third), so that the median of the pairs'
+    ratios (load / quiet) differs from the ratio of the medians."""
+    q, lo = [quiet, quiet, 2 * quiet], [load, 1.1 * load, 2 * 1.1 * load]
+    return {"samples": lo, "quiet": q, "slowdown": [a / b for a, b in zip(lo, q)], "peak_mb": 0.0}
 
 
 def test_the_slowdown_under_load_is_held_to_the_best_peers():
@@ -117,13 +120,15 @@ def test_the_slowdown_under_load_is_held_to_the_best_peers():
     rows, checks = bench.report(results, ("handydl", "torch", "jax"))
     row = next(r for r in rows if r["name"].endswith("_under_load"))
     # each framework's slowdown is its own pairs', not against the quiet workload's epoch
-    assert row["handydl"]["slowdown"] == pytest.approx(1.5) and row["jax"]["slowdown"] == pytest.approx(2.0)
-    assert row["handydl"]["quiet"] == pytest.approx(1.0)
+    # the median of the pairs (1.1 x load / quiet), not median(loaded) / median(quiet) (1.65 / 1.0)
+    assert row["handydl"]["slowdown"] == pytest.approx(1.65) and row["jax"]["slowdown"] == pytest.approx(2.2)
+    assert row["handydl"]["quiet"] == pytest.approx(1.0) and row["handydl"]["median"] == pytest.approx(1.65)
     c, = (c for c in checks if "slowdown" in c["target"])
-    assert c["value"] == pytest.approx(1.5 / 1.4) and not c["pass"] and "(torch, 1.40x)" in c["target"]
-    assert c["one_blas_thread"] == pytest.approx(1.3 / 1.25) and c["one_thread_floor"] == pytest.approx(1.3)
+    assert c["value"] == pytest.approx(1.5 / 1.4) and not c["pass"] and "(torch, 1.54x)" in c["target"]
+    assert c["one_blas_thread"] == pytest.approx(1.1 * 1.3 / 1.25)
+    assert c["one_thread_floor"] == pytest.approx(1.1 * 1.3) and c["one_thread_quiet"] == pytest.approx(1.25)
     line = bench.check_line(c)
-    assert "slows 1.04x" in line and "1.30x the default's quiet one" in line and "quiet one 1.25x" in line
+    assert "slows 1.14x" in line and "1.43x the default's quiet one" in line and "quiet one 1.25x" in line
     assert any(job[2].get("load") for job in bench.workloads(True))
 
 
@@ -146,8 +151,8 @@ def test_under_load_alternates_quiet_and_loaded_calls_beside_a_busy_core(monkeyp
     assert len(started) == 1 and started[0].poll() is not None    # started, and stopped after
     assert len(out["samples"]) == len(out["quiet"]) == len(out["slowdown"]) == 3
     assert out["slowdown"] == pytest.approx([a / b for a, b in zip(out["samples"], out["quiet"])])
-    # the warm-up call quiet, then quiet/loaded, loaded/quiet, quiet/loaded
-    assert ["T" if s == "T" else "busy" for s in states] == ["T", "T", "busy", "busy", "T", "T", "busy"]
+    # the warm-up call quiet, then strictly quiet, loaded, quiet, loaded, ...
+    assert ["T" if s == "T" else "busy" for s in states] == ["T", "T", "busy", "T", "busy", "T", "busy"]
 
 
 def test_handydl_worker_runs_the_readme_loop_and_measures_its_phases():
@@ -255,7 +260,27 @@ def test_fill_replaces_only_the_marked_blocks(tmp_path):
     assert table.fill(report, out) == out                       # a second fill changes nothing
     with pytest.raises(ValueError, match="'nonsense'"):
         table.fill(report, "<!-- bench.table: nonsense -->\n| x |\n")
+    fenced = "```\n<!-- bench.table: machinery -->\n| kept |\n```\n"
+    assert table.fill(report, fenced) == fenced                 # in a code block: text, not a marker
+    empty = "<!-- bench.table: load -->\n\nafter\n"            # a run without that part
+    assert table.fill({"rows": [], "targets": []}, empty) == empty
     path = tmp_path / "doc.md"
-    path.write_text(text)
+    path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
     table.main([str(ROOT / "docs" / "bench" / "bench.json"), "--fill", str(path)])
-    assert path.read_text() == out
+    assert path.read_bytes() == out.replace("\n", "\r\n").encode("utf-8")   # its line ends kept
+
+
+def test_only_refuses_a_text_no_workload_has(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--only", "under_load", "--only", "nonsense"])
+    err = capsys.readouterr().err
+    assert "--only 'nonsense'" in err and "mlp_epoch_b128_under_load" in err
+
+
+def test_machinery_skips_a_variant_measured_without_its_all_on():
+    results = {"machinery/mlp_epoch_b128/numba": {"kind": "mlp", "params": MLP, "handydl": fake(1.2)},
+               "machinery/gpt/all on": {"kind": "gpt", "params": {}, "handydl": fake(1.0)},
+               "machinery/gpt/numba": {"kind": "gpt", "params": {}, "handydl": fake(1.3)}}
+    rows = bench.machinery(results)
+    assert [(r["workload"], r["variant"]) for r in rows] == [("gpt", "all on"), ("gpt", "numba")]
+    assert rows[1]["vs_all_on"] == pytest.approx(1.3)

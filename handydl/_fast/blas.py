@@ -18,12 +18,13 @@ thousands of steps at the wrong count, or probing all threads again while
 they wait for the busy core, cost more.
 
 Holding fewer threads than it could run, it also reads how much of the
-machine sat idle (Linux's /proc/stat, every IDLE_WINDOW seconds): with no
-free core, more threads cannot pay, and a probe that tries them costs steps
-that wait for the busy core (plus the BLAS worker's spin after them), so the
-probe at the end of the hold is skipped; when a core comes free again (the
-other process ended), it probes at once.  Without /proc/stat it probes as if
-the machine might have room.
+machine sat idle (Linux's /proc/stat, every IDLE_WINDOW seconds): without
+free cores for more threads, more cannot pay, and a probe that tries them
+costs steps that wait for the busy cores (plus the BLAS worker's spin after
+them), so the probe at the end of the hold tries only fewer; when cores come
+free again (the other process ended), it probes at once; beside free cores
+a hold does not double.  Without /proc/stat it probes as if the machine might
+have room.
 
 It uses threadpoolctl (the ``train`` extra) to read and set the thread count;
 without it, the context does nothing.  The count in force before the block
@@ -48,8 +49,9 @@ HOLD = 256          # steps between probes at first; doubled while the choice ho
 MAX_HOLD = 4096
 WATCH = 32          # steps of a hold whose mean is compared with the choice's probe
 DRIFT = 1.5         # a hold's mean this many times the probe's: fewer threads at once
+CLIP = 4.0          # a watched step counts at most this many times the probe's mean
 IDLE_WINDOW = 0.1   # seconds over which idle cores are read (the kernel counts in 10 ms ticks)
-FREE = 0.5          # idle cores below this over a window: no room for more threads
+FREE = 0.5          # idle cores short of the next count's extra threads by this: no room
 SETTLE = 0.15       # seconds a hold at fewer threads waits before its watches start: an idle
                     # OpenBLAS worker spins ~0.1 s (2**28 cycles) before it sleeps
 
@@ -69,7 +71,7 @@ class Governor:
         self.start = get()
         self.candidates = sorted({self.start, max(1, self.start // 2), 1}, reverse=True)
         self.choice = self.start
-        self.hold = HOLD
+        self.hold = HOLD                          # steps of the next hold
         self.stopped = self.start <= 1            # one thread: nothing to choose
         self.history = []                         # (step, {threads: mean seconds}, choice)
         self.steps = 0
@@ -87,13 +89,14 @@ class Governor:
         self._crowded = False                     # the last idle window had no free core
         self._plan = self._probe_plan()           # (threads, timed?) for each coming probe step
 
-    def _probe_plan(self):
+    def _probe_plan(self, downward=False):
         """[(threads, timed?)], one entry per coming step, for one probe: the
         count in use first (one thread in the first probe, which costs least if
         it is the slow one), so that a far slower candidate is known as such
-        after its first timed steps (_abandon)."""
+        after its first timed steps (_abandon); ``downward``: only the counts
+        up to the one in use (no core is free for more)."""
         lead = self.choice if self.history else min(self.candidates)
-        order = [lead] + [c for c in self.candidates if c != lead]
+        order = [lead] + [c for c in self.candidates if c != lead and not (downward and c > lead)]
         return [(c, k >= WARMUP) for c in order for k in range(WARMUP + MEASURED)]
 
     def _abandon(self, threads):
@@ -141,10 +144,12 @@ class Governor:
         self._apply(self.choice)
         self._holding -= 1
         if self._holding <= 0:
-            if self._crowded and self.choice < max(self.candidates):
-                self._holding = self.hold         # no free core: more threads cannot pay
-            else:
+            if not (self._crowded and self.choice < max(self.candidates)):
                 self._plan = self._probe_plan()
+            elif self.choice > min(self.candidates):
+                self._plan = self._probe_plan(downward=True)   # no free core: only fewer can pay
+            else:
+                self._holding = self.hold         # the fewest, and no free core: nothing to try
 
     def _hold_at(self, threads, expected, now, means):
         """Hold ``threads`` for the next ``self.hold`` steps; ``expected`` is its
@@ -167,15 +172,19 @@ class Governor:
         most threads again while they wait for the busy core, so the governor
         steps down to the next fewer count at once (the idle watch calls a
         probe when its first window finds a core free).  At the fewest already, it probes,
-        unless the last idle window found no free core: then the machine is
-        busier, and more threads cannot help."""
+        unless the last idle window found no room: then the machine is busier,
+        and more threads cannot help."""
         if self._settle_steps:
             self._settle_steps -= 1
             return
         if now < self._settle_until or self._expected is None:
             return
-        self._watch.append(seconds)               # a sliding window: load is seen as soon as
-        self._watch_sum += seconds                # enough slow steps weigh on the mean
+        # a sliding window: load is seen as soon as enough slow steps weigh on the
+        # mean; each step counts at most CLIP times the expected one, so that one
+        # long pause between steps (a validation pass, a checkpoint) cannot trip it
+        seconds = min(seconds, CLIP * self._expected)
+        self._watch.append(seconds)
+        self._watch_sum += seconds
         if len(self._watch) > WATCH:
             self._watch_sum -= self._watch.popleft()
         if len(self._watch) < WATCH or self._watch_sum <= DRIFT * self._expected * WATCH:
@@ -193,15 +202,18 @@ class Governor:
     def _watch_idle(self, now):
         """Holding fewer threads than the most: every IDLE_WINDOW seconds after
         the pool settled, read the idle cores of the machine since the last
-        reading.  None free marks the hold crowded (its probe will be skipped);
-        a free core after a crowded window means the load went away, and the
-        next step probes; a free core otherwise keeps the hold from doubling."""
+        reading.  Fewer free than the next count's extra threads (less FREE)
+        marks the hold crowded (its probe will try only fewer threads); room
+        after a crowded window means the load went away, and the next step
+        probes; room otherwise keeps the hold from doubling."""
         if self.choice >= max(self.candidates) or now < self._settle_until:
             return
         if self._idle_mark is None:
             idle = self.idle()
-            self._idle_mark = None if idle is None else (now, idle)
-            self._crowded = self._crowded and idle is not None   # no reading: no claim
+            if idle is None:                          # no readings here: stop asking, claim nothing
+                self.idle, self._crowded = (lambda: None), False
+                return
+            self._idle_mark = (now, idle)
             return
         start, before = self._idle_mark
         if now - start < IDLE_WINDOW:
@@ -212,7 +224,8 @@ class Governor:
             return
         free = (idle - before) / (now - start)        # cores idle on average over the window
         self._idle_mark = (now, idle)
-        if free < FREE:
+        more = min(c for c in self.candidates if c > self.choice) - self.choice
+        if free < more - FREE:                        # no room for the next count's extra threads
             self._crowded = True
         elif self._crowded:
             self._crowded, self._holding, self.hold = False, 0, HOLD   # a core came free: probe now
