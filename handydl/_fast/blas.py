@@ -86,7 +86,7 @@ class Governor:
         self._settle_steps = 0                    # hold steps the watch still skips (the pool settles)
         self._settle_until = 0.0                  # and the clock before which it skips them
         self._idle_mark = None                    # (clock, idle()) where the idle window began
-        self._crowded = False                     # the last idle window had no free core
+        self._crowded = False                     # the last idle window had no room for more threads
         self._plan = self._probe_plan()           # (threads, timed?) for each coming probe step
 
     def _probe_plan(self, downward=False):
