@@ -346,6 +346,26 @@ def test_the_machines_idle_time_is_read_where_the_kernel_tells_it():
     assert 0 < idle <= blas.machine_idle()
 
 
+def test_idle_time_counts_only_the_cores_this_process_may_use(monkeypatch):
+    if not Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat here")
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks[int(name[3:])] = int(fields[3]) + int(fields[4])      # idle + iowait
+    first = min(ticks)
+    monkeypatch.setattr(blas.os, "sched_getaffinity", lambda pid: {first})
+    one = blas.machine_idle()
+    # read after the file: the kernel's counts only grow, by a few ticks at most meanwhile
+    assert ticks[first] / blas._TICKS <= one <= ticks[first] / blas._TICKS + 1.0
+    monkeypatch.setattr(blas.os, "sched_getaffinity", lambda pid: set(ticks))
+    every = blas.machine_idle()
+    assert every >= sum(ticks.values()) / blas._TICKS
+    if len(ticks) > 1:                                  # the other cores idled too, since boot
+        assert every > one
+
+
 def test_a_steady_hold_is_not_interrupted():
     m = Machine(2, {2: 0.5, 1: 1.0})
     g = blas.Governor(m.get, m.set, m.clock)

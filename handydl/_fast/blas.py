@@ -18,7 +18,8 @@ thousands of steps at the wrong count, or probing all threads again while
 they wait for the busy core, cost more.
 
 Holding fewer threads than it could run, it also reads how much of the
-machine sat idle (Linux's /proc/stat, every IDLE_WINDOW seconds): without
+machine sat idle (Linux's /proc/stat, the cores of the process's affinity,
+every IDLE_WINDOW seconds): without
 free cores for more threads, more cannot pay, and a probe that tries them
 costs steps that wait for the busy cores (plus the BLAS worker's spin after
 them), so the probe at the end of the hold tries only fewer; when cores come
@@ -259,12 +260,26 @@ def _blas_controller():
 
 
 def machine_idle():
-    """Seconds all of this machine's cores have sat idle since boot (Linux's
-    /proc/stat, first line: idle + iowait ticks), or None elsewhere."""
+    """Seconds the cores this process may run on (its CPU affinity) have sat
+    idle since boot, summed over them (Linux's /proc/stat, a line per core:
+    idle + iowait ticks), or None elsewhere.  Other cores' idleness is no room
+    for this process's threads."""
     try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        mine = None
+    try:
+        idle, seen = 0, False
         with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()
-        return (int(fields[4]) + int(fields[5])) / _TICKS
+            for line in f:
+                if not line.startswith(b"cpu"):
+                    break
+                fields = line.split()
+                if fields[0] == b"cpu":               # the sum over all cores
+                    continue
+                if mine is None or int(fields[0][3:]) in mine:
+                    idle, seen = idle + int(fields[4]) + int(fields[5]), True
+        return idle / _TICKS if seen else None
     except (OSError, IndexError, ValueError):
         return None
 
