@@ -316,9 +316,10 @@ def target_checks(row, what, limit, peers, by_name):
                          row["handydl"]["slowdown"] / row[best]["slowdown"], limit)
         one = by_name.get(name + "_1_blas_thread", {}).get("handydl", {})
         if "slowdown" in one:
-            # NumPy's BLAS held to one thread: its own slowdown, and its quiet epoch against
-            # the default's, which is the least slowdown a choice of thread counts can reach
-            # (one thread under load, the best count in quiet)
+            # NumPy's BLAS held to one thread: its own slowdown, its quiet epoch against the
+            # default's, and its loaded epoch against the default's quiet one: the least
+            # slowdown a choice between the two counts reaches (one thread under load, the
+            # default's in quiet)
             out["one_blas_thread"] = one["slowdown"]
             out["one_thread_quiet"] = one["quiet"] / row["handydl"]["quiet"]
             out["one_thread_floor"] = one["median"] / row["handydl"]["quiet"]
