@@ -44,17 +44,19 @@ def label(name):
 
 def limits(report):
     """Each MLP epoch as a multiple of its products at the machine's best sgemm."""
-    mlps = [r for r in report["rows"] if "limit" in r]
-    if not mlps:
+    table = limits_table(report)
+    if not table:
         return ""
-    r0 = mlps[0]
+    r0 = next(r for r in report["rows"] if "limit" in r)
     return (f"Each MLP epoch / its matrix products at the machine's best float32 product rate of the run "
             f"({r0['sgemm_gflops']:.0f} GFLOP/s, {SGEMM_BY.get(r0['sgemm_by'], r0['sgemm_by'])}'s 2048² product); "
-            "1.00 would be the machine's limit:\n\n" + limits_table(report))
+            "1.00 would be the machine's limit:\n\n" + table)
 
 
 def limits_table(report):
     mlps = [r for r in report["rows"] if "limit" in r]
+    if not mlps:
+        return ""
     lines = ["| workload | product GFLOP | limit | handydl | its products alone | PyTorch | JAX | handydl `fit` |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in mlps:

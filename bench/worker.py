@@ -83,7 +83,8 @@ def under_load(fn, pairs):
     """fn() timed with the other cores quiet and with one of them kept busy by
     another process, strictly alternately in this one process (quiet, loaded,
     quiet, loaded, ...), after one quiet warm-up call: {"samples": loaded
-    seconds, "quiet": quiet seconds, "slowdown": loaded / quiet of each pair}.
+    seconds, "quiet": quiet seconds, "slowdown": loaded / quiet of each pair,
+    "peak_mb": the extra peak memory of the timed calls, as timed() measures it}.
 
     Neighbours, not two runs minutes apart: this machine's speed drifts by
     5-10% over minutes, more than the effect measured.  The load is a Python
@@ -101,6 +102,8 @@ def under_load(fn, pairs):
     try:
         switch(False)
         fn()
+        reset_peak()
+        base = rss_mb()
         quiet, loaded = [], []
         for _ in range(pairs):
             for busy in (False, True):
@@ -113,7 +116,7 @@ def under_load(fn, pairs):
         spinner.kill()
         spinner.wait()
     return {"samples": loaded, "quiet": quiet, "slowdown": [a / b for a, b in zip(loaded, quiet)],
-            "peak_mb": 0.0}
+            "peak_mb": max(0.0, peak_mb() - base)}
 
 
 # -- data and weights, identical in every process -----------------------------------------
